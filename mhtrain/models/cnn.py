@@ -1,0 +1,41 @@
+"""The seed's SimpleCNN: a small shared backbone with one linear head per task."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+
+class SimpleCNN(nn.Module):
+    """Conv-BN-ReLU-MaxPool blocks, adaptive pooling, one hidden layer, then a Linear per head.
+
+    `forward` always returns a dict head -> logits, so single-head and multihead models are
+    trained and evaluated by the same code.
+    """
+
+    def __init__(self, heads: Mapping[str, int], in_channels: int = 1, input_size: int = 28,
+                 channels: Sequence[int] = (32, 64), hidden: int = 128, dropout: float = 0.25,
+                 pool_size: int = 7) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        prev = in_channels
+        for ch in channels:
+            layers += [nn.Conv2d(prev, ch, 3, padding=1), nn.BatchNorm2d(ch), nn.ReLU(),
+                       nn.MaxPool2d(2)]
+            prev = ch
+        self.input_shape = (in_channels, input_size, input_size)
+        self.backbone = nn.Sequential(
+            *layers,
+            nn.AdaptiveAvgPool2d(pool_size),
+            nn.Flatten(),
+            nn.Linear(prev * pool_size * pool_size, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+        )
+        self.heads = nn.ModuleDict({name: nn.Linear(hidden, n) for name, n in heads.items()})
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.backbone(x)
+        return {name: head(features) for name, head in self.heads.items()}

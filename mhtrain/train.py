@@ -1,0 +1,113 @@
+"""Train one configuration: `fit(cfg)` for code, `python -m mhtrain.train experiment=…` for people."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from mhtrain import ConfigError
+from mhtrain.config import check
+
+
+class MetricHistory(Callback):
+    """Keeps each validation epoch's metrics, so callers get the best epoch and not the last."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, float]] = []
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.epochs.append({k: float(v) for k, v in trainer.callback_metrics.items()
+                                if k.startswith("val/")})
+
+    def best(self) -> dict[str, float]:
+        """Best value of each val metric over epochs: max for accuracies, min for losses."""
+        keys = {k for e in self.epochs for k in e}
+        pick = {k: (min if k.endswith("loss") else max) for k in keys}
+        return {k: pick[k](e[k] for e in self.epochs if k in e) for k in sorted(keys)}
+
+
+def fit(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    """Train one configuration (then test it unless `cfg.test` is false) and return its metrics.
+
+    Returns `best` (per val metric over epochs), `history` (val metrics per epoch), `test`,
+    `epochs`, `seconds`, `params` and the run's `output_dir`.
+    """
+    check(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = instantiate(cfg.data)
+    heads = {name: h.classes for name, h in datamodule.heads.items()}
+    model = instantiate(cfg.model, heads=heads)
+    history = MetricHistory()
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        callbacks=[*instantiate(cfg.get("callbacks") or {}).values(), history, *callbacks],
+        logger=list(instantiate(cfg.get("logger") or {}).values()) or False,
+    )
+    output_dir = Path(cfg.paths.output_dir)
+    if trainer.is_global_zero and not trainer.fast_dev_run:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule)
+    seconds = time.perf_counter() - start
+    result: dict[str, Any] = {
+        "best": history.best(),
+        "history": history.epochs,
+        "epochs": len(history.epochs),
+        "seconds": seconds,
+        "params": sum(p.numel() for p in model.parameters()),
+        "heads": list(heads),
+        "output_dir": str(output_dir),
+        "test": {},
+    }
+    if cfg.get("test"):
+        ckpt = trainer.checkpoint_callback
+        best_path = ckpt.best_model_path if isinstance(ckpt, ModelCheckpoint) else ""
+        trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
+        result["test"] = {k: float(v) for k, v in trainer.callback_metrics.items()
+                          if k.startswith("test/")}
+    return result
+
+
+def summary_table(result: dict[str, Any]) -> str:
+    """head | best val acc | test acc, as a small text table."""
+    rows = [("head", "best val acc", "test acc")]
+    for h in result["heads"]:
+        val = result["best"].get(f"val/{h}_acc")
+        test = result["test"].get(f"test/{h}_acc")
+        rows.append((h, f"{val:.4f}" if val is not None else "-",
+                     f"{test:.4f}" if test is not None else "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        result = fit(cfg)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    accs = "  ".join(f"val/{h}_acc={result['best'][f'val/{h}_acc']:.4f}" for h in result["heads"])
+    saved = "nothing saved (fast_dev_run)" if cfg.trainer.get("fast_dev_run") else (
+        f"run saved in {result['output_dir']}")
+    print(f"\n{summary_table(result)}\nbest {accs}\n"
+          f"{result['epochs']} epochs in {result['seconds']:.1f} s; {saved}")
+    return result["best"].get(cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    main()

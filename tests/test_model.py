@@ -1,0 +1,106 @@
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from mhtrain import ConfigError
+from mhtrain.config import compose, heads_of
+from mhtrain.models import MultiheadLitModule, SimpleCNN, metric_names
+
+
+def build(experiment: str, *overrides: str) -> MultiheadLitModule:
+    cfg = compose(experiment, overrides)
+    return instantiate(cfg.model, heads=heads_of(cfg))
+
+
+def n_params(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_parameter_counts_and_output_shapes():
+    mh, single = build("multihead_cnn_mnist"), build("cnn_mnist")
+    assert n_params(mh) == 422_866
+    assert n_params(single) == 421_834
+    out = mh(torch.zeros(5, 1, 28, 28))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "digit": (5, 10), "thickness": (5, 5), "smoothness": (5, 3)}
+    assert set(single(torch.zeros(2, 1, 28, 28))) == {"digit"}
+
+
+def test_architecture_is_config():
+    net = SimpleCNN({"a": 4}, in_channels=3, input_size=32, channels=[8, 16], hidden=32)
+    assert net(torch.zeros(2, 3, 32, 32))["a"].shape == (2, 4)
+
+
+def test_zero_weight_head_gets_no_gradient():
+    model = build("multihead_cnn_mnist", "model.loss_weights.thickness=0")
+    x = torch.randn(8, 1, 28, 28)
+    y = {"digit": torch.randint(0, 10, (8,)), "thickness": torch.randint(0, 5, (8,)),
+         "smoothness": torch.randint(0, 3, (8,))}
+    model._step((x, y), "train").backward()
+    thickness = model.net.heads["thickness"].weight.grad
+    assert thickness is None or not thickness.any()
+    assert model.net.heads["smoothness"].weight.grad.abs().sum() > 0
+
+
+def test_total_loss_is_the_weighted_sum():
+    model = build("multihead_cnn_mnist", "model.loss_weights.smoothness=2.0").eval()
+    x = torch.randn(16, 1, 28, 28)
+    y = {"digit": torch.randint(0, 10, (16,)), "thickness": torch.randint(0, 5, (16,)),
+         "smoothness": torch.randint(0, 3, (16,))}
+    logits = model(x)
+    ce = torch.nn.functional.cross_entropy
+    expected = (ce(logits["digit"], y["digit"]) + 0.5 * ce(logits["thickness"], y["thickness"])
+                + 2.0 * ce(logits["smoothness"], y["smoothness"]))
+    assert torch.allclose(model._step((x, y), "val"), expected)
+
+
+def test_criterion_by_target():
+    model = build("multihead_cnn_mnist",
+                  "+model.criteria.thickness._target_=torch.nn.CrossEntropyLoss",
+                  "+model.criteria.thickness.label_smoothing=0.2")
+    assert model.criteria["thickness"].label_smoothing == 0.2
+    assert model.criteria["digit"].label_smoothing == 0.0
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["+model.loss_weights.colour=1.0"], r"loss_weights has \['colour'\]"),
+    (["model.loss_weights.digit=-1"], "must be >= 0"),
+    (["model.loss_weights.digit=0", "model.loss_weights.thickness=0",
+      "model.loss_weights.smoothness=0"], "all zero"),
+    (["optimized_metric=val/colour_acc"], "optimized_metric=val/colour_acc is not logged"),
+    (["data.heads.thickness.classes=2"], "outside"),
+])
+def test_rejected_at_composition(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        compose("multihead_cnn_mnist", overrides)
+
+
+def test_single_task_cannot_optimize_an_auxiliary_head():
+    with pytest.raises(ConfigError, match="not logged"):
+        compose("cnn_mnist", ["optimized_metric=val/thickness_acc"])
+    with pytest.raises(ConfigError, match="thickness"):
+        compose("cnn_mnist", ["+model.loss_weights.thickness=0.5"])
+
+
+def test_module_rejects_at_construction():
+    kw = {"net": SimpleCNN, "heads": {"digit": 10}, "optimizer": torch.optim.Adam}
+    with pytest.raises(ConfigError, match=r"criteria has \['colour'\]"):
+        MultiheadLitModule(**kw, criteria={"colour": torch.nn.MSELoss()})
+    with pytest.raises(ConfigError, match=r"loss_weights has \['colour'\]"):
+        MultiheadLitModule(**kw, loss_weights={"colour": 1.0})
+    with pytest.raises(ConfigError, match=">= 0"):
+        MultiheadLitModule(**kw, loss_weights={"digit": -0.1})
+
+
+def test_unknown_criterion_head_rejected_at_composition():
+    with pytest.raises(ConfigError, match="criteria"):
+        compose("cnn_mnist", ["+model.criteria.colour._target_=torch.nn.MSELoss"])
+
+
+def test_metric_contract_names():
+    names = metric_names(["digit", "thickness"])
+    for split in ("train", "val", "test"):
+        assert {f"{split}/digit_acc", f"{split}/thickness_loss", f"{split}/loss",
+                f"{split}/avg_acc", f"{split}/weighted_acc"} <= set(names)
+    assert "val/acc_best" in names
+    assert "val/avg_acc" not in metric_names(["digit"])

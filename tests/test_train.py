@@ -1,0 +1,64 @@
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mhtrain.config import compose
+from mhtrain.data import mnist
+from mhtrain.models import metric_names
+from mhtrain.train import fit
+from tests.conftest import ROOT, needs_real_data
+
+
+def test_fit_on_tiny_data_logs_the_metric_contract(tiny_overrides, tmp_path: Path):
+    cfg = compose("multihead_cnn_mnist", [*tiny_overrides, "model.optimizer.lr=0.003"])
+    result = fit(cfg)
+    assert result["epochs"] == 2 and len(result["history"]) == 2
+    assert result["params"] == 422_866
+    assert 0.0 <= result["best"]["val/digit_acc"] <= 1.0
+    assert result["best"]["val/acc_best"] == max(e["val/digit_acc"] for e in result["history"])
+    # the tiny digits are drawn to be learnable: a working model beats chance clearly
+    assert result["best"]["val/digit_acc"] > 0.3
+    with open(tmp_path / "run" / "csv" / "metrics.csv") as f:
+        columns = set(csv.DictReader(f).fieldnames)
+    assert set(metric_names(["digit", "thickness", "smoothness"])) <= columns
+    assert set(result["test"]) >= {"test/digit_acc", "test/avg_acc", "test/weighted_acc"}
+    assert (tmp_path / "run" / "config.yaml").exists()
+    assert list((tmp_path / "run" / "checkpoints").glob("*.ckpt"))
+
+
+def test_fit_without_test_never_loads_the_test_split(tiny_overrides):
+    before = set(mnist._cache)
+    result = fit(compose("cnn_mnist", [*tiny_overrides, "test=false", "trainer.max_epochs=1"]))
+    assert result["test"] == {} and result["params"] == 421_834
+    loaded = [key for key in set(mnist._cache) - before]
+    assert not any("t10k" in path for key in loaded for path, *_ in key)
+
+
+def run_cli(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mhtrain.train", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, **kw)
+
+
+def test_cli_bad_config_is_one_line_and_exit_2(tmp_path: Path):
+    proc = run_cli("experiment=multihead_cnn_mnist", "model.loss_weights.digit=-2",
+                   f"paths.output_dir={tmp_path}")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: model.loss_weights")
+    assert not (tmp_path / "csv").exists() and not (tmp_path / "checkpoints").exists()
+
+
+@needs_real_data
+@pytest.mark.parametrize(("experiment", "heads"), [
+    ("multihead_cnn_mnist", ["digit", "thickness", "smoothness"]),
+    ("cnn_mnist", ["digit"]),
+])
+def test_fast_dev_run_on_real_files(experiment, heads, tmp_path: Path):
+    proc = run_cli(f"experiment={experiment}", "+trainer.fast_dev_run=true",
+                   f"paths.output_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for h in heads:
+        assert f"val/{h}_acc" in proc.stdout
+    assert ("val/thickness_acc" in proc.stdout) == ("thickness" in heads)
