@@ -36,6 +36,11 @@ class MetricHistory(Callback):
         return {k: pick[k](e[k] for e in self.epochs if k in e) for k in sorted(keys)}
 
 
+def _instantiate_all(group: DictConfig | None) -> list[Any]:
+    """Instantiate each entry of a config group; an entry set to null is switched off."""
+    return [instantiate(c) for c in (group or {}).values() if c is not None]
+
+
 def fit(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Train one configuration (then test it unless `cfg.test` is false) and return its metrics.
 
@@ -50,8 +55,8 @@ def fit(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     history = MetricHistory()
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        callbacks=[*instantiate(cfg.get("callbacks") or {}).values(), history, *callbacks],
-        logger=list(instantiate(cfg.get("logger") or {}).values()) or False,
+        callbacks=[*_instantiate_all(cfg.get("callbacks")), history, *callbacks],
+        logger=_instantiate_all(cfg.get("logger")) or False,
     )
     output_dir = Path(cfg.paths.output_dir)
     if trainer.is_global_zero and not trainer.fast_dev_run:

@@ -1,0 +1,57 @@
+"""The command line shared by studies/*.py: parse, validate everything, then run and summarize."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from mhtrain import ConfigError
+from mhtrain.study import runner, space
+from mhtrain.study.storage import DEFAULT_STORAGE
+
+
+def parser(study_name: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=f"studies/{study_name}.py", description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Trailing Hydra overrides apply to every trial, e.g.\n"
+               "  trainer.max_epochs=4 data.train_subset=20000\n"
+               "Re-running the same command resumes the study: --n-trials is its total budget.")
+    p.add_argument("--n-trials", type=int, help="total trials the study should hold "
+                   "(finished ones count; default from conf/study/<name>.yaml)")
+    p.add_argument("--study-name", help="name in the storage (default: the study config's name)")
+    p.add_argument("--storage", default=DEFAULT_STORAGE,
+                   help=f"sqlite:///FILE.db, FILE.journal or postgresql+psycopg://… "
+                        f"(default {DEFAULT_STORAGE})")
+    p.add_argument("--experiment", help="experiment to search instead of the study config's; "
+                   "the metric becomes that experiment's optimized_metric")
+    p.add_argument("--metric", help="val metric to optimize (default: the experiment's)")
+    p.add_argument("--sampler", choices=space.SAMPLERS, help="default from the study config")
+    p.add_argument("--pruner", choices=space.PRUNERS, help="default from the study config")
+    p.add_argument("--seed", type=int, help="study seed; trial seed = seed + trial number")
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="start no new trial after this many seconds")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides for every trial")
+    return p
+
+
+def main(study_name: str, description: str, argv: Sequence[str] | None = None) -> int:
+    args = parser(study_name, description).parse_args(argv)
+    try:
+        if args.n_trials is not None and args.n_trials < 1:
+            raise ConfigError(f"--n-trials {args.n_trials}: must be >= 1")
+        if args.timeout is not None and args.timeout <= 0:
+            raise ConfigError(f"--timeout {args.timeout}: must be > 0")
+        study = space.load(study_name, name=args.study_name, n_trials=args.n_trials,
+                           experiment=args.experiment, metric=args.metric, sampler=args.sampler,
+                           pruner=args.pruner, seed=args.seed, extra_overrides=args.overrides)
+        ostudy = runner.run(study, args.storage, timeout=args.timeout,
+                            progress=not args.no_progress)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    max_epochs = space.base_config(study).trainer.max_epochs
+    print(runner.summary(ostudy, max_epochs, args.storage))
+    return 0

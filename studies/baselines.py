@@ -1,0 +1,9 @@
+"""Single-task baseline study (conf/study/baseline_lr.yaml): the digit-only CNN over the same
+learning-rate range and budget as the lr study, for the multitask-versus-single-task comparison."""
+
+import sys
+
+from mhtrain.study.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main("baseline_lr", __doc__))

@@ -1,0 +1,76 @@
+"""optuna-dashboard, for real: a server on a loopback port and a headless Chromium page."""
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from mhtrain.study import runner, space
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture
+def dashboard(tmp_path: Path, tiny_data: Path, monkeypatch):
+    """A two-trial study made by the harness, served by optuna-dashboard."""
+    monkeypatch.chdir(tmp_path)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = space.load("lr", n_trials=2, name="dash_study", extra_overrides=[
+        f"data.data_dir={tiny_data}", "data.verify=false", "data.val_size=100", "trainer.max_epochs=2"])
+    runner.run(study, storage, progress=False)
+    port = free_port()
+    exe = Path(sys.executable).with_name("optuna-dashboard")
+    proc = subprocess.Popen([str(exe), storage, "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                get_json(f"{base}/api/studies")
+                break
+            except OSError:
+                time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_dashboard_api_serves_the_study(dashboard):
+    studies = get_json(f"{dashboard}/api/studies")["study_summaries"]
+    (summary,) = [s for s in studies if s["study_name"] == "dash_study"]
+    detail = get_json(f"{dashboard}/api/studies/{summary['study_id']}?after=0")
+    assert len(detail["trials"]) == 2
+    for trial in detail["trials"]:
+        assert trial["state"] == "Complete"
+        assert len(trial["intermediate_values"]) == 2
+    assert detail["objective_names"] == ["val/digit_acc"]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_dashboard_page_renders_in_headless_chromium(dashboard, tmp_path: Path):
+    studies = get_json(f"{dashboard}/api/studies")["study_summaries"]
+    study_id = next(s["study_id"] for s in studies if s["study_name"] == "dash_study")
+    proc = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'chrome'}",
+         "--virtual-time-budget=15000", "--dump-dom", f"{dashboard}/dashboard/studies/{study_id}"],
+        capture_output=True, text=True, timeout=120)
+    assert "dash_study" in proc.stdout, proc.stderr[-2000:]

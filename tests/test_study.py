@@ -1,0 +1,168 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from mhtrain import ConfigError
+from mhtrain.config import compose
+from mhtrain.study import runner, space
+from mhtrain.study.export import export
+from mhtrain.study.storage import open_storage
+from mhtrain.train import fit
+from tests.conftest import ROOT
+
+
+@pytest.fixture
+def tiny(tiny_data: Path) -> list[str]:
+    """Study-level overrides for seconds-long trials on the tiny dataset."""
+    return [f"data.data_dir={tiny_data}", "data.verify=false", "data.val_size=100",
+            "data.batch_size=32", "trainer.max_epochs=2"]
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'optuna.db'}"
+
+
+def load(config: str, tiny: list[str], *extra: str, **changes) -> space.StudyConfig:
+    return space.load(config, extra_overrides=[*tiny, *extra], **changes)
+
+
+def test_objective_on_tiny_trials(tiny, storage, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    study = load("loss_weights", tiny, n_trials=2)
+    ostudy = runner.run(study, storage, progress=False)
+    trials = ostudy.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert ostudy.metric_names == ["val/digit_acc"]
+    for t in trials:
+        assert 0.0 <= t.value <= 1.0
+        assert sorted(t.intermediate_values) == list(range(t.user_attrs["epochs"]))
+        assert t.value == max(t.intermediate_values.values())
+        assert set(t.params) == {"model.optimizer.lr", "model.loss_weights.thickness",
+                                 "model.loss_weights.smoothness"}
+        attrs = t.user_attrs
+        assert attrs["experiment"] == "multihead_cnn_mnist"
+        assert attrs["seed"] == study.seed + t.number
+        assert f"seed={attrs['seed']}" in attrs["overrides"]
+        assert {"best_val/digit_acc", "best_val/thickness_acc", "best_val/smoothness_acc",
+                "epochs", "seconds", "params"} <= set(attrs)
+        assert attrs["params"] == 422_866
+    assert ostudy.user_attrs["config"]["search_space"]["model.optimizer.lr"]["log"] is True
+
+
+def test_hopeless_trials_are_pruned(tiny, storage, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    study = load("lr", tiny, "trainer.max_epochs=4", "callbacks.early_stopping=null", n_trials=5)
+    ostudy = runner.open_study(study, storage)
+    for lr in (3e-3, 3e-3, 3e-3, 1e-7, 1e-7):
+        ostudy.enqueue_trial({"model.optimizer.lr": lr})
+    runner.run(study, storage, progress=False)
+    trials = ostudy.get_trials()
+    assert len(trials) == 5
+    good, hopeless = trials[:3], trials[3:]
+    assert all(t.state == TrialState.COMPLETE and t.user_attrs["epochs"] == 4 for t in good)
+    for t in hopeless:
+        assert t.state == TrialState.PRUNED
+        assert t.user_attrs["epochs"] < 4
+        assert len(t.intermediate_values) == t.user_attrs["epochs"]
+
+
+def test_budget_is_the_total_and_a_rerun_resumes(tiny, storage, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    runner.run(load("lr", tiny, "trainer.max_epochs=1", n_trials=2), storage, progress=False)
+    ostudy = runner.run(load("lr", tiny, "trainer.max_epochs=1", n_trials=4), storage, progress=False)
+    assert len(ostudy.get_trials()) == 4
+    ostudy = runner.run(load("lr", tiny, "trainer.max_epochs=1", n_trials=4), storage, progress=False)
+    assert len(ostudy.get_trials()) == 4
+
+
+def test_export_reproduces_the_best_trial(tiny, storage, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    conf = tmp_path / "conf"
+    (conf / "experiment").mkdir(parents=True)
+    ostudy = runner.run(load("lr", tiny, n_trials=2, name="export_me"), storage, progress=False)
+    path = export("export_me", storage, conf_dir=ROOT / "conf")
+    try:
+        assert path.name == "best_export_me.yaml"
+        cfg = compose("best_export_me", ["test=false", f"paths.output_dir={tmp_path / 'rerun'}"])
+        assert cfg.model.optimizer.lr == ostudy.best_params["model.optimizer.lr"]
+        result = fit(cfg)
+        assert result["best"]["val/digit_acc"] == pytest.approx(ostudy.best_value, abs=1e-6)
+    finally:
+        path.unlink()
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ({"type": "normal", "low": 0, "high": 1}, "must be one of"),
+    ({"type": "float", "low": 1.0, "high": 1.0}, "empty or inverted"),
+    ({"type": "float", "low": 2.0, "high": 1.0}, "empty or inverted"),
+    ({"type": "float", "low": 0.0, "high": 1.0, "log": True}, "log=true needs low > 0"),
+    ({"type": "categorical", "choices": []}, "non-empty"),
+    ({"type": "int", "low": 1}, "needs `low` and `high`"),
+])
+def test_bad_search_space_entries(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        space.parse_param("model.optimizer.lr", spec)
+
+
+def test_search_key_must_exist_and_metric_must_be_logged(tiny):
+    with pytest.raises(ConfigError, match="baseline_lr|not logged"):
+        load("baseline_lr", tiny, metric="val/thickness_acc")
+    with pytest.raises(ConfigError, match="no study config"):
+        space.load("nope")
+
+
+def test_existing_study_with_another_metric_is_refused(tiny, storage, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    runner.run(load("lr", tiny, "trainer.max_epochs=1", n_trials=1), storage, progress=False)
+    with pytest.raises(ConfigError, match="pick another --study-name"):
+        runner.open_study(load("lr", tiny, metric="val/avg_acc"), storage)
+    assert len(optuna.load_study(study_name="lr", storage=open_storage(storage)).trials) == 1
+
+
+def cli(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "studies" / script), "--no-progress", *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize(("script", "study", "params"), [
+    ("lr.py", "lr", {"model.optimizer.lr"}),
+    ("baselines.py", "baseline_lr", {"model.optimizer.lr"}),
+    ("loss_weights.py", "loss_weights",
+     {"model.optimizer.lr", "model.loss_weights.thickness", "model.loss_weights.smoothness"}),
+])
+def test_cli_end_to_end(script, study, params, tiny, storage, tmp_path):
+    proc = cli(script, "--n-trials", "2", "--storage", storage, *tiny, "trainer.max_epochs=1",
+               cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"study {study}: 2 trials (2 complete)" in proc.stdout
+    assert "optuna-dashboard" in proc.stdout
+    trials = optuna.load_study(study_name=study, storage=open_storage(storage)).trials
+    assert len(trials) == 2 and all(set(t.params) == params for t in trials)
+
+
+@pytest.mark.parametrize("args", [
+    ["--n-trials", "0"],
+    ["model.optimizer.lrr=0.1"],
+    ["--experiment", "no_such_experiment"],
+    ["--metric", "val/colour_acc"],
+    ["--timeout", "-1"],
+])
+def test_cli_bad_input_exits_2_and_leaves_no_storage(args, tmp_path):
+    db = tmp_path / "bad.db"
+    proc = cli("lr.py", "--storage", f"sqlite:///{db}", *args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: ")
+    assert not db.exists()
+
+
+def test_cli_help_explains_each_option(tmp_path):
+    proc = cli("loss_weights.py", "--help", cwd=tmp_path)
+    assert proc.returncode == 0
+    for flag in ("--n-trials", "--study-name", "--storage", "--experiment", "--sampler",
+                 "--pruner", "--seed", "--timeout", "trainer.max_epochs=4"):
+        assert flag in proc.stdout
