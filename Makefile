@@ -7,7 +7,12 @@ STORAGE ?= sqlite:///runs/optuna.db
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install data test lint train emhcm exp-multihead-cnn-mnist ecm exp-cnn-mnist
+# The quick fidelity of the make study targets: 3 epochs on a 10k-image training subset.
+QUICK ?= trainer.max_epochs=3 data.train_subset=10000
+WORKERS ?= 1
+
+.PHONY: help install data test lint train emhcm exp-multihead-cnn-mnist ecm exp-cnn-mnist \
+	study-lr study-loss-weights study-baselines compare dashboard
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -38,3 +43,18 @@ emhcm exp-multihead-cnn-mnist: $(STAMP) ## the multihead CNN on MNIST, 10 epochs
 
 ecm exp-cnn-mnist: $(STAMP) ## the digit-only baseline CNN on MNIST, 10 epochs
 	$(PY) -m mhtrain.train experiment=cnn_mnist tags="[single_task,digit]" $(ARGS)
+
+study-lr: data ## quick learning-rate study of the multihead CNN (20 trials, QUICK fidelity)
+	$(PY) studies/lr.py --n-trials 20 --storage $(STORAGE) --workers $(WORKERS) $(QUICK) $(ARGS)
+
+study-loss-weights: data ## learning rate + loss weights of the multihead CNN (30 trials, QUICK)
+	$(PY) studies/loss_weights.py --n-trials 30 --storage $(STORAGE) --workers $(WORKERS) $(QUICK) $(ARGS)
+
+study-baselines: data ## the digit-only baseline over the same lr range (20 trials, QUICK)
+	$(PY) studies/baselines.py --n-trials 20 --storage $(STORAGE) --workers $(WORKERS) $(QUICK) $(ARGS)
+
+compare: $(STAMP) ## re-train the best of study-lr and study-baselines (5 seeds), write the report
+	$(PY) studies/compare.py --multitask lr --baseline baseline_lr --storage $(STORAGE) $(ARGS)
+
+dashboard: $(STAMP) ## optuna-dashboard on http://127.0.0.1:8080 for the default storage
+	$(VENV)/bin/optuna-dashboard --host 127.0.0.1 --port 8080 $(STORAGE)

@@ -34,7 +34,7 @@ def load(config: str, tiny: list[str], *extra: str, **changes) -> space.StudyCon
 def test_objective_on_tiny_trials(tiny, storage, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     study = load("loss_weights", tiny, n_trials=2)
-    ostudy = runner.run(study, storage, progress=False)
+    ostudy, _ = runner.run(study, storage, progress=False)
     trials = ostudy.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     assert ostudy.metric_names == ["val/digit_acc"]
@@ -74,9 +74,9 @@ def test_hopeless_trials_are_pruned(tiny, storage, monkeypatch, tmp_path):
 def test_budget_is_the_total_and_a_rerun_resumes(tiny, storage, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     runner.run(load("lr", tiny, "trainer.max_epochs=1", n_trials=2), storage, progress=False)
-    ostudy = runner.run(load("lr", tiny, "trainer.max_epochs=1", n_trials=4), storage, progress=False)
+    ostudy, _ = runner.run(load("lr", tiny, "trainer.max_epochs=1", n_trials=4), storage, progress=False)
     assert len(ostudy.get_trials()) == 4
-    ostudy = runner.run(load("lr", tiny, "trainer.max_epochs=1", n_trials=4), storage, progress=False)
+    ostudy, _ = runner.run(load("lr", tiny, "trainer.max_epochs=1", n_trials=4), storage, progress=False)
     assert len(ostudy.get_trials()) == 4
 
 
@@ -84,7 +84,7 @@ def test_export_reproduces_the_best_trial(tiny, storage, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     conf = tmp_path / "conf"
     (conf / "experiment").mkdir(parents=True)
-    ostudy = runner.run(load("lr", tiny, n_trials=2, name="export_me"), storage, progress=False)
+    ostudy, _ = runner.run(load("lr", tiny, n_trials=2, name="export_me"), storage, progress=False)
     path = export("export_me", storage, conf_dir=ROOT / "conf")
     try:
         assert path.name == "best_export_me.yaml"

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from mhtrain import ConfigError
 from mhtrain.study import runner, space
-from mhtrain.study.storage import DEFAULT_STORAGE
+from mhtrain.study.storage import DEFAULT_STORAGE, HEARTBEAT_S
 
 
 def parser(study_name: str, description: str) -> argparse.ArgumentParser:
@@ -32,6 +32,12 @@ def parser(study_name: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="study seed; trial seed = seed + trial number")
     p.add_argument("--timeout", type=float, metavar="SECONDS",
                    help="start no new trial after this many seconds")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes on this machine sharing the study (default 1); "
+                        "each gets cores/K torch threads")
+    p.add_argument("--heartbeat", type=int, default=HEARTBEAT_S, metavar="SECONDS",
+                   help=f"RDB heartbeat: a trial silent for 3x this long is failed and re-run "
+                        f"(default {HEARTBEAT_S})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides for every trial")
     return p
@@ -44,14 +50,20 @@ def main(study_name: str, description: str, argv: Sequence[str] | None = None) -
             raise ConfigError(f"--n-trials {args.n_trials}: must be >= 1")
         if args.timeout is not None and args.timeout <= 0:
             raise ConfigError(f"--timeout {args.timeout}: must be > 0")
+        if args.workers < 1 or args.heartbeat < 1:
+            raise ConfigError(f"--workers {args.workers} --heartbeat {args.heartbeat}: both must be >= 1")
         study = space.load(study_name, name=args.study_name, n_trials=args.n_trials,
                            experiment=args.experiment, metric=args.metric, sampler=args.sampler,
                            pruner=args.pruner, seed=args.seed, extra_overrides=args.overrides)
-        ostudy = runner.run(study, args.storage, timeout=args.timeout,
-                            progress=not args.no_progress)
+        ostudy, interrupted = runner.run(study, args.storage, timeout=args.timeout,
+                                         progress=not args.no_progress, workers=args.workers,
+                                         heartbeat=args.heartbeat)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     max_epochs = space.base_config(study).trainer.max_epochs
     print(runner.summary(ostudy, max_epochs, args.storage))
+    if interrupted:
+        print("interrupted: the running trial was marked FAIL; run the same command to resume")
+        return 130
     return 0

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
 import lightning as L
 import optuna
 from lightning.pytorch.callbacks import Callback
@@ -32,6 +35,11 @@ class PruningCallback(Callback):
             trainer.should_stop = True
 
 
+def owner() -> tuple[str, int]:
+    """(host, pid) of this worker, recorded on each trial it runs."""
+    return socket.gethostname(), os.getpid()
+
+
 def trial_overrides(study: StudyConfig, trial: optuna.Trial) -> list[str]:
     """Everything that defines what the trial trains: re-running these reproduces it."""
     suggested = [f"{p.key}={p.suggest(trial)}" for p in study.search_space]
@@ -42,6 +50,8 @@ def trial_overrides(study: StudyConfig, trial: optuna.Trial) -> list[str]:
 def objective(study: StudyConfig, trial: optuna.Trial) -> float:
     """Train the trial's configuration; return the best `study.metric` over its epochs."""
     overrides = trial_overrides(study, trial)
+    host, pid = owner()
+    trial.set_user_attr("owner", {"host": host, "pid": pid})
     trial.set_user_attr("experiment", study.experiment)
     trial.set_user_attr("overrides", overrides)
     trial.set_user_attr("seed", study.seed + trial.number)
