@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from mhtrain import ConfigError
 from mhtrain.config import check
+
+
+# lightning 2.6 with torch 2.14 warns about its own pytree use on every fit
+warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
 
 
 class MetricHistory(Callback):

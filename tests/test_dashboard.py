@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from mhtrain.study import runner, space
+from tests.conftest import ROOT
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -27,14 +28,8 @@ def get_json(url: str):
         return json.loads(r.read())
 
 
-@pytest.fixture
-def dashboard(tmp_path: Path, tiny_data: Path, monkeypatch):
-    """A two-trial study made by the harness, served by optuna-dashboard."""
-    monkeypatch.chdir(tmp_path)
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    study = space.load("lr", n_trials=2, name="dash_study", extra_overrides=[
-        f"data.data_dir={tiny_data}", "data.verify=false", "data.val_size=100", "trainer.max_epochs=2"])
-    runner.run(study, storage, progress=False)
+def serve(storage: str):
+    """optuna-dashboard on a free loopback port; yields its base URL once it answers."""
     port = free_port()
     exe = Path(sys.executable).with_name("optuna-dashboard")
     proc = subprocess.Popen([str(exe), storage, "--host", "127.0.0.1", "--port", str(port)],
@@ -51,6 +46,17 @@ def dashboard(tmp_path: Path, tiny_data: Path, monkeypatch):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture
+def dashboard(tmp_path: Path, tiny_data: Path, monkeypatch):
+    """A two-trial study made by the harness, served by optuna-dashboard."""
+    monkeypatch.chdir(tmp_path)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = space.load("lr", n_trials=2, name="dash_study", extra_overrides=[
+        f"data.data_dir={tiny_data}", "data.verify=false", "data.val_size=100", "trainer.max_epochs=2"])
+    runner.run(study, storage, progress=False)
+    yield from serve(storage)
 
 
 def test_dashboard_api_serves_the_study(dashboard):
@@ -74,3 +80,34 @@ def test_dashboard_page_renders_in_headless_chromium(dashboard, tmp_path: Path):
          "--virtual-time-budget=15000", "--dump-dom", f"{dashboard}/dashboard/studies/{study_id}"],
         capture_output=True, text=True, timeout=120)
     assert "dash_study" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_dashboard_reads_a_study_while_workers_write(tmp_path: Path, tiny_data: Path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    workers = subprocess.Popen(
+        [sys.executable, str(ROOT / "studies" / "lr.py"), "--no-progress", "--storage", storage,
+         "--study-name", "live", "--n-trials", "6", "--workers", "2", "--pruner", "none",
+         f"data.data_dir={tiny_data}", "data.verify=false", "data.val_size=100",
+         "trainer.max_epochs=3"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = []
+    try:
+        for _ in range(600):
+            if Path(tmp_path / "optuna.db").exists():
+                break
+            time.sleep(0.2)
+        for base in serve(storage):
+            while workers.poll() is None:
+                studies = get_json(f"{base}/api/studies")["study_summaries"]
+                live = [s for s in studies if s["study_name"] == "live"]
+                if live:
+                    detail = get_json(f"{base}/api/studies/{live[0]['study_id']}?after=0")
+                    seen.append(sum(t["state"] == "Complete" for t in detail["trials"]))
+                time.sleep(0.5)
+            detail = get_json(f"{base}/api/studies/{live[0]['study_id']}?after=0")
+            final = sum(t["state"] == "Complete" for t in detail["trials"])
+    finally:
+        if workers.poll() is None:
+            workers.kill()
+    assert workers.returncode == 0, workers.stderr.read()[-2000:]
+    assert final == 6
+    assert seen and min(seen) < 6  # the dashboard answered while trials were still being written

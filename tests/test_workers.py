@@ -1,0 +1,144 @@
+"""Many workers, nothing lost: real processes on SQLite, Journal files and PostgreSQL."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from mhtrain.study.storage import open_storage
+from tests.conftest import ROOT
+
+POSTGRES = os.environ.get("MHTRAIN_TEST_POSTGRES")
+STORAGES = [
+    "sqlite",
+    "journal",
+    pytest.param("postgres", marks=pytest.mark.skipif(
+        not POSTGRES, reason="set MHTRAIN_TEST_POSTGRES (.ci/run starts a server)")),
+]
+
+
+@pytest.fixture(params=STORAGES)
+def storage(request, tmp_path: Path) -> str:
+    return {"sqlite": f"sqlite:///{tmp_path / 'optuna.db'}",
+            "journal": str(tmp_path / "optuna.journal"),
+            "postgres": POSTGRES}[request.param]
+
+
+@pytest.fixture
+def name() -> str:
+    return f"w_{uuid.uuid4().hex[:8]}"  # PostgreSQL is shared by the tests
+
+
+def study_args(tiny_data: Path, storage: str, name: str, n: int, epochs: int, *extra: str) -> list[str]:
+    return [sys.executable, str(ROOT / "studies" / "lr.py"), "--no-progress", "--storage", storage,
+            "--study-name", name, "--n-trials", str(n), "--pruner", "none", "--heartbeat", "1",
+            *extra, f"data.data_dir={tiny_data}", "data.verify=false", "data.val_size=100",
+            f"trainer.max_epochs={epochs}", "callbacks.early_stopping=null"]
+
+
+def trials(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        return optuna.load_study(study_name=name, storage=open_storage(storage)).get_trials()
+    except KeyError:
+        return []
+
+
+def wait_for_running(storage: str, name: str, proc: subprocess.Popen, after: int = 0) -> None:
+    """Block until the process has a trial RUNNING (and `after` trials finished)."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        ts = trials(storage, name)
+        finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in ts)
+        if finished >= after and any(t.state == TrialState.RUNNING for t in ts):
+            time.sleep(1.5)  # into the trial's epochs
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.3)
+    raise AssertionError("no trial started")
+
+
+def assert_intact(ts: list[optuna.trial.FrozenTrial], n: int) -> None:
+    finished = [t for t in ts if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == n, [(t.number, t.state) for t in ts]
+    assert len({t.number for t in ts}) == len(ts)
+    assert not [t for t in ts if t.state == TrialState.RUNNING]
+    for t in finished:
+        assert 0.0 <= t.value <= 1.0
+        assert len(t.intermediate_values) == t.user_attrs["epochs"]
+        assert t.value == max(t.intermediate_values.values())
+
+
+def test_two_workers_reach_exactly_n(tiny_data, storage, name, tmp_path):
+    proc = subprocess.run(study_args(tiny_data, storage, name, 5, 2, "--workers", "2"),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ts = trials(storage, name)
+    assert_intact(ts, 5)
+    assert len(ts) == 5
+    assert len({t.user_attrs["owner"]["pid"] for t in ts}) == 2  # both workers ran trials
+
+
+def test_sigkill_mid_trial_is_rerun_and_nothing_lost(tiny_data, storage, name, tmp_path):
+    args = study_args(tiny_data, storage, name, 3, 12)
+    first = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for_running(storage, name, first, after=1)
+    before = {t.number: t for t in trials(storage, name)}
+    first.kill()
+    first.wait()
+    (killed,) = [t for t in before.values() if t.state == TrialState.RUNNING]
+
+    second = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    ts = trials(storage, name)
+    assert_intact(ts, 3)
+    assert ts[killed.number].state == TrialState.FAIL
+    rerun = [t for t in ts if t.number > killed.number and t.params == killed.params]
+    assert rerun and rerun[0].state == TrialState.COMPLETE
+    for number, t in before.items():  # every trial finished before the kill is untouched
+        if t.state == TrialState.COMPLETE:
+            assert ts[number].value == t.value
+            assert ts[number].intermediate_values == t.intermediate_values
+
+
+def test_sigint_fails_the_running_trial_then_resumes(tiny_data, storage, name, tmp_path):
+    args = study_args(tiny_data, storage, name, 2, 12)
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    wait_for_running(storage, name, proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert f"study {name}" in out and "interrupted" in out
+    ts = trials(storage, name)
+    assert [t.state for t in ts] == [TrialState.FAIL]
+
+    again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert_intact(trials(storage, name), 2)
+
+
+def test_unreachable_storage_is_one_clear_error(tiny_data, tmp_path):
+    url = "postgresql+psycopg://nobody@127.0.0.1:1/nowhere"
+    proc = subprocess.run(study_args(tiny_data, url, "x", 1, 1), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith("error: cannot open storage")
+
+
+def test_existing_study_with_other_metric_is_refused_by_the_cli(tiny_data, tmp_path, name):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    ok = subprocess.run(study_args(tiny_data, storage, name, 1, 1), cwd=tmp_path,
+                        capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    bad = subprocess.run(study_args(tiny_data, storage, name, 2, 1, "--metric", "val/avg_acc"),
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "pick another --study-name" in bad.stderr
+    assert len(trials(storage, name)) == 1
