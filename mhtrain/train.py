@@ -18,7 +18,6 @@ from omegaconf import DictConfig, OmegaConf
 from mhtrain import ConfigError
 from mhtrain.config import check
 
-
 # lightning 2.6 with torch 2.14 warns about its own pytree use on every fit
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
 
@@ -49,7 +48,7 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
 def fit(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Train one configuration (then test it unless `cfg.test` is false) and return its metrics.
 
-    Returns `best` (per val metric over epochs), `history` (val metrics per epoch), `test`,
+    Returns `best` (per val metric over epochs), `final` (the last epoch's), `history`, `test`,
     `epochs`, `seconds`, `params` and the run's `output_dir`.
     """
     check(cfg)
@@ -75,6 +74,7 @@ def fit(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     result: dict[str, Any] = {
         "best": history.best(),
+        "final": history.epochs[-1] if history.epochs else {},
         "history": history.epochs,
         "epochs": len(history.epochs),
         "seconds": seconds,

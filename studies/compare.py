@@ -43,7 +43,10 @@ def main() -> int:
             raise ConfigError(f"{args.multitask} optimizes {metric}, {args.baseline} "
                               f"{compare.test_metric(single)}: nothing to compare")
         seeds = range(args.first_seed, args.first_seed + args.seeds)
-        show = lambda study, seed, value: print(f"{study} seed {seed}: {metric} = {value:.4f}", flush=True)  # noqa: E731
+        def show(study: str, seed: int, value: float, trained: bool) -> None:
+            how = "trained" if trained else "stored"
+            print(f"{study} seed {seed}: {metric} = {value:.4f} ({how})", flush=True)
+
         values = [compare.rerun_best(s, seeds, args.overrides, on_done=show) for s in studies]
         v = compare.verdict(metric, *values)
     except (ConfigError, ValueError) as e:

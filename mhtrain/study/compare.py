@@ -29,7 +29,7 @@ def test_metric(ostudy: optuna.Study) -> str:
 
 
 def rerun_best(ostudy: optuna.Study, seeds: Sequence[int], extra: Sequence[str] = (),
-               on_done: Callable[[str, int, float], None] = lambda *_: None) -> list[float]:
+               on_done: Callable[[str, int, float, bool], None] = lambda *_: None) -> list[float]:
     """Test accuracy of the best trial re-trained with each seed; stored runs are not repeated."""
     best = ostudy.best_trial
     metric = test_metric(ostudy)
@@ -38,7 +38,8 @@ def rerun_best(ostudy: optuna.Study, seeds: Sequence[int], extra: Sequence[str] 
     for seed in seeds:
         key = rerun_key(best, seed, extra)
         stored = ostudy.user_attrs.get(RERUNS, {})
-        if key not in stored:
+        trained = key not in stored
+        if trained:
             out = f"paths.output_dir=runs/compare/{ostudy.study_name}/trial{best.number}_seed{seed}"
             cfg = compose(best.user_attrs["experiment"],
                           [*kept, f"seed={seed}", *extra, *RERUN_MODE, out])
@@ -47,7 +48,7 @@ def rerun_best(ostudy: optuna.Study, seeds: Sequence[int], extra: Sequence[str] 
             stored = {**ostudy.user_attrs.get(RERUNS, {}), key: result["test"]}
             ostudy.set_user_attr(RERUNS, stored)
         values.append(stored[key][metric])
-        on_done(ostudy.study_name, seed, values[-1])
+        on_done(ostudy.study_name, seed, values[-1], trained)
     return values
 
 

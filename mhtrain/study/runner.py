@@ -118,13 +118,14 @@ def _interrupt(signum, frame) -> None:
 
 
 def work(study: StudyConfig, storage_url: str, timeout: float | None = None,
-         bar: tqdm | None = None, heartbeat: int = HEARTBEAT_S) -> optuna.Study:
+         bar: tqdm | None = None, heartbeat: int = HEARTBEAT_S,
+         ostudy: optuna.Study | None = None) -> optuna.Study:
     """One worker: run trials until the study holds `n_trials` finished (complete or pruned).
 
     Trials other workers are running count toward the budget, so K workers do not overshoot;
     a worker waits for them (they may be dead and get re-run) rather than start one too many.
     """
-    ostudy = open_study(study, storage_url, heartbeat)
+    ostudy = ostudy or open_study(study, storage_url, heartbeat)
     start, failures = time.monotonic(), 0
     func = partial(objective, study)
     while True:
@@ -177,7 +178,7 @@ def run(study: StudyConfig, storage_url: str, timeout: float | None = None, prog
     procs: list[mp.Process] = []
     try:
         if workers == 1:
-            work(study, storage_url, timeout, bar, heartbeat)
+            work(study, storage_url, timeout, bar, heartbeat, ostudy)
         else:
             threads = max(1, (os.cpu_count() or 1) // workers)
             ctx = mp.get_context("spawn")
