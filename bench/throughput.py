@@ -17,7 +17,7 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 
-from mhtrain.config import compose, heads_of
+from mhtrain.config import build_model, compose
 from mhtrain.train import fit
 
 
@@ -44,7 +44,7 @@ def plain_loop(cfg, epochs: int) -> list[float]:
     L.seed_everything(cfg.seed, verbose=False)
     dm = instantiate(cfg.data)
     dm.setup("fit")
-    model = instantiate(cfg.model, heads=heads_of(cfg))
+    model = build_model(cfg)
     net, weights = model.net.train(), model.loss_weights
     opt = torch.optim.Adam(net.parameters(), lr=cfg.model.optimizer.lr)
     ce = torch.nn.CrossEntropyLoss()

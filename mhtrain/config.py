@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
@@ -29,18 +30,28 @@ def compose(experiment: str | None = None, overrides: Sequence[str] = ()) -> Dic
     return cfg
 
 
-def heads_of(cfg: DictConfig) -> dict[str, int]:
-    """Head name -> class count as the data config declares it (no data is read)."""
+def _data_class(cfg: DictConfig) -> type:
     from hydra.utils import get_class
 
-    from mhtrain.data.heads import parse_heads
+    return get_class(cfg.data._target_)
 
-    data_cls = get_class(cfg.data._target_)
-    heads = parse_heads(OmegaConf.to_container(cfg.data.heads, resolve=True),
-                        data_cls.base_classes)
-    if not cfg.data.get("multihead", True):
-        heads = dict([next(iter(heads.items()))])
-    return {name: h.classes for name, h in heads.items()}
+
+def heads_of(cfg: DictConfig) -> dict[str, int]:
+    """Head name -> class count as the data config declares it (no images are read)."""
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    return {name: h.classes for name, h in _data_class(cfg).heads_from_config(data).items()}
+
+
+def input_shape_of(cfg: DictConfig) -> tuple[int, int, int]:
+    """(channels, height, width) of the data's images, from its config or metadata."""
+    return _data_class(cfg).shape_from_config(OmegaConf.to_container(cfg.data, resolve=True))
+
+
+def build_model(cfg: DictConfig) -> Any:
+    """The model config instantiated for the data: heads and input shape come from the data."""
+    from hydra.utils import instantiate
+
+    return instantiate(cfg.model, heads=heads_of(cfg), input_shape=input_shape_of(cfg))
 
 
 def check(cfg: DictConfig) -> None:

@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from mhtrain import ConfigError
-from mhtrain.config import check
+from mhtrain.config import build_model, check
 
 # lightning 2.6 with torch 2.14 warns about its own pytree use on every fit
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
@@ -54,8 +54,8 @@ def fit(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     check(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
-    heads = {name: h.classes for name, h in datamodule.heads.items()}
-    model = instantiate(cfg.model, heads=heads)
+    model = build_model(cfg)
+    heads = model.head_names
     history = MetricHistory()
     trainer: L.Trainer = instantiate(
         cfg.trainer,

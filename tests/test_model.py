@@ -1,15 +1,13 @@
 import pytest
 import torch
-from hydra.utils import instantiate
 
 from mhtrain import ConfigError
-from mhtrain.config import compose, heads_of
+from mhtrain.config import build_model, compose
 from mhtrain.models import MultiheadLitModule, SimpleCNN, metric_names
 
 
 def build(experiment: str, *overrides: str) -> MultiheadLitModule:
-    cfg = compose(experiment, overrides)
-    return instantiate(cfg.model, heads=heads_of(cfg))
+    return build_model(compose(experiment, overrides))
 
 
 def n_params(m: torch.nn.Module) -> int:

@@ -1,8 +1,12 @@
-"""MNIST as a LightningDataModule that batches by indexing tensors (no per-sample Python)."""
+"""Image datasets as LightningDataModules that batch by indexing tensors (no per-sample Python).
+
+A subclass says how to acquire and load a split as uint8 images (N×C×H×W) and labels; the base
+class carves train/val, applies the heads and makes the batches.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import lightning as L
 import torch
@@ -21,7 +25,7 @@ class TensorBatches:
     """
 
     def __init__(self, images: torch.Tensor, labels: dict[str, torch.Tensor], index: torch.Tensor,
-                 batch_size: int, shuffle: bool, mean: float, std: float) -> None:
+                 batch_size: int, shuffle: bool, mean: torch.Tensor, std: torch.Tensor) -> None:
         self.images, self.labels, self.index = images, labels, index
         self.batch_size, self.shuffle = batch_size, shuffle
         self.mean, self.std = mean, std
@@ -32,43 +36,65 @@ class TensorBatches:
     def __iter__(self) -> Iterator[Batch]:
         order = self.index[torch.randperm(len(self.index))] if self.shuffle else self.index
         for chunk in order.split(self.batch_size):
-            x = self.images[chunk].unsqueeze(1).float().div_(255).sub_(self.mean).div_(self.std)
+            x = self.images[chunk].float().div_(255).sub_(self.mean).div_(self.std)
             yield x, {name: y[chunk] for name, y in self.labels.items()}
 
 
-class MNISTDataModule(L.LightningDataModule):
-    """Train/val carved from the official training set by a fixed split seed; test is t10k.
+class TensorDataModule(L.LightningDataModule):
+    """Train/val carved from the training split by a fixed split seed; the test split apart.
 
     `train_subset`/`val_subset` keep the first N of that fixed permutation: the fidelity knob.
     """
 
-    base_classes = 10
+    base_classes = 10  # labels a head's map starts from
     image_shape = (1, 28, 28)
 
-    def __init__(self, data_dir: str, heads: Mapping, multihead: bool = True, batch_size: int = 64,
-                 val_size: int = 5000, split_seed: int = 42, train_subset: int | None = None,
-                 val_subset: int | None = None, verify: bool = True,
-                 mean: float = 0.1307, std: float = 0.3081) -> None:
+    def __init__(self, data_dir: str, heads: Mapping | None = None, multihead: bool = True,
+                 batch_size: int = 64, val_size: int = 5000, split_seed: int = 42,
+                 train_subset: int | None = None, val_subset: int | None = None,
+                 verify: bool = True, mean: float | Sequence[float] = 0.5,
+                 std: float | Sequence[float] = 0.5) -> None:
         super().__init__()
-        all_heads = parse_heads(heads, self.base_classes)
-        self.heads: dict[str, Head] = (
-            all_heads if multihead else dict([next(iter(all_heads.items()))])
-        )
+        self.data_dir = data_dir
+        self.heads: dict[str, Head] = self.heads_from_config(
+            {"data_dir": data_dir, "heads": heads, "multihead": multihead})
         for knob, value in (("batch_size", batch_size), ("val_size", val_size),
                             ("train_subset", train_subset), ("val_subset", val_subset)):
             if value is not None and value < 1:
                 raise ConfigError(f"data.{knob}={value}: must be a positive integer or null")
-        self.data_dir, self.batch_size, self.val_size = data_dir, batch_size, val_size
-        self.split_seed, self.train_subset, self.val_subset = split_seed, train_subset, val_subset
-        self.verify, self.mean, self.std = verify, mean, std
+        self.batch_size, self.val_size, self.split_seed = batch_size, val_size, split_seed
+        self.train_subset, self.val_subset, self.verify = train_subset, val_subset, verify
+        self.mean = torch.tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
         self._splits: dict[str, TensorBatches] = {}
+
+    @classmethod
+    def heads_from_config(cls, data: Mapping) -> dict[str, Head]:
+        """The heads a data config declares (no images are read); the first is the primary."""
+        heads = parse_heads(data.get("heads") or {}, cls.base_classes)
+        return heads if data.get("multihead", True) else dict([next(iter(heads.items()))])
+
+    @classmethod
+    def shape_from_config(cls, data: Mapping) -> tuple[int, int, int]:
+        """(channels, height, width) of the images; the model's input derives from it."""
+        return cls.image_shape
+
+    def acquire(self) -> None:
+        """Make the files present and verified (download where possible), or raise why not."""
+
+    def load(self, split: str) -> tuple[torch.Tensor, torch.Tensor | dict[str, torch.Tensor]]:
+        """(uint8 images N×C×H×W, base labels or per-head labels) of `train` or `test`."""
+        raise NotImplementedError
+
+    def head_labels(self, labels: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {name: head.labels(labels) for name, head in self.heads.items()}
 
     def prepare_data(self) -> None:
         if self.verify:
-            mnist.ensure(self.data_dir)
+            self.acquire()
 
     def split_indices(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(train, val) indices into the official training set; depends on split_seed only."""
+        """(train, val) indices into the training split; depends on split_seed only."""
         if self.val_size >= n:
             raise ConfigError(f"data.val_size={self.val_size} leaves no training images of {n}")
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
@@ -76,16 +102,16 @@ class MNISTDataModule(L.LightningDataModule):
         return train[: self.train_subset], val[: self.val_subset]
 
     def _batches(self, split: str, index: torch.Tensor | None, shuffle: bool) -> TensorBatches:
-        images, base = mnist.load(self.data_dir, split)
-        labels = {name: head.labels(base) for name, head in self.heads.items()}
+        images, labels = self.load(split)
         if index is None:
             index = torch.arange(len(images))
-        return TensorBatches(images, labels, index, self.batch_size, shuffle, self.mean, self.std)
+        return TensorBatches(images, self.head_labels(labels), index, self.batch_size, shuffle,
+                             self.mean, self.std)
 
     def setup(self, stage: str | None = None) -> None:
-        # The test file is opened only for test/predict, so a search never touches it.
+        # The test split is opened only for test/predict, so a search never touches it.
         if stage in ("fit", "validate", None) and "train" not in self._splits:
-            train, val = self.split_indices(len(mnist.load(self.data_dir, "train")[0]))
+            train, val = self.split_indices(len(self.load("train")[0]))
             self._splits["train"] = self._batches("train", train, shuffle=True)
             self._splits["val"] = self._batches("train", val, shuffle=False)
         if stage in ("test", "predict") and "test" not in self._splits:
@@ -99,3 +125,14 @@ class MNISTDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> TensorBatches:
         return self._splits["test"]
+
+
+class MNISTDataModule(TensorDataModule):
+    """MNIST from verified IDX files; heads map from the digit."""
+
+    def acquire(self) -> None:
+        mnist.ensure(self.data_dir)
+
+    def load(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = mnist.load(self.data_dir, split)
+        return images.unsqueeze(1), labels

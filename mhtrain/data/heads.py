@@ -17,9 +17,12 @@ class Head:
     name: str
     classes: int
     map: tuple[int, ...] | None = None  # None: the base label itself
+    per_head: bool = False  # the dataset carries this head's labels (CIFAR-100-MH)
 
-    def labels(self, base: torch.Tensor) -> torch.Tensor:
-        """This head's labels for a tensor of base labels."""
+    def labels(self, base: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+        """This head's labels, from a tensor of base labels or the dataset's per-head labels."""
+        if self.per_head:
+            return base[self.name].long()
         if self.map is None:
             return base.long()
         return torch.tensor(self.map, dtype=torch.long)[base.long()]

@@ -25,7 +25,6 @@ class SimpleCNN(nn.Module):
             layers += [nn.Conv2d(prev, ch, 3, padding=1), nn.BatchNorm2d(ch), nn.ReLU(),
                        nn.MaxPool2d(2)]
             prev = ch
-        self.input_shape = (in_channels, input_size, input_size)
         self.backbone = nn.Sequential(
             *layers,
             nn.AdaptiveAvgPool2d(pool_size),

@@ -47,12 +47,13 @@ def check_loss_weights(heads: list[str], loss_weights: Mapping[str, float]) -> d
 class MultiheadLitModule(L.LightningModule):
     """Trains `net` on Σ w·L over heads; logs `{split}/<head>_acc`, losses, avg and weighted acc.
 
-    `heads` (name -> classes) comes from the data config; criteria, metrics and the network's
-    output layers all derive from it.
+    `heads` (name -> classes) and `input_shape` come from the data; criteria, metrics and the
+    network's input and output layers all derive from them.
     """
 
     def __init__(self, net: Callable[..., nn.Module], heads: Mapping[str, int],
                  optimizer: Callable[..., torch.optim.Optimizer],
+                 input_shape: tuple[int, int, int] = (1, 28, 28),
                  scheduler: Callable[..., Any] | None = None,
                  loss_weights: Mapping[str, float] | None = None,
                  criteria: Mapping[str, nn.Module | None] | None = None,
@@ -64,7 +65,7 @@ class MultiheadLitModule(L.LightningModule):
         unknown = sorted(set(criteria) - set(heads))
         if unknown:
             raise ConfigError(f"model.criteria has {unknown} but the heads are {self.head_names}")
-        self.net = net(heads=dict(heads))
+        self.net = net(heads=dict(heads), in_channels=input_shape[0], input_size=input_shape[1])
         self.criteria = nn.ModuleDict(
             {h: criteria.get(h) or nn.CrossEntropyLoss() for h in self.head_names})
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -77,7 +78,7 @@ class MultiheadLitModule(L.LightningModule):
                     n, average="micro", validate_args=False)
                 self.metrics[f"{split}_{h}_loss"] = MeanMetric()
         self.acc_best = MaxMetric()
-        self.example_input_array = torch.zeros(2, *self.net.input_shape)
+        self.example_input_array = torch.zeros(2, *input_shape)
 
     @property
     def primary(self) -> str:

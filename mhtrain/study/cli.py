@@ -11,9 +11,9 @@ from mhtrain.study import runner, space
 from mhtrain.study.storage import DEFAULT_STORAGE, HEARTBEAT_S
 
 
-def parser(study_name: str, description: str) -> argparse.ArgumentParser:
+def parser(prog: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=f"studies/{study_name}.py", description=description,
+        prog=prog, description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Trailing Hydra overrides apply to every trial, e.g.\n"
                "  trainer.max_epochs=4 data.train_subset=20000\n"
@@ -43,8 +43,10 @@ def parser(study_name: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
-def main(study_name: str, description: str, argv: Sequence[str] | None = None) -> int:
-    args = parser(study_name, description).parse_args(argv)
+def main(study_name: str, description: str, argv: Sequence[str] | None = None,
+         prog: str | None = None) -> int:
+    """Run the study config `conf/study/<study_name>.yaml` as the command line asks."""
+    args = parser(prog or f"studies/{study_name}.py", description).parse_args(argv)
     try:
         if args.n_trials is not None and args.n_trials < 1:
             raise ConfigError(f"--n-trials {args.n_trials}: must be >= 1")

@@ -47,7 +47,7 @@ def owner() -> tuple[str, int]:
 
 def trial_overrides(study: StudyConfig, trial: optuna.Trial) -> list[str]:
     """Everything that defines what the trial trains: re-running these reproduces it."""
-    suggested = [f"{p.key}={p.suggest(trial)}" for p in study.search_space]
+    suggested = [f"++{p.key}={p.suggest(trial)}" for p in study.search_space]
     return [*study.overrides, *suggested, f"seed={study.seed + trial.number}",
             f"optimized_metric={study.metric}"]
 

@@ -10,7 +10,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 
 from mhtrain import ConfigError
-from mhtrain.config import CONF_DIR, check, compose
+from mhtrain.config import CONF_DIR, check, compose, heads_of
 
 TYPES = ("float", "int", "categorical")
 SAMPLERS = ("tpe", "random", "grid")
@@ -138,8 +138,10 @@ def load(config: str, **changes: Any) -> StudyConfig:
     study.direction = study.direction or ("minimize" if study.metric.endswith("loss") else "maximize")
     if study.direction not in ("maximize", "minimize"):
         raise ConfigError(f"direction={study.direction!r}: must be maximize or minimize")
+    # a head's loss weight may be searched before any config sets it (missing weights are 1.0)
+    weights = {f"model.loss_weights.{h}" for h in heads_of(cfg)}
     for p in study.search_space:
-        if OmegaConf.select(cfg, p.key, default=_ABSENT) is _ABSENT:
+        if OmegaConf.select(cfg, p.key, default=_ABSENT) is _ABSENT and p.key not in weights:
             raise ConfigError(
                 f"search_space key {p.key} does not exist in experiment {study.experiment}; "
                 "check the spelling against `python -m mhtrain.train --cfg job`")

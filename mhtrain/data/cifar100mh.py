@@ -1,0 +1,218 @@
+"""The CIFAR-100-MH format: images with real multihead labels, and heads from its metadata.
+
+A dataset directory holds pickled `train_batch` and `test_batch`, each a dict with `data`
+(N × H·W·C uint8, flattened HWC) and `labels` (one byte record per sample:
+`[n][id₁][val₁]…[idₙ][valₙ]`), and `cifar100mh_dataset_info.json` with `format`, `image_size`
+("HxWxC"), `parameter_names` (id -> head name) and `parameter_mappings` (name -> min, max,
+description). `python -m mhtrain.data.cifar100mh build --from mnist --out DIR` writes one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mhtrain import ConfigError
+from mhtrain.data.datamodule import TensorDataModule
+from mhtrain.data.heads import Head
+from mhtrain.data.mnist import DataError
+
+FORMAT = "CIFAR-100-MH"
+INFO = "cifar100mh_dataset_info.json"
+SPLITS = {"train": "train_batch", "test": "test_batch"}
+
+_cache: dict[tuple, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
+
+
+def read_info(root: str | os.PathLike) -> dict:
+    """The metadata, checked: format, image size "HxWxC", ids that name heads."""
+    path = Path(root) / INFO
+    if not path.exists():
+        raise DataError(f"{path} is missing: not a CIFAR-100-MH dataset (build one with "
+                        "`python -m mhtrain.data.cifar100mh build --from mnist --out DIR`)")
+    info = json.loads(path.read_text())
+    if info.get("format") != FORMAT:
+        raise DataError(f"{path}: format={info.get('format')!r}, expected {FORMAT!r}")
+    try:
+        h, w, c = (int(v) for v in str(info["image_size"]).lower().split("x"))
+    except (KeyError, ValueError):
+        raise DataError(f"{path}: image_size={info.get('image_size')!r}, expected e.g. '32x32x3'") from None
+    info["shape"] = (c, h, w)
+    info["names"] = {int(k): v for k, v in info.get("parameter_names", {}).items()}
+    if not info["names"]:
+        raise DataError(f"{path}: parameter_names is empty")
+    return info
+
+
+def _decode(records: list, names: dict[int, str], mappings: Mapping) -> dict[str, np.ndarray]:
+    labels = {name: np.full(len(records), -1, dtype=np.int64) for name in names.values()}
+    for i, rec in enumerate(records):
+        rec = bytes(rec)
+        n = rec[0] if rec else 0
+        if len(rec) != 1 + 2 * n:
+            raise DataError(f"sample {i}: label record of {len(rec)} bytes does not match its "
+                            f"n={n} pairs (expected {1 + 2 * n})")
+        for j in range(n):
+            pid, value = rec[1 + 2 * j], rec[2 + 2 * j]
+            if pid not in names:
+                raise DataError(f"sample {i}: parameter id {pid} is missing from parameter_names "
+                                f"{sorted(names)}")
+            bounds = mappings.get(names[pid], {})
+            lo, hi = bounds.get("min", 0), bounds.get("max", 255)
+            if not lo <= value <= hi:
+                raise DataError(f"sample {i}: {names[pid]}={value} outside its mapped range "
+                                f"[{lo}, {hi}]")
+            labels[names[pid]][i] = value
+    for name, values in labels.items():
+        if (values < 0).any():
+            raise DataError(f"sample {int(np.argmax(values < 0))} has no value for {name}")
+    return labels
+
+
+def read_split(root: str | os.PathLike, split: str,
+               info: dict | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(uint8 images N×C×H×W, head name -> labels) of one split, validated against the metadata."""
+    info = info or read_info(root)
+    path = Path(root) / SPLITS[split]
+    with open(path, "rb") as f:
+        batch = pickle.load(f, encoding="latin1")
+    data, records = np.asarray(batch["data"], dtype=np.uint8), batch["labels"]
+    if len(data) != len(records):
+        raise DataError(f"{path}: {len(data)} images but {len(records)} label records")
+    c, h, w = info["shape"]
+    if data.ndim != 2 or data.shape[1] != h * w * c:
+        raise DataError(f"{path}: images of {data.shape[1:]} values do not match image_size "
+                        f"{info['image_size']} ({h * w * c} values)")
+    images = torch.from_numpy(data.reshape(-1, h, w, c)).permute(0, 3, 1, 2).contiguous()
+    labels = _decode(records, info["names"], info.get("parameter_mappings", {}))
+    return images, {name: torch.from_numpy(v) for name, v in labels.items()}
+
+
+def write(root: str | os.PathLike, splits: Mapping[str, tuple[torch.Tensor, dict[str, torch.Tensor]]],
+          descriptions: Mapping[str, str] | None = None) -> Path:
+    """Write a dataset: `splits` maps train/test to (uint8 N×C×H×W images, name -> labels)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    first_images, first_labels = next(iter(splits.values()))
+    names = list(first_labels)
+    mappings = {}
+    for name in names:
+        values = torch.cat([labels[name] for _, labels in splits.values()])
+        mappings[name] = {"min": int(values.min()), "max": int(values.max()),
+                          "description": (descriptions or {}).get(name, name)}
+    _, c, h, w = first_images.shape
+    for split, (images, labels) in splits.items():
+        table = torch.stack([labels[name].to(torch.uint8) for name in names], dim=1)
+        records = [bytes([len(names), *[b for i, v in enumerate(row) for b in (i, v)]])
+                   for row in table.tolist()]
+        data = images.permute(0, 2, 3, 1).reshape(len(images), -1).numpy()
+        with open(root / SPLITS[split], "wb") as f:
+            pickle.dump({"data": data, "labels": records}, f, protocol=4)
+    info = {"format": FORMAT, "image_size": f"{h}x{w}x{c}",
+            "parameter_names": {str(i): name for i, name in enumerate(names)},
+            "parameter_mappings": mappings}
+    (root / INFO).write_text(json.dumps(info, indent=2))
+    return root
+
+
+class CIFAR100MHDataModule(TensorDataModule):
+    """A CIFAR-100-MH dataset; its heads (names, class counts) come from the metadata.
+
+    Heads set in the config must agree with the dataset's; a disagreement is rejected (naming
+    both), since silently training other heads than the config says would mislead.
+    """
+
+    def __init__(self, root: str, **kwargs) -> None:
+        super().__init__(data_dir=root, **kwargs)
+
+    @classmethod
+    def heads_from_config(cls, data: Mapping) -> dict[str, Head]:
+        root = data.get("root") or data.get("data_dir")
+        try:
+            info = read_info(root)
+        except DataError as e:
+            raise ConfigError(str(e)) from None
+        heads = {}
+        for pid in sorted(info["names"]):
+            name = info["names"][pid]
+            top = info.get("parameter_mappings", {}).get(name, {}).get("max")
+            if top is None:  # no range in the metadata: the largest value in the data
+                top = int(read_split(root, "train", info)[1][name].max())
+            heads[name] = Head(name, int(top) + 1, per_head=True)
+        declared = data.get("heads")
+        if declared:
+            want = {k: (v or {}).get("classes") for k, v in declared.items()}
+            have = {k: h.classes for k, h in heads.items()}
+            if want != have:
+                raise ConfigError(f"data.heads {want} disagree with the dataset's metadata {have} in "
+                                  f"{root}; set data.heads=null to take them from the dataset")
+        return heads if data.get("multihead", True) else dict([next(iter(heads.items()))])
+
+    @classmethod
+    def shape_from_config(cls, data: Mapping) -> tuple[int, int, int]:
+        return read_info(data.get("root") or data.get("data_dir"))["shape"]
+
+    def acquire(self) -> None:
+        read_info(self.data_dir)
+
+    def load(self, split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        path = Path(self.data_dir) / SPLITS[split]
+        key = (str(path.resolve()), path.stat().st_mtime_ns)
+        if key not in _cache:
+            _cache[key] = read_split(self.data_dir, split)
+        return _cache[key]
+
+
+SOURCES = {"mnist": "multihead_cnn_mnist", "cifar10": "multihead_cnn_cifar10"}
+
+
+def build(source: str, out: str | os.PathLike, overrides: list[str] | None = None) -> Path:
+    """Write any dataset the project loads, with its heads' labels, as CIFAR-100-MH."""
+    from hydra.utils import instantiate
+
+    from mhtrain.config import compose
+
+    if source not in SOURCES:
+        raise ConfigError(f"--from {source}: choose one of {', '.join(SOURCES)}")
+    dm = instantiate(compose(SOURCES[source], overrides or []).data)
+    dm.prepare_data()
+    splits = {}
+    for split in SPLITS:
+        images, base = dm.load(split)
+        splits[split] = (images, dm.head_labels(base))
+    return write(out, splits)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mhtrain.data.cifar100mh", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="write a CIFAR-100-MH dataset from a dataset the project loads")
+    b.add_argument("--from", dest="source", required=True, choices=sorted(SOURCES))
+    b.add_argument("--out", required=True, help="directory to write")
+    b.add_argument("overrides", nargs="*", help="Hydra overrides for the source, e.g. data.data_dir=…")
+    v = sub.add_parser("validate", help="read and check a dataset; print its heads")
+    v.add_argument("root")
+    args = parser.parse_args(argv)
+    try:
+        root = build(args.source, args.out, args.overrides) if args.command == "build" else Path(args.root)
+        info = read_info(root)
+        counts = {split: len(read_split(root, split, info)[0]) for split in SPLITS}
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    heads = {n: info["parameter_mappings"][n]["max"] + 1 for n in info["names"].values()}
+    print(f"{root}: {FORMAT}, {info['image_size']}, {counts}, heads {heads}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

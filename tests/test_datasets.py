@@ -1,0 +1,151 @@
+"""Beyond MNIST: a config-only fourth head, CIFAR-10 through torchvision, CIFAR-100-MH."""
+
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mhtrain import ConfigError
+from mhtrain.config import compose, heads_of
+from mhtrain.data import cifar100mh
+from mhtrain.data.mnist import DataError
+from mhtrain.study import runner, space
+from mhtrain.train import fit
+from tests.conftest import ROOT
+
+
+def quick(tmp_path: Path, *extra: str) -> list[str]:
+    return ["data.val_size=100", "data.batch_size=32", "trainer.max_epochs=1", "test=false",
+            "trainer.enable_progress_bar=false", f"paths.output_dir={tmp_path / 'run'}", *extra]
+
+
+def test_fourth_head_is_config_only(tiny_data, tmp_path, monkeypatch):
+    overrides = [f"data.data_dir={tiny_data}", "data.verify=false"]
+    cfg = compose("multihead_cnn_mnist", ["data=multihead_mnist_orientation", *overrides,
+                                          *quick(tmp_path, "++model.loss_weights.orientation=0.7")])
+    assert heads_of(cfg)["orientation"] == 4
+    result = fit(cfg)
+    assert "val/orientation_acc" in result["best"] and result["params"] == 422_866 + 516
+
+    monkeypatch.chdir(tmp_path)
+    study = space.load("orientation_weights", n_trials=1,
+                       extra_overrides=[*overrides, "data.val_size=100", "trainer.max_epochs=1"])
+    ostudy, _ = runner.run(study, f"sqlite:///{tmp_path / 'o.db'}", progress=False)
+    assert "model.loss_weights.orientation" in ostudy.trials[0].params
+    assert "best_val/orientation_acc" in ostudy.trials[0].user_attrs
+
+
+def test_loss_weight_of_an_undeclared_head_is_still_refused():
+    with pytest.raises(ConfigError, match="orientation"):
+        compose("multihead_cnn_mnist", ["++model.loss_weights.orientation=1.0"])
+
+
+def write_cifar10(root: Path, per_batch: int = 40) -> Path:
+    """A small dataset in torchvision's `cifar-10-batches-py` layout (not the official files)."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = rng.integers(0, 10, per_batch)
+        data = rng.integers(0, 60, (per_batch, 3, 32, 32), dtype=np.uint8)
+        data[np.arange(per_batch), labels % 3, labels * 3, :] = 255  # learnable
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": data.reshape(per_batch, -1), "labels": labels.tolist()}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    return root
+
+
+def test_cifar10_multihead_fits_one_epoch_through_torchvision(tmp_path):
+    root = write_cifar10(tmp_path / "cifar")
+    cfg = compose("multihead_cnn_cifar10",
+                  [f"data.data_dir={root}", "data.verify=false", *quick(tmp_path)])
+    result = fit(cfg)
+    assert result["heads"] == ["class", "domain", "mobility", "size"]
+    assert {"val/class_acc", "val/domain_acc", "val/mobility_acc", "val/size_acc"} <= set(result["best"])
+    assert cfg.optimized_metric == "val/class_acc"
+
+
+def test_cifar10_that_is_not_official_is_a_clear_error(tmp_path):
+    root = write_cifar10(tmp_path / "cifar")
+    cfg = compose("multihead_cnn_cifar10", [f"data.data_dir={root}", *quick(tmp_path)])
+    with pytest.raises(DataError, match="CIFAR-10 not found"):
+        fit(cfg)
+
+
+@pytest.fixture
+def built(tiny_data, tmp_path) -> Path:
+    out = tmp_path / "mh"
+    proc = subprocess.run([sys.executable, "-m", "mhtrain.data.cifar100mh", "build", "--from", "mnist",
+                           "--out", str(out), f"data.data_dir={tiny_data}", "data.verify=false"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "heads {'digit': 10, 'thickness': 5, 'smoothness': 3}" in proc.stdout
+    return out
+
+
+def test_round_trip_keeps_images_and_labels(built, tiny_data):
+    from hydra.utils import instantiate
+
+    dm = instantiate(compose("multihead_cnn_mnist", [f"data.data_dir={tiny_data}"]).data)
+    for split in ("train", "test"):
+        images, base = dm.load(split)
+        got_images, got_labels = cifar100mh.read_split(built, split)
+        assert torch.equal(got_images, images)
+        for name, labels in dm.head_labels(base).items():
+            assert torch.equal(got_labels[name], labels)
+
+
+def test_heads_come_from_the_metadata(built, tmp_path):
+    cfg = compose("multihead_cnn_cifar100mh", [f"data.root={built}"])
+    assert heads_of(cfg) == {"digit": 10, "thickness": 5, "smoothness": 3}
+    with pytest.raises(ConfigError, match="disagree with the dataset's metadata"):
+        compose("multihead_cnn_cifar100mh", [f"data.root={built}", "data.heads={digit: {classes: 10}}"])
+    with pytest.raises(ConfigError, match="not a CIFAR-100-MH dataset"):
+        compose("multihead_cnn_cifar100mh", [f"data.root={tmp_path / 'nothing'}"])
+
+
+def test_one_epoch_fit_and_a_two_trial_study(built, tmp_path, monkeypatch):
+    result = fit(compose("multihead_cnn_cifar100mh", [f"data.root={built}", *quick(tmp_path)]))
+    assert {"val/digit_acc", "val/thickness_acc", "val/smoothness_acc"} <= set(result["best"])
+    monkeypatch.chdir(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "mhtrain.study", "run", "cifar100mh_loss_weights",
+                           "--n-trials", "2", "--no-progress", "--storage", f"sqlite:///{tmp_path / 'mh.db'}",
+                           f"data.root={built}", "data.val_size=100", "trainer.max_epochs=1"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "study cifar100mh_loss_weights: 2 trials (2 complete)" in proc.stdout
+
+
+def corrupt(built: Path, tmp_path: Path, change) -> Path:
+    """A copy of the built dataset with `change(batch, info)` applied to its train split."""
+    import json
+    import shutil
+
+    copy = tmp_path / "bad"
+    shutil.copytree(built, copy)
+    with open(copy / "train_batch", "rb") as f:
+        batch = pickle.load(f)
+    info = json.loads((copy / cifar100mh.INFO).read_text())
+    change(batch, info)
+    with open(copy / "train_batch", "wb") as f:
+        pickle.dump(batch, f)
+    (copy / cifar100mh.INFO).write_text(json.dumps(info))
+    return copy
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda b, i: b["labels"].__setitem__(0, bytes([3, 0, 1, 1, 2])), "does not match its n=3"),
+    (lambda b, i: b["labels"].pop(), "images but"),
+    (lambda b, i: i.__setitem__("image_size", "32x32x3"), "do not match image_size"),
+    (lambda b, i: b["labels"].__setitem__(0, bytes([1, 7, 1])), "id 7 is missing from parameter_names"),
+    (lambda b, i: b["labels"].__setitem__(0, bytes([3, 0, 12, 1, 1, 2, 1])), "digit=12 outside"),
+])
+def test_each_validation_error(built, tmp_path, change, message):
+    bad = corrupt(built, tmp_path, change)
+    with pytest.raises(DataError, match=message):
+        cifar100mh.read_split(bad, "train")
