@@ -12,6 +12,7 @@ QUICK ?= trainer.max_epochs=3 data.train_subset=10000
 WORKERS ?= 1
 
 .PHONY: help install data test lint train emhcm exp-multihead-cnn-mnist ecm exp-cnn-mnist \
+	emhcc10 exp-multihead-cnn-cifar10 \
 	study-lr study-loss-weights study-baselines compare dashboard
 
 help: ## list the targets
@@ -43,6 +44,9 @@ emhcm exp-multihead-cnn-mnist: $(STAMP) ## the multihead CNN on MNIST, 10 epochs
 
 ecm exp-cnn-mnist: $(STAMP) ## the digit-only baseline CNN on MNIST, 10 epochs
 	$(PY) -m mhtrain.train experiment=cnn_mnist tags="[single_task,digit]" $(ARGS)
+
+emhcc10 exp-multihead-cnn-cifar10: $(STAMP) ## the multihead CNN on CIFAR-10, 10 epochs
+	$(PY) -m mhtrain.train experiment=multihead_cnn_cifar10 $(ARGS)
 
 study-lr: data ## quick learning-rate study of the multihead CNN (20 trials, QUICK fidelity)
 	$(PY) studies/lr.py --n-trials 20 --storage $(STORAGE) --workers $(WORKERS) $(QUICK) $(ARGS)

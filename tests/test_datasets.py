@@ -149,3 +149,9 @@ def test_each_validation_error(built, tmp_path, change, message):
     bad = corrupt(built, tmp_path, change)
     with pytest.raises(DataError, match=message):
         cifar100mh.read_split(bad, "train")
+
+
+def test_even_odd_thickness_map_is_a_config_file():
+    cfg = compose("multihead_cnn_mnist", ["data=multihead_mnist_evenodd"])
+    assert heads_of(cfg) == {"digit": 10, "thickness": 2, "smoothness": 3}
+    assert list(cfg.data.heads.thickness.map.values()) == [0, 1] * 5
