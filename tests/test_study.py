@@ -76,6 +76,7 @@ def test_budget_is_the_total_and_a_rerun_resumes(tiny, storage, monkeypatch, tmp
     runner.run(load("lr", tiny, "trainer.max_epochs=1", n_trials=2), storage, progress=False)
     ostudy, _ = runner.run(load("lr", tiny, "trainer.max_epochs=1", n_trials=4), storage, progress=False)
     assert len(ostudy.get_trials()) == 4
+    assert len({t.params["model.optimizer.lr"] for t in ostudy.get_trials()}) == 4  # no repeats
     ostudy, _ = runner.run(load("lr", tiny, "trainer.max_epochs=1", n_trials=4), storage, progress=False)
     assert len(ostudy.get_trials()) == 4
 

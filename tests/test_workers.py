@@ -83,6 +83,7 @@ def test_two_workers_reach_exactly_n(tiny_data, storage, name, tmp_path):
     assert_intact(ts, 5)
     assert len(ts) == 5
     assert len({t.user_attrs["owner"]["pid"] for t in ts}) == 2  # both workers ran trials
+    assert len({t.params["model.optimizer.lr"] for t in ts}) == 5  # no worker repeats another
 
 
 def test_sigkill_mid_trial_is_rerun_and_nothing_lost(tiny_data, storage, name, tmp_path):

@@ -30,13 +30,13 @@ class StudyInterrupted(Exception):
     """SIGINT/SIGTERM during a study: the running trial ends FAIL, the summary still prints."""
 
 
-def make_sampler(study: StudyConfig) -> optuna.samplers.BaseSampler:
+def make_sampler(study: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
     if study.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=study.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if study.sampler == "grid":
         grid = {p.key: p.grid() for p in study.search_space}
-        return optuna.samplers.GridSampler(grid, seed=study.seed)
-    return optuna.samplers.TPESampler(seed=study.seed, multivariate=True, constant_liar=True,
+        return optuna.samplers.GridSampler(grid, seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
                                       n_startup_trials=min(10, max(2, study.n_trials // 3)))
 
 
@@ -49,9 +49,14 @@ def make_pruner(study: StudyConfig) -> optuna.pruners.BasePruner:
     }[study.pruner]()
 
 
-def open_study(study: StudyConfig, storage_url: str, heartbeat: int = HEARTBEAT_S) -> optuna.Study:
+def open_study(study: StudyConfig, storage_url: str, heartbeat: int = HEARTBEAT_S,
+               worker: int = 0) -> optuna.Study:
     """Create the study, or load it if it exists, refusing one made for another experiment,
-    direction or metric: resuming it would mix incomparable values."""
+    direction or metric: resuming it would mix incomparable values.
+
+    The sampler's seed is the study seed on a fresh single-process run; a resumed run or another
+    worker offsets it, or it would propose the very parameters already tried.
+    """
     storage = open_storage(storage_url, heartbeat)
     try:
         existing = optuna.load_study(study_name=study.name, storage=storage)
@@ -66,9 +71,10 @@ def open_study(study: StudyConfig, storage_url: str, heartbeat: int = HEARTBEAT_
                 f"study {study.name} in {storage_url} is {theirs[0]} optimizing {theirs[1]} "
                 f"({theirs[2]}), not {ours[0]} optimizing {ours[1]} ({ours[2]}); "
                 "pick another --study-name")
+    offset = (len(existing.get_trials(deepcopy=False)) if existing else 0) + 7919 * worker
     ostudy = optuna.create_study(storage=storage, study_name=study.name, direction=study.direction,
-                                 sampler=make_sampler(study), pruner=make_pruner(study),
-                                 load_if_exists=True)
+                                 sampler=make_sampler(study, study.seed + offset),
+                                 pruner=make_pruner(study), load_if_exists=True)
     if existing is None:
         ostudy.set_metric_names([study.metric])
         ostudy.set_user_attr("config", study.to_dict())
@@ -155,14 +161,15 @@ def work(study: StudyConfig, storage_url: str, timeout: float | None = None,
 
 
 def _worker(study: StudyConfig, storage_url: str, timeout: float | None, threads: int,
-            heartbeat: int) -> None:
+            heartbeat: int, index: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     try:
-        work(study, storage_url, timeout, heartbeat=heartbeat)
+        ostudy = open_study(study, storage_url, heartbeat, worker=index)
+        work(study, storage_url, timeout, heartbeat=heartbeat, ostudy=ostudy)
     except StudyInterrupted:
         os._exit(130)
 
@@ -182,8 +189,9 @@ def run(study: StudyConfig, storage_url: str, timeout: float | None = None, prog
         else:
             threads = max(1, (os.cpu_count() or 1) // workers)
             ctx = mp.get_context("spawn")
-            procs = [ctx.Process(target=_worker, args=(study, storage_url, timeout, threads, heartbeat))
-                     for _ in range(workers)]
+            procs = [ctx.Process(target=_worker,
+                                 args=(study, storage_url, timeout, threads, heartbeat, i + 1))
+                     for i in range(workers)]
             for p in procs:
                 p.start()
             while any(p.is_alive() for p in procs):
