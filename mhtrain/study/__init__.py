@@ -1,0 +1,7 @@
+"""Optuna studies over `mhtrain.train.fit`: search spaces, objective, storage, runner, report."""
+
+import logging
+
+# A study shows one progress bar and a summary; Lightning's per-run banners would drown them.
+for _name in ("lightning.pytorch", "lightning.fabric"):
+    logging.getLogger(_name).setLevel(logging.WARNING)

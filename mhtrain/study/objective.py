@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 
@@ -13,10 +12,6 @@ from lightning.pytorch.callbacks import Callback
 from mhtrain.config import compose
 from mhtrain.study.space import StudyConfig
 from mhtrain.train import fit
-
-# A study shows one progress bar and a summary; Lightning's per-run banners would drown them.
-for _name in ("lightning.pytorch", "lightning.fabric"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
 
 # How a trial runs, not what it trains: never the test split, no checkpoints, no epoch bars.
 SEARCH_MODE = ["test=false", "callbacks.model_checkpoint=null", "trainer.enable_progress_bar=false"]
