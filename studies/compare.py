@@ -48,7 +48,7 @@ def main() -> int:
             print(f"{study} seed {seed}: {metric} = {value:.4f} ({how})", flush=True)
 
         values = [compare.rerun_best(s, seeds, args.overrides, on_done=show) for s in studies]
-        v = compare.verdict(metric, *values)
+        v = compare.verdict(metric, seeds, *values)
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

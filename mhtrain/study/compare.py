@@ -57,6 +57,7 @@ class Verdict:
     """Welch's comparison of mean test accuracy, multitask minus single-task."""
 
     metric: str
+    seeds: list[int]
     multitask: list[float]
     single: list[float]
     diff: float
@@ -80,10 +81,11 @@ class Verdict:
                 f"{len(self.multitask)} vs {len(self.single)} seeds).")
 
 
-def verdict(metric: str, multitask: list[float], single: list[float]) -> Verdict:
+def verdict(metric: str, seeds: Sequence[int], multitask: list[float], single: list[float]) -> Verdict:
     if min(len(multitask), len(single)) < 2:
         raise ConfigError("a comparison needs at least 2 seeds per study (--seeds)")
     result = stats.ttest_ind(multitask, single, equal_var=False)
     ci = result.confidence_interval(0.95)
     diff = sum(multitask) / len(multitask) - sum(single) / len(single)
-    return Verdict(metric, multitask, single, diff, float(ci.low), float(ci.high), float(result.pvalue))
+    return Verdict(metric, list(seeds), multitask, single, diff, float(ci.low), float(ci.high),
+                   float(result.pvalue))

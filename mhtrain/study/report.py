@@ -18,7 +18,7 @@ def _figures(multitask: optuna.Study, single: optuna.Study, v: Verdict) -> list[
     for s in (multitask, single):
         figs.append((f"Intermediate values per epoch: {s.study_name}", vis.plot_intermediate_values(s)))
     for s in (multitask, single):
-        if len({tuple(t.params.values()) for t in s.get_trials(states=(TrialState.COMPLETE,))}) > 1:
+        if len(_params(s)) > 1:  # with one parameter its importance is 1.0 by definition
             figs.append((f"Parameter importances: {s.study_name}", vis.plot_param_importances(s)))
     weights = [p for p in _params(multitask) if "loss_weights" in p]
     if len(weights) >= 2:
@@ -62,8 +62,8 @@ def write(out_dir: Path, multitask: optuna.Study, single: optuna.Study, v: Verdi
     html.write_text("<!DOCTYPE html><html><head><meta charset='utf-8'>"
                     f"<title>{multitask.study_name} vs {single.study_name}</title></head><body>"
                     + "\n".join(parts) + "</body></html>")
-    rows = [f"| {i} | {100 * a:.2f} | {100 * b:.2f} |"
-            for i, (a, b) in enumerate(zip(v.multitask, v.single, strict=False))]
+    rows = [f"| {seed} | {100 * a:.2f} | {100 * b:.2f} |"
+            for seed, a, b in zip(v.seeds, v.multitask, v.single, strict=True)]
     md = [f"# {multitask.study_name} vs {single.study_name}", "", f"**Verdict.** {v.sentence()}", "",
           "## Best configurations", "", *_study_table(multitask), *_study_table(single),
           f"## {v.metric} per seed (%)", "",
