@@ -8,8 +8,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
-from torchmetrics import MaxMetric, MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import MaxMetric
 
 from mhtrain import ConfigError
 
@@ -44,6 +43,29 @@ def check_loss_weights(heads: list[str], loss_weights: Mapping[str, float]) -> d
     return weights
 
 
+class EpochSums(nn.Module):
+    """Running sums over one epoch of one split: correct predictions and summed losses per head,
+    and the weighted total. One small tensor update per step keeps `fit` as fast as a plain loop."""
+
+    def __init__(self, n_heads: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.register_buffer("totals", torch.zeros(2 * n_heads + 1), persistent=False)
+        self.count = 0
+
+    def add(self, correct: torch.Tensor, losses: torch.Tensor, total: torch.Tensor, n: int) -> None:
+        self.totals += torch.cat([correct.float(), losses.detach() * n, (total.detach() * n).view(1)])
+        self.count += n
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(accuracy per head, mean loss per head, mean total loss), then reset for the next epoch."""
+        means = self.totals / max(self.count, 1)
+        self.totals.zero_()
+        self.count = 0
+        h = self.n_heads
+        return means[:h].clone(), means[h : 2 * h].clone(), means[2 * h].clone()
+
+
 class MultiheadLitModule(L.LightningModule):
     """Trains `net` on Σ w·L over heads; logs `{split}/<head>_acc`, losses, avg and weighted acc.
 
@@ -70,13 +92,7 @@ class MultiheadLitModule(L.LightningModule):
             {h: criteria.get(h) or nn.CrossEntropyLoss() for h in self.head_names})
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.scheduler_monitor = scheduler_monitor
-        self.metrics = nn.ModuleDict()
-        for split in SPLITS:
-            self.metrics[f"{split}_loss"] = MeanMetric()
-            for h, n in heads.items():
-                self.metrics[f"{split}_{h}_acc"] = MulticlassAccuracy(
-                    n, average="micro", validate_args=False)
-                self.metrics[f"{split}_{h}_loss"] = MeanMetric()
+        self.sums = nn.ModuleDict({f"{split}_sums": EpochSums(len(heads)) for split in SPLITS})
         self.acc_best = MaxMetric()
         self.example_input_array = torch.zeros(2, *input_shape)
 
@@ -90,14 +106,13 @@ class MultiheadLitModule(L.LightningModule):
     def _step(self, batch: tuple[torch.Tensor, dict[str, torch.Tensor]], split: str) -> torch.Tensor:
         x, targets = batch
         logits = self(x)
-        total = x.new_zeros(())
-        for h in self.head_names:
-            loss = self.criteria[h](logits[h], targets[h])
-            if self.loss_weights[h]:  # a zero weight sends no gradient into its head
-                total = total + self.loss_weights[h] * loss
-            self.metrics[f"{split}_{h}_loss"].update(loss.detach(), len(x))
-            self.metrics[f"{split}_{h}_acc"].update(logits[h].detach(), targets[h])
-        self.metrics[f"{split}_loss"].update(total.detach(), len(x))
+        losses = [self.criteria[h](logits[h], targets[h]) for h in self.head_names]
+        # a zero weight leaves its head out of the sum: no gradient reaches that head
+        total = sum((self.loss_weights[h] * loss for h, loss in zip(self.head_names, losses, strict=True)
+                     if self.loss_weights[h]), x.new_zeros(()))
+        with torch.no_grad():
+            correct = torch.stack([(logits[h].argmax(1) == targets[h]).sum() for h in self.head_names])
+            self.sums[f"{split}_sums"].add(correct, torch.stack(losses), total, len(x))
         return total
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -110,20 +125,15 @@ class MultiheadLitModule(L.LightningModule):
         self._step(batch, "test")
 
     def _epoch_metrics(self, split: str) -> dict[str, torch.Tensor]:
-        values = {f"{split}/loss": self.metrics[f"{split}_loss"].compute()}
-        accs = {}
-        for h in self.head_names:
-            accs[h] = self.metrics[f"{split}_{h}_acc"].compute()
-            values[f"{split}/{h}_acc"] = accs[h]
-            values[f"{split}/{h}_loss"] = self.metrics[f"{split}_{h}_loss"].compute()
+        accs, head_losses, total = self.sums[f"{split}_sums"].compute()
+        values = {f"{split}/loss": total}
+        for i, h in enumerate(self.head_names):
+            values[f"{split}/{h}_acc"] = accs[i]
+            values[f"{split}/{h}_loss"] = head_losses[i]
         if len(self.head_names) > 1:
-            values[f"{split}/avg_acc"] = torch.stack(list(accs.values())).mean()
-            total_w = sum(self.loss_weights.values())
-            values[f"{split}/weighted_acc"] = sum(
-                self.loss_weights[h] * accs[h] for h in self.head_names) / total_w
-        for name, metric in self.metrics.items():
-            if name.startswith(f"{split}_"):
-                metric.reset()
+            weights = accs.new_tensor([self.loss_weights[h] for h in self.head_names])
+            values[f"{split}/avg_acc"] = accs.mean()
+            values[f"{split}/weighted_acc"] = (weights * accs).sum() / weights.sum()
         return values
 
     def on_train_epoch_end(self) -> None:
