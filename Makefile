@@ -16,7 +16,7 @@ WORKERS ?= 1
 	study-lr study-loss-weights study-baselines compare dashboard
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_ -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-36s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install the project (editable) with torch 2.14.1
 
-data: $(STAMP) ## acquire and verify MNIST into $$MHTRAIN_DATA_DIR (default ./data)
+data: $(STAMP) ## acquire and verify MNIST into MHTRAIN_DATA_DIR (default ./data)
 	$(PY) -m mhtrain.data
 
 test: $(STAMP) ## run the test suite
