@@ -18,8 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 from mhtrain import ConfigError
 from mhtrain.config import build_model, check
 
-# lightning 2.6 with torch 2.14 warns about its own pytree use on every fit
+# lightning 2.6 with torch 2.14 warns about its own pytree use on every fit; and metrics are
+# logged per epoch, so a short epoch is no reason to warn about the step logging interval
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 
 
 class MetricHistory(Callback):
