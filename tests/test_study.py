@@ -108,6 +108,16 @@ def test_bad_search_space_entries(spec, message):
         space.parse_param("model.optimizer.lr", spec)
 
 
+def test_negative_loss_weight_range_is_refused(tiny, tmp_path, monkeypatch):
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "neg.yaml").write_text(
+        "experiment: multihead_cnn_mnist\nsearch_space:\n"
+        "  model.loss_weights.thickness: {type: float, low: -1.0, high: 1.0}\n")
+    monkeypatch.setattr(space, "CONF_DIR", tmp_path)  # where study configs are read from
+    with pytest.raises(ConfigError, match="loss weights must be >= 0"):
+        space.load("neg", extra_overrides=tiny)
+
+
 def test_search_key_must_exist_and_metric_must_be_logged(tiny):
     with pytest.raises(ConfigError, match="baseline_lr|not logged"):
         load("baseline_lr", tiny, metric="val/thickness_acc")

@@ -141,6 +141,8 @@ def load(config: str, **changes: Any) -> StudyConfig:
     # a head's loss weight may be searched before any config sets it (missing weights are 1.0)
     weights = {f"model.loss_weights.{h}" for h in heads_of(cfg)}
     for p in study.search_space:
+        if p.key.startswith("model.loss_weights.") and min(p.choices or [p.low]) < 0:
+            raise ConfigError(f"search_space.{p.key} reaches below 0; loss weights must be >= 0")
         if OmegaConf.select(cfg, p.key, default=_ABSENT) is _ABSENT and p.key not in weights:
             raise ConfigError(
                 f"search_space key {p.key} does not exist in experiment {study.experiment}; "
