@@ -96,6 +96,15 @@ def read_split(root: str | os.PathLike, split: str,
     return images, {name: torch.from_numpy(v) for name, v in labels.items()}
 
 
+def load_cached(root: str | os.PathLike, split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`read_split`, once per process per file version: heads and training share one read."""
+    path = Path(root) / SPLITS[split]
+    key = (str(path.resolve()), path.stat().st_mtime_ns)
+    if key not in _cache:
+        _cache[key] = read_split(root, split)
+    return _cache[key]
+
+
 def write(root: str | os.PathLike, splits: Mapping[str, tuple[torch.Tensor, dict[str, torch.Tensor]]],
           descriptions: Mapping[str, str] | None = None) -> Path:
     """Write a dataset: `splits` maps train/test to (uint8 N×C×H×W images, name -> labels)."""
@@ -145,7 +154,7 @@ class CIFAR100MHDataModule(TensorDataModule):
             name = info["names"][pid]
             top = info.get("parameter_mappings", {}).get(name, {}).get("max")
             if top is None:  # no range in the metadata: the largest value in the data
-                top = int(read_split(root, "train", info)[1][name].max())
+                top = int(load_cached(root, "train")[1][name].max())
             heads[name] = Head(name, int(top) + 1, per_head=True)
         declared = data.get("heads")
         if declared:
@@ -164,11 +173,7 @@ class CIFAR100MHDataModule(TensorDataModule):
         read_info(self.data_dir)
 
     def load(self, split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        path = Path(self.data_dir) / SPLITS[split]
-        key = (str(path.resolve()), path.stat().st_mtime_ns)
-        if key not in _cache:
-            _cache[key] = read_split(self.data_dir, split)
-        return _cache[key]
+        return load_cached(self.data_dir, split)
 
 
 SOURCES = {"mnist": "multihead_cnn_mnist", "cifar10": "multihead_cnn_cifar10"}
