@@ -1,4 +1,4 @@
-"""MultiheadLitModule: weighted per-head losses and the metric contract of DESIGN.md."""
+"""MultiheadLitModule: weighted per-head losses and the metric contract (README, "Metric contract")."""
 
 from __future__ import annotations
 
@@ -15,15 +15,38 @@ from mhtrain import ConfigError
 SPLITS = ("train", "val", "test")
 
 
+def metric_key(split: str, head: str | None, kind: str) -> str:
+    """The one place metric names are built: `{split}/{head}_{kind}`, or `{split}/{kind}` for a
+    whole-model value (`val/loss`); aggregates use a pseudo-head (`avg`, `weighted`)."""
+    return f"{split}/{head}_{kind}" if head else f"{split}/{kind}"
+
+
 def metric_names(heads: list[str], splits: tuple[str, ...] = SPLITS) -> list[str]:
     """Every metric a model with these heads logs; checked against a study's metric up front."""
-    names = ["val/acc_best"] if "val" in splits else []
+    names = [metric_key("val", None, "acc_best")] if "val" in splits else []
     for split in splits:
-        names += [f"{split}/loss"]
-        names += [f"{split}/{h}_{kind}" for h in heads for kind in ("acc", "loss")]
+        names += [metric_key(split, None, "loss")]
+        names += [metric_key(split, h, kind) for h in heads for kind in ("acc", "loss")]
         if len(heads) > 1:
-            names += [f"{split}/avg_acc", f"{split}/weighted_acc"]
+            names += [metric_key(split, "avg", "acc"), metric_key(split, "weighted", "acc")]
     return names
+
+
+def epoch_metrics(split: str, heads: list[str], accs: torch.Tensor, head_losses: torch.Tensor,
+                  total: torch.Tensor, weights: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One epoch's metric contract from its means, for one model or K stacked members alike.
+
+    `accs`, `head_losses` and `weights` are [..., H], `total` is [...]; every value returned has
+    shape [...] (a scalar for one model, [K] for a population), so both share this one code path.
+    """
+    values = {metric_key(split, None, "loss"): total}
+    for i, h in enumerate(heads):
+        values[metric_key(split, h, "acc")] = accs[..., i]
+        values[metric_key(split, h, "loss")] = head_losses[..., i]
+    if len(heads) > 1:
+        values[metric_key(split, "avg", "acc")] = accs.mean(-1)
+        values[metric_key(split, "weighted", "acc")] = (weights * accs).sum(-1) / weights.sum(-1)
+    return values
 
 
 def check_loss_weights(heads: list[str], loss_weights: Mapping[str, float]) -> dict[str, float]:
@@ -45,25 +68,30 @@ def check_loss_weights(heads: list[str], loss_weights: Mapping[str, float]) -> d
 
 class EpochSums(nn.Module):
     """Running sums over one epoch of one split: correct predictions and summed losses per head,
-    and the weighted total. One small tensor update per step keeps `fit` as fast as a plain loop."""
+    and the weighted total. One small tensor update per step keeps `fit` as fast as a plain loop.
 
-    def __init__(self, n_heads: int) -> None:
+    With `members=K` the sums are [K, 2H+1], one row per stacked member of a population, and
+    `add` takes [K, H] counts and losses and a [K] total; otherwise [2H+1], [H] and a scalar.
+    """
+
+    def __init__(self, n_heads: int, members: int | None = None) -> None:
         super().__init__()
         self.n_heads = n_heads
-        self.register_buffer("totals", torch.zeros(2 * n_heads + 1), persistent=False)
+        shape = (2 * n_heads + 1,) if members is None else (members, 2 * n_heads + 1)
+        self.register_buffer("totals", torch.zeros(shape), persistent=False)
         self.count = 0
 
     def add(self, correct: torch.Tensor, losses: torch.Tensor, total: torch.Tensor, n: int) -> None:
-        self.totals += torch.cat([correct.float(), losses.detach() * n, (total.detach() * n).view(1)])
+        self.totals += torch.cat([correct.float(), losses.detach() * n, (total.detach() * n)[..., None]], -1)
         self.count += n
 
-    def compute(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(accuracy per head, mean loss per head, mean total loss), then reset for the next epoch."""
+    def compute_and_reset(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(accuracy per head, mean loss per head, mean total loss), then zero for the next epoch."""
         means = self.totals / max(self.count, 1)
         self.totals.zero_()
         self.count = 0
         h = self.n_heads
-        return means[:h].clone(), means[h : 2 * h].clone(), means[2 * h].clone()
+        return means[..., :h].clone(), means[..., h : 2 * h].clone(), means[..., 2 * h].clone()
 
 
 class MultiheadLitModule(L.LightningModule):
@@ -125,16 +153,9 @@ class MultiheadLitModule(L.LightningModule):
         self._step(batch, "test")
 
     def _epoch_metrics(self, split: str) -> dict[str, torch.Tensor]:
-        accs, head_losses, total = self.sums[f"{split}_sums"].compute()
-        values = {f"{split}/loss": total}
-        for i, h in enumerate(self.head_names):
-            values[f"{split}/{h}_acc"] = accs[i]
-            values[f"{split}/{h}_loss"] = head_losses[i]
-        if len(self.head_names) > 1:
-            weights = accs.new_tensor([self.loss_weights[h] for h in self.head_names])
-            values[f"{split}/avg_acc"] = accs.mean()
-            values[f"{split}/weighted_acc"] = (weights * accs).sum() / weights.sum()
-        return values
+        accs, head_losses, total = self.sums[f"{split}_sums"].compute_and_reset()
+        weights = accs.new_tensor([self.loss_weights[h] for h in self.head_names])
+        return epoch_metrics(split, self.head_names, accs, head_losses, total, weights)
 
     def on_train_epoch_end(self) -> None:
         self.log_dict(self._epoch_metrics("train"))
@@ -143,9 +164,10 @@ class MultiheadLitModule(L.LightningModule):
         values = self._epoch_metrics("val")
         if self.trainer.sanity_checking:
             return
-        self.acc_best.update(values[f"val/{self.primary}_acc"])
-        values["val/acc_best"] = self.acc_best.compute()
-        shown = {f"val/{self.primary}_acc", "val/acc_best"}
+        primary = metric_key("val", self.primary, "acc")
+        self.acc_best.update(values[primary])
+        values[metric_key("val", None, "acc_best")] = self.acc_best.compute()
+        shown = {primary, metric_key("val", None, "acc_best")}
         self.log_dict({k: v for k, v in values.items() if k in shown}, prog_bar=True)
         self.log_dict({k: v for k, v in values.items() if k not in shown})
 
