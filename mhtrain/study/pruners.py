@@ -1,0 +1,129 @@
+"""The pruners a study may name, in one registry: `pruner:` in a study config is a name or a
+mapping `{name: sha, min_resource: 1, reduction_factor: 3}`; `parse_pruner` checks it when the
+study loads and `build_pruner` makes the Optuna pruner for the experiment's epoch budget.
+
+Steps are epochs trained (1 after the first epoch), so a resource is an epoch: `min_resource: 1`
+judges a trial after its first epoch and Hyperband's `max_resource` is the experiment's
+`trainer.max_epochs`. The defaults below are the winners of `bench/pruning.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+
+from mhtrain import ConfigError
+
+P = optuna.pruners
+
+# Every argument any pruner takes: its type and the lowest (and highest) value that makes sense.
+_ARGS: dict[str, tuple[type, float, float | None]] = {
+    "percentile": (float, 0.0, 100.0),
+    "n_startup_trials": (int, 0, None),
+    "n_warmup_steps": (int, 0, None),
+    "interval_steps": (int, 1, None),
+    "n_min_trials": (int, 1, None),
+    "min_resource": (int, 1, None),
+    "reduction_factor": (int, 2, None),
+    "min_early_stopping_rate": (int, 0, None),
+    "bootstrap_count": (int, 0, None),
+}
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """How to build one named pruner: a factory of (max_epochs, **args) and its argument defaults."""
+
+    build: Callable[..., P.BasePruner]
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    about: str = ""
+
+
+def _percentile(max_epochs: int, percentile: float = 50.0, **args: Any) -> P.BasePruner:
+    return P.PercentilePruner(percentile, **args)
+
+
+def _sha(max_epochs: int, **args: Any) -> P.BasePruner:
+    return P.SuccessiveHalvingPruner(**args)
+
+
+def _hyperband(max_epochs: int, **args: Any) -> P.BasePruner:
+    return P.HyperbandPruner(max_resource=max_epochs, **args)
+
+
+_STOP_RULE = {"n_startup_trials": 5, "n_warmup_steps": 1, "interval_steps": 1, "n_min_trials": 1}
+
+KINDS: dict[str, _Kind] = {
+    "none": _Kind(lambda max_epochs: P.NopPruner(), about="every trial runs all its epochs"),
+    # the median rule is the percentile rule at 50: one factory, one fixed argument
+    "median": _Kind(lambda max_epochs, **a: _percentile(max_epochs, 50.0, **a), _STOP_RULE,
+                    "stop a trial whose best so far is below the median of finished trials"),
+    "percentile": _Kind(_percentile, {"percentile": 25.0, **_STOP_RULE},
+                        "stop a trial whose best so far is below this percentile of finished trials"),
+    "sha": _Kind(_sha, {"min_resource": 1, "reduction_factor": 3, "min_early_stopping_rate": 0,
+                        "bootstrap_count": 0},
+                 "asynchronous successive halving: the top 1/reduction_factor go on at each rung"),
+    "hyperband": _Kind(_hyperband, {"min_resource": 1, "reduction_factor": 3, "bootstrap_count": 0},
+                       "successive halving over brackets of different minimum resources"),
+}
+NAMES: tuple[str, ...] = tuple(KINDS)
+DEFAULT = "median"  # what a study config without `pruner:` gets
+
+
+@dataclass(frozen=True)
+class PrunerSpec:
+    """A pruner by name with every argument resolved (defaults filled in): what a study records."""
+
+    name: str
+    args: tuple[tuple[str, Any], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **dict(self.args)}
+
+    def __str__(self) -> str:
+        return f"{self.name}({', '.join(f'{k}={v}' for k, v in self.args)})"
+
+
+def _check_value(where: str, key: str, value: Any) -> Any:
+    kind, low, high = _ARGS[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or (
+            kind is int and not float(value).is_integer()):
+        raise ConfigError(f"{where}.{key}={value!r}: must be {'an integer' if kind is int else 'a number'}")
+    if value < low or (high is not None and value > high):
+        bounds = f"between {low:g} and {high:g}" if high is not None else f">= {low:g}"
+        raise ConfigError(f"{where}.{key}={value!r}: must be {bounds}")
+    return kind(value)
+
+
+def parse_pruner(spec: str | Mapping[str, Any] | PrunerSpec | None, where: str = "pruner") -> PrunerSpec:
+    """A name or `{name: ..., arg: value}` → a PrunerSpec, refusing unknown names and arguments
+    and values out of range with one line that lists what is allowed."""
+    if isinstance(spec, PrunerSpec):
+        return spec
+    if spec is None:
+        spec = DEFAULT
+    given = {"name": spec} if isinstance(spec, str) else dict(spec)
+    name = given.pop("name", None)
+    if name not in KINDS:
+        raise ConfigError(f"{where}={name!r}: must be one of {', '.join(NAMES)} "
+                          "(a name, or a mapping with `name:` and its arguments)")
+    defaults = KINDS[name].defaults
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        allowed = ", ".join(defaults) or "none"
+        raise ConfigError(f"{where}: {name} takes no argument {', '.join(unknown)}; its arguments: {allowed}")
+    args = {k: _check_value(where, k, given.get(k, v)) for k, v in defaults.items()}
+    return PrunerSpec(name, tuple(args.items()))
+
+
+def build_pruner(spec: PrunerSpec | str | Mapping[str, Any], max_epochs: int) -> P.BasePruner:
+    """The Optuna pruner for trials of at most `max_epochs` epochs (Hyperband's max resource)."""
+    spec = parse_pruner(spec)
+    args = dict(spec.args)
+    if args.get("min_resource", 1) > max_epochs:
+        raise ConfigError(f"pruner {spec}: min_resource={args['min_resource']} exceeds the "
+                          f"experiment's trainer.max_epochs={max_epochs}; lower it")
+    return KINDS[spec.name].build(max_epochs, **args)
