@@ -13,12 +13,16 @@ from torchmetrics import MaxMetric
 from mhtrain import ConfigError
 
 SPLITS = ("train", "val", "test")
+WEIGHTINGS = ("fixed", "uncertainty")
 
 
 def metric_key(split: str, head: str | None, kind: str) -> str:
     """The one place metric names are built: `{split}/{head}_{kind}`, or `{split}/{kind}` for a
-    whole-model value (`val/loss`); aggregates use a pseudo-head (`avg`, `weighted`)."""
-    return f"{split}/{head}_{kind}" if head else f"{split}/{kind}"
+    whole-model value (`val/loss`); aggregates use a pseudo-head (`avg`, `weighted`). A head's
+    loss weight is `{split}/weight_{head}`, so a logger's sorted columns keep the weights together."""
+    if head is None:
+        return f"{split}/{kind}"
+    return f"{split}/weight_{head}" if kind == "weight" else f"{split}/{head}_{kind}"
 
 
 def metric_names(heads: list[str], splits: tuple[str, ...] = SPLITS) -> list[str]:
@@ -29,6 +33,8 @@ def metric_names(heads: list[str], splits: tuple[str, ...] = SPLITS) -> list[str
         names += [metric_key(split, h, kind) for h in heads for kind in ("acc", "loss")]
         if len(heads) > 1:
             names += [metric_key(split, "avg", "acc"), metric_key(split, "weighted", "acc")]
+        if split == "train":
+            names += [metric_key(split, h, "weight") for h in heads]
     return names
 
 
@@ -66,6 +72,33 @@ def check_loss_weights(heads: list[str], loss_weights: Mapping[str, float]) -> d
     return weights
 
 
+def check_weighting(weighting: str) -> str:
+    if weighting not in WEIGHTINGS:
+        raise ConfigError(f"model.weighting={weighting!r}: must be one of {', '.join(WEIGHTINGS)}")
+    return weighting
+
+
+def weighted_total(losses: torch.Tensor, priors: torch.Tensor,
+                   log_variances: torch.Tensor | None = None) -> torch.Tensor:
+    """The training loss from per-head losses `L` [..., H] and `loss_weights` `w` [..., H].
+
+    fixed (`log_variances` None):  total = Σ_h w_h·L_h
+    uncertainty (Kendall, Gal and Cipolla 2018, the softmax-classification form, with s_h = log σ_h²
+    learned):  total = Σ_h w_h·(exp(-s_h)·L_h + s_h/2)
+
+    A head with w_h = 0 is left out of the sum: no gradient reaches it or its s_h. Under
+    uncertainty `loss_weights` are priors: they scale a head's whole term, so the learned weight
+    exp(-s_h) still settles where exp(-s_h) = 1/(2·L_h) and the effective weight is w_h·exp(-s_h).
+    """
+    terms = losses if log_variances is None else torch.exp(-log_variances) * losses + log_variances / 2
+    return torch.where(priors > 0, priors * terms, torch.zeros_like(terms)).sum(-1)
+
+
+def effective_weights(priors: torch.Tensor, log_variances: torch.Tensor | None = None) -> torch.Tensor:
+    """What multiplies each head's loss in `weighted_total`: w_h, or w_h·exp(-s_h) when learned."""
+    return priors if log_variances is None else priors * torch.exp(-log_variances.detach())
+
+
 class EpochSums(nn.Module):
     """Running sums over one epoch of one split: correct predictions and summed losses per head,
     and the weighted total. One small tensor update per step keeps `fit` as fast as a plain loop.
@@ -95,10 +128,13 @@ class EpochSums(nn.Module):
 
 
 class MultiheadLitModule(L.LightningModule):
-    """Trains `net` on Σ w·L over heads; logs `{split}/<head>_acc`, losses, avg and weighted acc.
+    """Trains `net` on the weighted sum of its heads' losses (`weighted_total`); logs
+    `{split}/<head>_acc`, losses, avg and weighted acc, and `train/weight_<head>` each epoch.
 
     `heads` (name -> classes) and `input_shape` come from the data; criteria, metrics and the
-    network's input and output layers all derive from them.
+    network's input and output layers all derive from them. `weighting="uncertainty"` learns one
+    log-variance per head (`log_variances`, a parameter: optimized with the network and saved in
+    its checkpoints, starting at 0, i.e. at the `loss_weights`).
     """
 
     def __init__(self, net: Callable[..., nn.Module], heads: Mapping[str, int],
@@ -107,10 +143,15 @@ class MultiheadLitModule(L.LightningModule):
                  scheduler: Callable[..., Any] | None = None,
                  loss_weights: Mapping[str, float] | None = None,
                  criteria: Mapping[str, nn.Module | None] | None = None,
-                 scheduler_monitor: str = "val/loss") -> None:
+                 scheduler_monitor: str = "val/loss", weighting: str = "fixed") -> None:
         super().__init__()
         self.head_names = list(heads)
         self.loss_weights = check_loss_weights(self.head_names, loss_weights or {})
+        self.weighting = check_weighting(weighting)
+        self.register_buffer("priors", torch.tensor([self.loss_weights[h] for h in self.head_names]),
+                             persistent=False)
+        self.log_variances = (nn.Parameter(torch.zeros(len(self.head_names)))
+                              if weighting == "uncertainty" else None)
         criteria = {k: v for k, v in (criteria or {}).items() if v is not None}
         unknown = sorted(set(criteria) - set(heads))
         if unknown:
@@ -131,16 +172,19 @@ class MultiheadLitModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.net(x)
 
+    def weights(self) -> dict[str, float]:
+        """Each head's current effective loss weight (fixed, or learned under uncertainty)."""
+        return dict(zip(self.head_names, effective_weights(self.priors, self.log_variances).tolist(),
+                        strict=True))
+
     def _step(self, batch: tuple[torch.Tensor, dict[str, torch.Tensor]], split: str) -> torch.Tensor:
         x, targets = batch
         logits = self(x)
-        losses = [self.criteria[h](logits[h], targets[h]) for h in self.head_names]
-        # a zero weight leaves its head out of the sum: no gradient reaches that head
-        total = sum((self.loss_weights[h] * loss for h, loss in zip(self.head_names, losses, strict=True)
-                     if self.loss_weights[h]), x.new_zeros(()))
+        losses = torch.stack([self.criteria[h](logits[h], targets[h]) for h in self.head_names])
+        total = weighted_total(losses, self.priors, self.log_variances)
         with torch.no_grad():
             correct = torch.stack([(logits[h].argmax(1) == targets[h]).sum() for h in self.head_names])
-            self.sums[f"{split}_sums"].add(correct, torch.stack(losses), total, len(x))
+            self.sums[f"{split}_sums"].add(correct, losses, total, len(x))
         return total
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -154,11 +198,12 @@ class MultiheadLitModule(L.LightningModule):
 
     def _epoch_metrics(self, split: str) -> dict[str, torch.Tensor]:
         accs, head_losses, total = self.sums[f"{split}_sums"].compute_and_reset()
-        weights = accs.new_tensor([self.loss_weights[h] for h in self.head_names])
+        weights = effective_weights(self.priors, self.log_variances)
         return epoch_metrics(split, self.head_names, accs, head_losses, total, weights)
 
     def on_train_epoch_end(self) -> None:
-        self.log_dict(self._epoch_metrics("train"))
+        weights = {metric_key("train", h, "weight"): w for h, w in self.weights().items()}
+        self.log_dict({**self._epoch_metrics("train"), **weights})
 
     def on_validation_epoch_end(self) -> None:
         values = self._epoch_metrics("val")
