@@ -54,8 +54,67 @@ def build_model(cfg: DictConfig) -> Any:
     return instantiate(cfg.model, heads=heads_of(cfg), input_shape=input_shape_of(cfg))
 
 
+# knob -> (type, lowest value): the numbers this project owns, checked before any data is read
+KNOBS = {
+    "seed": (int, None),
+    "trainer.max_epochs": (int, 1),
+    "trainer.min_epochs": (int, 0),
+    "trainer.check_val_every_n_epoch": (int, 1),
+    "callbacks.early_stopping.patience": (int, 0),
+}
+
+
+def check_knobs(cfg: DictConfig) -> None:
+    """Types and ranges of the knobs a user sets on the command line, named with the fix."""
+    for key, (kind, low) in KNOBS.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None and key.startswith("callbacks."):
+            continue  # that callback is switched off
+        if not isinstance(value, kind) or isinstance(value, bool) or (low is not None and value < low):
+            bound = f" >= {low}" if low is not None else ""
+            raise ConfigError(f"{key}={value!r}: must be an integer{bound}")
+
+
+def check_optimizer(cfg: DictConfig) -> None:
+    """Build the optimizer on one dummy parameter: torch itself judges lr, betas, weight decay."""
+    import torch
+    from hydra.utils import instantiate
+
+    try:
+        instantiate(cfg.model.optimizer)(params=[torch.zeros(1, requires_grad=True)])
+    except Exception as e:  # noqa: BLE001 - whatever torch says, it is a config problem
+        reason = str(e.__cause__ or e).splitlines()[0]
+        args = {k: v for k, v in cfg.model.optimizer.items() if not k.startswith("_")}
+        raise ConfigError(f"model.optimizer {args} cannot build: {reason}") from None
+
+
+def check_data(cfg: DictConfig) -> None:
+    """Construct the datamodule (it checks its knobs; no images are read)."""
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    data.pop("_target_")
+    try:
+        _data_class(cfg)(**data)
+    except TypeError as e:
+        raise ConfigError(f"data: {e}") from None
+
+
+def prepare_data(cfg: DictConfig) -> None:
+    """Make the training data present and readable now (acquiring it if need be), so a study
+    fails in one line before it writes anything, not inside its first trial."""
+    from hydra.utils import instantiate
+
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    if not cfg.data.get("verify", True):
+        datamodule.load("train")  # unverified files must still be there and readable
+
+
 def check(cfg: DictConfig) -> None:
-    """Everything that can be known wrong without training: heads, weights, the target metric."""
+    """Everything that can be known wrong without training: knobs, data settings, optimizer,
+    heads, weights, the target metric."""
+    check_knobs(cfg)
+    check_data(cfg)
+    check_optimizer(cfg)
     heads = list(heads_of(cfg))
     check_loss_weights(heads, cfg.model.get("loss_weights") or {})
     unknown = sorted(set(cfg.model.get("criteria") or {}) - set(heads))

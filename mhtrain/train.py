@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 import warnings
@@ -15,7 +16,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from mhtrain import ConfigError
+from mhtrain import one_line_errors
 from mhtrain.config import build_model, check
 
 # lightning 2.6 with torch 2.14 warns about its own pytree use on every fit; and metrics are
@@ -108,11 +109,28 @@ def summary_table(result: dict[str, Any]) -> str:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    outcome: dict[str, Any] = {}
+    interrupted: list[int] = []
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
     try:
-        result = fit(cfg)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        code = one_line_errors(lambda: outcome.update(fit(cfg)))
+    except SystemExit:  # Lightning ends a Ctrl-C with exit(1) after its graceful shutdown
+        if not interrupted:
+            raise
+        print("interrupted", file=sys.stderr)
+        code = 130
+    if code:
+        sys.exit(code)
+    return report(cfg, outcome)
+
+
+def report(cfg: DictConfig, result: dict[str, Any]) -> float | None:
+    """Print a run's table and where it was saved; return the optimized metric (for sweepers)."""
     accs = "  ".join(f"val/{h}_acc={result['best'][f'val/{h}_acc']:.4f}" for h in result["heads"])
     saved = "nothing saved (fast_dev_run)" if cfg.trainer.get("fast_dev_run") else (
         f"run saved in {result['output_dir']}")

@@ -12,7 +12,7 @@ import torch
 from mhtrain import ConfigError
 from mhtrain.config import compose, heads_of
 from mhtrain.data import cifar100mh
-from mhtrain.data.mnist import DataError
+from mhtrain import DataError
 from mhtrain.study import runner, space
 from mhtrain.train import fit
 from tests.conftest import ROOT

@@ -128,7 +128,7 @@ def test_search_key_must_exist_and_metric_must_be_logged(tiny):
 def test_existing_study_with_another_metric_is_refused(tiny, storage, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     runner.run(load("lr", tiny, "trainer.max_epochs=1", n_trials=1), storage, progress=False)
-    with pytest.raises(ConfigError, match="pick another --study-name"):
+    with pytest.raises(ConfigError, match="made differently.*metric: 'val/digit_acc' -> 'val/avg_acc'"):
         runner.open_study(load("lr", tiny, metric="val/avg_acc"), storage)
     assert len(optuna.load_study(study_name="lr", storage=open_storage(storage)).trials) == 1
 

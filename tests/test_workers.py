@@ -141,5 +141,5 @@ def test_existing_study_with_other_metric_is_refused_by_the_cli(tiny_data, tmp_p
     assert ok.returncode == 0, ok.stderr[-2000:]
     bad = subprocess.run(study_args(tiny_data, storage, name, 2, 1, "--metric", "val/avg_acc"),
                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and "pick another --study-name" in bad.stderr
+    assert bad.returncode == 2 and "made differently" in bad.stderr
     assert len(trials(storage, name)) == 1

@@ -5,6 +5,7 @@ import logging
 import os
 import sys
 
+from mhtrain import one_line_errors
 from mhtrain.data import mnist
 
 
@@ -15,13 +16,12 @@ def main() -> int:
                              "default $MHTRAIN_DATA_DIR or ./data")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        path = mnist.ensure(args.data_dir)
-    except mnist.DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"MNIST verified in {path}")
-    return 0
+
+    def run() -> int:
+        print(f"MNIST verified in {mnist.ensure(args.data_dir)}")
+        return 0
+
+    return one_line_errors(run)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torchvision.datasets import CIFAR10
 
+from mhtrain import DataError
 from mhtrain.data.datamodule import TensorDataModule
-from mhtrain.data.mnist import DataError
 
 _cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 

@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mhtrain import ConfigError
+from mhtrain import ConfigError, DataError, one_line_errors
 from mhtrain.data.datamodule import TensorDataModule
 from mhtrain.data.heads import Head
-from mhtrain.data.mnist import DataError
 
 FORMAT = "CIFAR-100-MH"
 INFO = "cifar100mh_dataset_info.json"
@@ -38,8 +37,12 @@ def read_info(root: str | os.PathLike) -> dict:
     if not path.exists():
         raise DataError(f"{path} is missing: not a CIFAR-100-MH dataset (build one with "
                         "`python -m mhtrain.data.cifar100mh build --from mnist --out DIR`)")
-    info = json.loads(path.read_text())
-    if info.get("format") != FORMAT:
+    try:
+        info = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path} is not valid JSON ({e}); rebuild the dataset") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        info = info if isinstance(info, dict) else {}
         raise DataError(f"{path}: format={info.get('format')!r}, expected {FORMAT!r}")
     try:
         h, w, c = (int(v) for v in str(info["image_size"]).lower().split("x"))
@@ -82,8 +85,17 @@ def read_split(root: str | os.PathLike, split: str,
     """(uint8 images N×C×H×W, head name -> labels) of one split, validated against the metadata."""
     info = info or read_info(root)
     path = Path(root) / SPLITS[split]
-    with open(path, "rb") as f:
-        batch = pickle.load(f, encoding="latin1")
+    if not path.is_file():
+        raise DataError(f"{path} is missing; rebuild the dataset")
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="latin1")
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same: not a batch file
+        raise DataError(f"{path} is not a CIFAR batch file ({type(e).__name__}); "
+                        "rebuild the dataset") from None
+    if not isinstance(batch, dict) or not {"data", "labels"} <= set(batch):
+        have = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+        raise DataError(f"{path} needs keys 'data' and 'labels' (has {have}); rebuild the dataset")
     data, records = np.asarray(batch["data"], dtype=np.uint8), batch["labels"]
     if len(data) != len(records):
         raise DataError(f"{path}: {len(data)} images but {len(records)} label records")
@@ -207,16 +219,16 @@ def main(argv: list[str] | None = None) -> int:
     v = sub.add_parser("validate", help="read and check a dataset; print its heads")
     v.add_argument("root")
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> int:
         root = build(args.source, args.out, args.overrides) if args.command == "build" else Path(args.root)
         info = read_info(root)
         counts = {split: len(read_split(root, split, info)[0]) for split in SPLITS}
-    except (ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    heads = {n: info["parameter_mappings"][n]["max"] + 1 for n in info["names"].values()}
-    print(f"{root}: {FORMAT}, {info['image_size']}, {counts}, heads {heads}")
-    return 0
+        heads = {n: info["parameter_mappings"][n]["max"] + 1 for n in info["names"].values()}
+        print(f"{root}: {FORMAT}, {info['image_size']}, {counts}, heads {heads}")
+        return 0
+
+    return one_line_errors(run)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from mhtrain import DataError
+
 log = logging.getLogger(__name__)
 
 # Published SHA-256 of the official uncompressed files.
@@ -36,10 +38,6 @@ SPLIT_FILES = {
 
 _cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 _verified: set[tuple] = set()
-
-
-class DataError(RuntimeError):
-    """MNIST files missing or wrong, with what to do about it."""
 
 
 def raw_dir(data_dir: str | os.PathLike) -> Path:

@@ -4,7 +4,7 @@
 import argparse
 import sys
 
-from mhtrain import ConfigError
+from mhtrain import one_line_errors
 from mhtrain.study import cli
 from mhtrain.study.export import export
 from mhtrain.study.storage import DEFAULT_STORAGE
@@ -24,13 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run":
         parser.error("run needs a study config name, e.g. run loss_weights")
-    try:
+
+    def run() -> int:
         path = export(args.study, args.storage)
-    except (ConfigError, KeyError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}; reproduce with: python -m mhtrain.train experiment=best_{args.study}")
-    return 0
+        print(f"wrote {path}; reproduce with: python -m mhtrain.train experiment=best_{args.study}")
+        return 0
+
+    return one_line_errors(run)
 
 
 if __name__ == "__main__":

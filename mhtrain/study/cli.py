@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
-from mhtrain import ConfigError
+from mhtrain import ConfigError, one_line_errors
+from mhtrain.config import prepare_data
 from mhtrain.study import runner, space
-from mhtrain.study.storage import DEFAULT_STORAGE, HEARTBEAT_S
+from mhtrain.study.storage import DEFAULT_STORAGE, HEARTBEAT_S, URL_FORMS, check_storage
+from mhtrain.study.summary import summary
 
 
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -17,13 +18,14 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Trailing Hydra overrides apply to every trial, e.g.\n"
                "  trainer.max_epochs=4 data.train_subset=20000\n"
-               "Re-running the same command resumes the study: --n-trials is its total budget.")
+               "Re-running the same command resumes the study: --n-trials is its total budget.\n"
+               "Bad input exits 2 with one line and writes nothing; Ctrl-C exits 130 and leaves\n"
+               "no trial RUNNING.")
     p.add_argument("--n-trials", type=int, help="total trials the study should hold "
                    "(finished ones count; default from conf/study/<name>.yaml)")
     p.add_argument("--study-name", help="name in the storage (default: the study config's name)")
     p.add_argument("--storage", default=DEFAULT_STORAGE,
-                   help=f"sqlite:///FILE.db, FILE.journal or postgresql+psycopg://… "
-                        f"(default {DEFAULT_STORAGE})")
+                   help=f"{URL_FORMS} (default {DEFAULT_STORAGE})")
     p.add_argument("--experiment", help="experiment to search instead of the study config's; "
                    "the metric becomes that experiment's optimized_metric")
     p.add_argument("--metric", help="val metric to optimize (default: the experiment's)")
@@ -34,38 +36,58 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
                    help="start no new trial after this many seconds")
     p.add_argument("--workers", type=int, default=1,
                    help="worker processes on this machine sharing the study (default 1); "
-                        "each gets cores/K torch threads")
+                        "each gets cores/K torch threads; a worker that dies is replaced")
     p.add_argument("--heartbeat", type=int, default=HEARTBEAT_S, metavar="SECONDS",
                    help=f"RDB heartbeat: a trial silent for 3x this long is failed and re-run "
                         f"(default {HEARTBEAT_S})")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="resume a study although its experiment, metric, search space or fixed "
+                        "overrides differ from the stored ones (its trials are then ranked together)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides for every trial")
     return p
 
 
+def check_args(args: argparse.Namespace) -> None:
+    if args.n_trials is not None and args.n_trials < 1:
+        raise ConfigError(f"--n-trials {args.n_trials}: must be >= 1")
+    if args.timeout is not None and args.timeout <= 0:
+        raise ConfigError(f"--timeout {args.timeout}: must be > 0")
+    if args.workers < 1 or args.heartbeat < 1:
+        raise ConfigError(f"--workers {args.workers} --heartbeat {args.heartbeat}: both must be >= 1")
+    if args.study_name is not None and not args.study_name.strip():
+        raise ConfigError("--study-name is empty; give a name or leave the option out")
+
+
 def main(study_name: str, description: str, argv: Sequence[str] | None = None,
          prog: str | None = None) -> int:
-    """Run the study config `conf/study/<study_name>.yaml` as the command line asks."""
+    """Run the study config `conf/study/<study_name>.yaml` as the command line asks.
+
+    Everything is checked before anything is written: arguments, the study config composed with
+    the overrides, the data, the storage URL.
+    """
     args = parser(prog or f"studies/{study_name}.py", description).parse_args(argv)
-    try:
-        if args.n_trials is not None and args.n_trials < 1:
-            raise ConfigError(f"--n-trials {args.n_trials}: must be >= 1")
-        if args.timeout is not None and args.timeout <= 0:
-            raise ConfigError(f"--timeout {args.timeout}: must be > 0")
-        if args.workers < 1 or args.heartbeat < 1:
-            raise ConfigError(f"--workers {args.workers} --heartbeat {args.heartbeat}: both must be >= 1")
+
+    def run() -> int:
+        check_args(args)
         study = space.load(study_name, name=args.study_name, n_trials=args.n_trials,
                            experiment=args.experiment, metric=args.metric, sampler=args.sampler,
                            pruner=args.pruner, seed=args.seed, extra_overrides=args.overrides)
-        ostudy, interrupted = runner.run(study, args.storage, timeout=args.timeout,
-                                         progress=not args.no_progress, workers=args.workers,
-                                         heartbeat=args.heartbeat)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    max_epochs = space.base_config(study).trainer.max_epochs
-    print(runner.summary(ostudy, max_epochs, args.storage))
-    if interrupted:
-        print("interrupted: the running trial was marked FAIL; run the same command to resume")
-        return 130
-    return 0
+        base = space.base_config(study)
+        prepare_data(base)
+        check_storage(args.storage)
+        ostudy, outcome = runner.run(study, args.storage, timeout=args.timeout,
+                                     progress=not args.no_progress, workers=args.workers,
+                                     heartbeat=args.heartbeat, allow_changes=args.allow_changes)
+        print(summary(ostudy, base.trainer.max_epochs, args.storage))
+        for line in outcome.deaths:
+            print(line)
+        if outcome.timed_out:
+            print(f"stopped by --timeout {args.timeout:g} s before the budget of {study.n_trials}; "
+                  "run the same command to go on")
+        if outcome.interrupted:
+            print("interrupted: running trials were marked FAIL; run the same command to resume")
+            return 130
+        return 0
+
+    return one_line_errors(run)

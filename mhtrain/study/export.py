@@ -1,4 +1,5 @@
-"""Turn a study's best trial into `conf/experiment/best_<study>.yaml`, a plain experiment."""
+"""Turn a study's best trial into `conf/experiment/best_<study>.yaml`, a plain experiment that
+trains exactly what the trial trained: group choices (`data=…`) stay group choices."""
 
 from __future__ import annotations
 
@@ -8,24 +9,41 @@ import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from mhtrain.config import CONF_DIR
-from mhtrain.study.storage import open_storage
+from mhtrain import ConfigError
+from mhtrain.config import CONF_DIR, compose
+from mhtrain.study.storage import load_existing
 
 
-def best_trial_yaml(trial: optuna.trial.FrozenTrial, study_name: str) -> str:
-    """The trial's experiment as defaults, its override list as plain config values."""
+def best_trial_yaml(trial: optuna.trial.FrozenTrial, study_name: str, conf_dir: Path = CONF_DIR) -> str:
+    """The trial's experiment and group choices as defaults, its other overrides as values."""
     body = OmegaConf.create({})
+    groups = []
     for override in OverridesParser.create().parse_overrides(trial.user_attrs["overrides"]):
-        OmegaConf.update(body, override.key_or_group, override.value(), force_add=True)
+        key = override.key_or_group
+        if (conf_dir / key).is_dir() and key != "experiment":
+            groups.append(f"  - override /{key}: {override.value()}\n")
+        else:
+            OmegaConf.update(body, key, override.value(), force_add=True)
     header = (f"# @package _global_\n"
               f"# Best trial ({trial.number}, {trial.value:.6f}) of study {study_name}.\n"
               f"# python -m mhtrain.train experiment=best_{study_name}\n"
-              f"defaults:\n  - {trial.user_attrs['experiment']}\n  - _self_\n\n")
+              f"defaults:\n  - {trial.user_attrs['experiment']}\n{''.join(groups)}  - _self_\n\n")
     return header + OmegaConf.to_yaml(body)
 
 
 def export(study_name: str, storage_url: str, conf_dir: Path = CONF_DIR) -> Path:
-    study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url))
+    """Write the experiment file and check that it composes (a file that cannot train is removed)."""
+    study = load_existing(study_name, storage_url)
+    try:
+        best = study.best_trial
+    except ValueError:
+        raise ConfigError(f"study {study_name} has no completed trial yet; run it first") from None
     path = conf_dir / "experiment" / f"best_{study_name}.yaml"
-    path.write_text(best_trial_yaml(study.best_trial, study_name))
+    path.write_text(best_trial_yaml(best, study_name, conf_dir))
+    if conf_dir == CONF_DIR:
+        try:
+            compose(f"best_{study_name}")
+        except ConfigError:
+            path.unlink()
+            raise
     return path

@@ -1,20 +1,36 @@
-"""The objective: one trial = one composed config trained by `fit`, pruned epoch by epoch."""
+"""The objective: one trial = one composed config trained by `fit`, pruned epoch by epoch.
+
+`trial_config` and `record` are the two halves a solo trial and a population member share;
+`run_trial` asks, trains and tells one solo trial, mapping every outcome to a state in one place.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 import optuna
 from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig
+from optuna.trial import TrialState
 
 from mhtrain.config import compose
+from mhtrain.study import interrupt
 from mhtrain.study.space import StudyConfig
+from mhtrain.study.storage import Heartbeat
 from mhtrain.train import fit
 
 # How a trial runs, not what it trains: never the test split, no checkpoints, no epoch bars.
-SEARCH_MODE = ["test=false", "callbacks.model_checkpoint=null", "trainer.enable_progress_bar=false"]
+SEARCH_MODE = ["test=false", "callbacks.model_checkpoint=null", "++trainer.enable_checkpointing=false",
+               "trainer.enable_progress_bar=false"]
+OUTPUT_ROOT = "output_root"  # study user attribute: the folder that holds this study's trials
+OVER_BUDGET = "over_budget"  # trial user attribute: asked in a race for the last slot, not run
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 class PruningCallback(Callback):
@@ -35,9 +51,20 @@ class PruningCallback(Callback):
             trainer.should_stop = True
 
 
-def owner() -> tuple[str, int]:
-    """(host, pid) of this worker, recorded on each trial it runs."""
-    return socket.gethostname(), os.getpid()
+def process_start(pid: int) -> str | None:
+    """When the process started (clock ticks since boot, Linux): a pid is reused, this is not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def owner() -> dict[str, Any]:
+    """Who runs a trial: host, pid and the pid's start time, so a reaper never mistakes a
+    recycled pid for the worker that started the trial."""
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "started": process_start(pid)}
 
 
 def trial_overrides(study: StudyConfig, trial: optuna.Trial) -> list[str]:
@@ -47,24 +74,72 @@ def trial_overrides(study: StudyConfig, trial: optuna.Trial) -> list[str]:
             f"optimized_metric={study.metric}"]
 
 
-def objective(study: StudyConfig, trial: optuna.Trial) -> float:
-    """Train the trial's configuration; return the best `study.metric` over its epochs."""
+def trial_config(study: StudyConfig, trial: optuna.Trial) -> DictConfig:
+    """Suggest the trial's values, record on it all that re-runs it, and return its search-mode
+    config, writing to the trial's own folder inside its study's folder."""
     overrides = trial_overrides(study, trial)
-    host, pid = owner()
-    trial.set_user_attr("owner", {"host": host, "pid": pid})
-    trial.set_user_attr("experiment", study.experiment)
-    trial.set_user_attr("overrides", overrides)
-    trial.set_user_attr("seed", study.seed + trial.number)
-    output_dir = f"paths.output_dir=runs/studies/{study.name}/trial_{trial.number:04d}"
-    cfg = compose(study.experiment, [*overrides, *SEARCH_MODE, output_dir])
-    pruning = PruningCallback(trial, study.metric)
-    result = fit(cfg, callbacks=[pruning])
+    output_dir = Path(trial.study.user_attrs[OUTPUT_ROOT]) / f"trial_{trial.number:04d}"
+    cfg = compose(study.experiment, [*overrides, *SEARCH_MODE, f"paths.output_dir={output_dir}"])
+    for key, value in (("owner", owner()), ("experiment", study.experiment),
+                       ("overrides", overrides), ("seed", study.seed + trial.number),
+                       ("output_dir", str(output_dir)), ("max_epochs", cfg.trainer.max_epochs)):
+        trial.set_user_attr(key, value)
+    return cfg
+
+
+def record(study: StudyConfig, trial: optuna.Trial, result: Mapping[str, Any]) -> float:
+    """Store what a finished run measured on its trial; return the objective value."""
     for key, value in result["best"].items():
         if key.endswith("_acc") or key == study.metric:
             trial.set_user_attr(f"best_{key}", value)
     trial.set_user_attr("epochs", result["epochs"])
     trial.set_user_attr("seconds", round(result["seconds"], 2))
     trial.set_user_attr("params", result["params"])
+    return result["best"][study.metric]
+
+
+def objective(study: StudyConfig, trial: optuna.Trial) -> float:
+    """Train the trial's configuration; return the best `study.metric` over its epochs."""
+    cfg = trial_config(study, trial)
+    pruning = PruningCallback(trial, study.metric)
+    result = fit(cfg, callbacks=[pruning, interrupt.StopOnRequest()])
+    value = record(study, trial, result)
     if pruning.pruned_at is not None:
         raise optuna.TrialPruned(f"pruned after epoch {pruning.pruned_at}")
-    return result["best"][study.metric]
+    return value
+
+
+def fail(ostudy: optuna.Study, trial: optuna.Trial) -> None:
+    """Mark a trial FAIL unless someone (a reaper) already finished it."""
+    with contextlib.suppress(RuntimeError, ValueError, optuna.exceptions.UpdateFinishedTrialError):
+        ostudy.tell(trial, state=TrialState.FAIL)
+
+
+def over_budget(ostudy: optuna.Study, trial_number: int, n_trials: int) -> bool:
+    """Whether a just-asked trial is one too many: processes that asked at the same moment each
+    saw room for one more; the later-numbered ones step back (FAIL, marked, never trained)."""
+    ahead = [t for t in ostudy.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+             if t.number <= trial_number]
+    return len(ahead) > n_trials
+
+
+def run_trial(study: StudyConfig, ostudy: optuna.Study, heartbeat: Heartbeat) -> TrialState:
+    """Ask one trial, train it, tell its outcome: COMPLETE, PRUNED, or FAIL (then re-raise)."""
+    trial = ostudy.ask()
+    if over_budget(ostudy, trial.number, study.n_trials):
+        trial.set_user_attr(OVER_BUDGET, True)
+        fail(ostudy, trial)
+        return TrialState.FAIL
+    heartbeat.add([trial._trial_id])
+    try:
+        value = objective(study, trial)
+        state = TrialState.COMPLETE
+    except optuna.TrialPruned:
+        value, state = None, TrialState.PRUNED
+    except BaseException:
+        fail(ostudy, trial)
+        raise
+    finally:
+        heartbeat.remove([trial._trial_id])
+    ostudy.tell(trial, value, state=state)
+    return state

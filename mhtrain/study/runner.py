@@ -1,43 +1,44 @@
 """Create or resume a study and run it to its total trial budget: one process or many, with one
-progress bar, nothing left RUNNING by a Ctrl-C, and dead workers' trials re-run."""
+progress bar, one clean stop on Ctrl-C, and every dead worker's trials re-run by a replacement."""
 
 from __future__ import annotations
 
-import gc
+import hashlib
 import multiprocessing as mp
 import os
-import signal
 import time
+import uuid
 from collections import Counter
-from functools import partial
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import optuna
-from optuna.storages import JournalStorage, fail_stale_trials
+from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 from tqdm import tqdm
 
 from mhtrain import ConfigError
-from mhtrain.study.objective import objective, owner
+from mhtrain.study import interrupt
+from mhtrain.study.interrupt import StudyInterrupted
+from mhtrain.study.objective import FINISHED, OUTPUT_ROOT, fail, owner, process_start, run_trial
+from mhtrain.study.samplers import make_sampler
 from mhtrain.study.space import StudyConfig
-from mhtrain.study.storage import HEARTBEAT_S, open_storage
+from mhtrain.study.storage import HEARTBEAT_S, Heartbeat, open_storage
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_FAILURES = 3  # failed trials in one process before the run gives up
+MAX_RETRIES = 3  # re-runs of a trial whose worker died, before it is left FAIL
 POLL_S = 2.0
+RUNS_ROOT = Path("runs/studies")
+IDENTITY = ("experiment", "metric", "direction", "search_space", "overrides")
 
 
-class StudyInterrupted(Exception):
-    """SIGINT/SIGTERM during a study: the running trial ends FAIL, the summary still prints."""
+@dataclass
+class Outcome:
+    """How a run ended, for a summary that tells the truth."""
 
-
-def make_sampler(study: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
-    if study.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if study.sampler == "grid":
-        grid = {p.key: p.grid() for p in study.search_space}
-        return optuna.samplers.GridSampler(grid, seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
-                                      n_startup_trials=min(10, max(2, study.n_trials // 3)))
+    interrupted: bool = False
+    timed_out: bool = False
+    deaths: list[str] = field(default_factory=list)
 
 
 def make_pruner(study: StudyConfig) -> optuna.pruners.BasePruner:
@@ -49,13 +50,33 @@ def make_pruner(study: StudyConfig) -> optuna.pruners.BasePruner:
     }[study.pruner]()
 
 
-def open_study(study: StudyConfig, storage_url: str, heartbeat: int = HEARTBEAT_S,
-               worker: int = 0) -> optuna.Study:
-    """Create the study, or load it if it exists, refusing one made for another experiment,
-    direction or metric: resuming it would mix incomparable values.
+def identity_changes(stored: dict, study: StudyConfig) -> list[str]:
+    """What differs between the study in the storage and the one asked for now."""
+    ours, changes = study.to_dict(), []
+    for key in IDENTITY:
+        old, new = stored.get(key), ours[key]
+        if old == new:
+            continue
+        if isinstance(old, list) and isinstance(new, list):
+            gone, added = [o for o in old if o not in new], [o for o in new if o not in old]
+            changes.append(f"{key}: now without {gone} and with {added}" if gone or added
+                           else f"{key}: same items in another order")
+        elif isinstance(old, dict) and isinstance(new, dict):
+            keys = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
+            changes.append(f"{key}: " + ", ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in keys))
+        else:
+            changes.append(f"{key}: {old!r} -> {new!r}")
+    return changes
 
-    The sampler's seed is the study seed on a fresh single-process run; a resumed run or another
-    worker offsets it, or it would propose the very parameters already tried.
+
+def open_study(study: StudyConfig, storage_url: str, heartbeat: int = HEARTBEAT_S,
+               reproducible: bool = True, allow_changes: bool = False) -> optuna.Study:
+    """Create the study, or load it if it exists, refusing one that is something else: resuming
+    it with another experiment, metric, space or fixed overrides would rank unlike trials together.
+
+    The sampler's seed is the study seed only for the process that creates the study and runs it
+    alone (`reproducible`); any other process draws a seed of its own, or processes that open a
+    study together would propose the very same parameters.
     """
     storage = open_storage(storage_url, heartbeat)
     try:
@@ -63,160 +84,209 @@ def open_study(study: StudyConfig, storage_url: str, heartbeat: int = HEARTBEAT_
     except KeyError:
         existing = None
     if existing is not None:
-        old = existing.user_attrs.get("config", {})
-        theirs = (old.get("experiment"), old.get("metric"), existing.direction.name.lower())
-        ours = (study.experiment, study.metric, study.direction)
-        if theirs != ours:
-            raise ConfigError(
-                f"study {study.name} in {storage_url} is {theirs[0]} optimizing {theirs[1]} "
-                f"({theirs[2]}), not {ours[0]} optimizing {ours[1]} ({ours[2]}); "
-                "pick another --study-name")
-    offset = (len(existing.get_trials(deepcopy=False)) if existing else 0) + 7919 * worker
-    ostudy = optuna.create_study(storage=storage, study_name=study.name, direction=study.direction,
-                                 sampler=make_sampler(study, study.seed + offset),
-                                 pruner=make_pruner(study), load_if_exists=True)
+        changes = identity_changes(existing.user_attrs.get("config", {}), study)
+        if changes and not allow_changes:
+            raise ConfigError(f"study {study.name} in {storage_url} was made differently "
+                              f"({'; '.join(changes)}); use another --study-name, or "
+                              "--allow-changes to mix them anyway")
+    created = False
     if existing is None:
+        try:
+            optuna.create_study(storage=storage, study_name=study.name, direction=study.direction)
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            pass  # another process created it a moment ago
+    seed = study.seed if created and reproducible else int.from_bytes(os.urandom(4), "little")
+    ostudy = optuna.load_study(study_name=study.name, storage=storage,
+                               sampler=make_sampler(study, seed), pruner=make_pruner(study))
+    if created:
         ostudy.set_metric_names([study.metric])
         ostudy.set_user_attr("config", study.to_dict())
+    if OUTPUT_ROOT not in ostudy.user_attrs:
+        ostudy.set_user_attr(OUTPUT_ROOT, str(output_root(study.name, storage_url, ostudy._study_id)))
     return ostudy
+
+
+def output_root(name: str, storage_url: str, study_id: int) -> Path:
+    """A folder only this study (in this storage) writes to; a re-created study whose id repeats
+    gets a fresh one rather than the old study's files."""
+    digest = hashlib.sha1(f"{storage_url}|{study_id}".encode()).hexdigest()[:8]
+    root = RUNS_ROOT / f"{name}-{digest}"
+    return root if not root.exists() else RUNS_ROOT / f"{name}-{digest}-{uuid.uuid4().hex[:6]}"
 
 
 def counts(ostudy: optuna.Study) -> Counter:
     return Counter(t.state for t in ostudy.get_trials(deepcopy=False))
 
 
-def reap(ostudy: optuna.Study) -> None:
-    """Fail the trials of dead workers so they are re-run with the same parameters.
+def alive(who: dict) -> bool:
+    """Whether the process that started a trial still runs: a zombie or a recycled pid does not."""
+    started = process_start(who["pid"])
+    if started is None:
+        return False
+    try:
+        state = Path(f"/proc/{who['pid']}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z" and (who.get("started") is None or who["started"] == started)
 
-    RDB storages know by heartbeat. Journal files have none, so a RUNNING trial whose recorded
-    owner is a process on this host that no longer exists is failed and re-enqueued here.
+
+def reap(ostudy: optuna.Study, dead_pid: int | None = None) -> list[int]:
+    """Fail the running trials of dead workers and enqueue them again; returns their numbers.
+
+    A worker on this host is checked directly (any storage); one elsewhere by heartbeat (RDB).
     """
-    if not isinstance(ostudy._storage, JournalStorage):
-        fail_stale_trials(ostudy)
-        return
-    host, _ = owner()
+    if dead_pid is None:
+        fail_stale_trials(ostudy)  # RDB heartbeats; a no-op for Journal files
+    host = owner()["host"]
+    reaped = []
     for t in ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         who = t.user_attrs.get("owner")
-        if not who or who["host"] != host or _alive(who["pid"]):
+        if not who or who["host"] != host:
+            continue
+        if (who["pid"] != dead_pid) if dead_pid is not None else alive(who):
             continue
         try:
             ostudy.tell(t.number, state=TrialState.FAIL)
-        except (RuntimeError, ValueError):
-            continue  # another worker reaped it first
-        ostudy.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        except (RuntimeError, ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            continue  # another process reaped it first
+        reaped.append(t.number)
+        retries = t.user_attrs.get("retries", 0)
+        if retries < MAX_RETRIES:
+            ostudy.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "retries": retries + 1})
+    return reaped
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _interrupt(signum, frame) -> None:
-    # a second signal must not interrupt the clean-up that marks the trial FAIL
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, signal.SIG_IGN)
-    raise StudyInterrupted(signal.Signals(signum).name)
-
-
-def work(study: StudyConfig, storage_url: str, timeout: float | None = None,
-         bar: tqdm | None = None, heartbeat: int = HEARTBEAT_S,
-         ostudy: optuna.Study | None = None) -> optuna.Study:
+def work(study: StudyConfig, ostudy: optuna.Study, timeout: float | None = None,
+         bar: tqdm | None = None) -> Outcome:
     """One worker: run trials until the study holds `n_trials` finished (complete or pruned).
 
     Trials other workers are running count toward the budget, so K workers do not overshoot;
     a worker waits for them (they may be dead and get re-run) rather than start one too many.
     """
-    ostudy = ostudy or open_study(study, storage_url, heartbeat)
-    start, failures = time.monotonic(), 0
-    func = partial(objective, study)
-    while True:
-        reap(ostudy)
-        state = counts(ostudy)
-        done = state[TrialState.COMPLETE] + state[TrialState.PRUNED]
-        if bar is not None:
-            bar.n = min(done, study.n_trials)
-            bar.set_postfix(best=_best(ostudy), pruned=state[TrialState.PRUNED], refresh=True)
-        if done >= study.n_trials or (timeout and time.monotonic() - start > timeout):
-            break
-        if done + state[TrialState.RUNNING] >= study.n_trials and not state[TrialState.WAITING]:
-            time.sleep(POLL_S)
-            continue
-        try:
-            # n_trials=1 per call: optuna then keeps the heartbeat and gc for us
-            ostudy.optimize(func, n_trials=1, gc_after_trial=True)
-        except (ConfigError, StudyInterrupted, optuna.exceptions.StorageInternalError):
-            raise
-        except Exception as e:  # noqa: BLE001 - one odd trial (already marked FAIL) is survivable
-            failures += 1
-            tqdm.write(f"trial failed: {type(e).__name__}: {e}")
-            if failures >= MAX_FAILURES:
+    start, failures, outcome = time.monotonic(), 0, Outcome()
+    with Heartbeat(ostudy._storage) as heartbeat:
+        while True:
+            interrupt.check()
+            reap(ostudy)
+            state = counts(ostudy)
+            done = state[TrialState.COMPLETE] + state[TrialState.PRUNED]
+            show(bar, ostudy, state, study.n_trials)
+            if done >= study.n_trials:
+                break
+            if timeout and time.monotonic() - start > timeout:
+                outcome.timed_out = True
+                break
+            if done + state[TrialState.RUNNING] >= study.n_trials and not state[TrialState.WAITING]:
+                interrupt.wait(POLL_S)
+                continue
+            try:
+                run_trial(study, ostudy, heartbeat)
+            except (ConfigError, StudyInterrupted, optuna.exceptions.StorageInternalError):
                 raise
-        gc.collect()
-    return ostudy
+            except Exception as e:  # noqa: BLE001 - one odd trial (already marked FAIL) is survivable
+                failures += 1
+                tqdm.write(f"trial failed: {type(e).__name__}: {e}")
+                if failures >= MAX_FAILURES:
+                    raise
+    return outcome
+
+
+def show(bar: tqdm | None, ostudy: optuna.Study, state: Counter, n_trials: int) -> None:
+    if bar is not None:
+        bar.n = min(state[TrialState.COMPLETE] + state[TrialState.PRUNED], n_trials)
+        bar.set_postfix(best=_best(ostudy), pruned=state[TrialState.PRUNED], refresh=True)
 
 
 def _worker(study: StudyConfig, storage_url: str, timeout: float | None, threads: int,
-            heartbeat: int, index: int) -> None:
+            heartbeat: int, stop: mp.synchronize.Event, parent: int) -> None:
+    interrupt.install(shared=stop, ignore_sigint=True)
+    interrupt.die_with_parent(parent)
     import torch
 
     torch.set_num_threads(threads)
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
     try:
-        ostudy = open_study(study, storage_url, heartbeat, worker=index)
-        work(study, storage_url, timeout, heartbeat=heartbeat, ostudy=ostudy)
+        interrupt.check()
+        ostudy = open_study(study, storage_url, heartbeat, reproducible=False, allow_changes=True)
+        work(study, ostudy, timeout)
     except StudyInterrupted:
         os._exit(130)
 
 
 def run(study: StudyConfig, storage_url: str, timeout: float | None = None, progress: bool = True,
-        workers: int = 1, heartbeat: int = HEARTBEAT_S) -> tuple[optuna.Study, bool]:
-    """Run the study with `workers` processes; returns the study and whether it was interrupted."""
-    ostudy = open_study(study, storage_url, heartbeat)  # fails here, once, before any worker starts
+        workers: int = 1, heartbeat: int = HEARTBEAT_S,
+        allow_changes: bool = False) -> tuple[optuna.Study, Outcome]:
+    """Run the study with `workers` processes; returns the study and how the run ended."""
+    ostudy = open_study(study, storage_url, heartbeat, reproducible=workers == 1,
+                        allow_changes=allow_changes)  # fails here, once, before any worker starts
     done = sum(counts(ostudy)[s] for s in FINISHED)
     bar = tqdm(total=study.n_trials, initial=min(done, study.n_trials), desc=study.name,
                unit="trial", disable=not progress, dynamic_ncols=True)
-    previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
-    procs: list[mp.Process] = []
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event() if workers > 1 else None
+    previous = interrupt.install(shared=stop)
     try:
         if workers == 1:
-            work(study, storage_url, timeout, bar, heartbeat, ostudy)
+            outcome = work(study, ostudy, timeout, bar)
         else:
-            threads = max(1, (os.cpu_count() or 1) // workers)
-            ctx = mp.get_context("spawn")
-            procs = [ctx.Process(target=_worker,
-                                 args=(study, storage_url, timeout, threads, heartbeat, i + 1))
-                     for i in range(workers)]
-            for p in procs:
-                p.start()
-            while any(p.is_alive() for p in procs):
-                state = counts(ostudy)
-                bar.n = min(state[TrialState.COMPLETE] + state[TrialState.PRUNED], study.n_trials)
-                bar.set_postfix(best=_best(ostudy), pruned=state[TrialState.PRUNED], refresh=True)
-                time.sleep(POLL_S)
-            bad = [p.exitcode for p in procs if p.exitcode not in (0, 130)]
-            if bad:
-                raise RuntimeError(f"{len(bad)} worker(s) failed with exit codes {bad}")
-        interrupted = False
+            outcome = _supervise(study, storage_url, ostudy, timeout, workers, heartbeat, bar, ctx, stop)
     except StudyInterrupted:
-        interrupted = True
-        for p in procs:  # each marks its running trial FAIL and exits
-            if p.is_alive():
-                os.kill(p.pid, signal.SIGTERM)
-        for p in procs:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.terminate()
+        outcome = Outcome(interrupted=True)
     finally:
         bar.close()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    return ostudy, interrupted
+        interrupt.restore(previous)
+    return ostudy, outcome
+
+
+def _supervise(study: StudyConfig, storage_url: str, ostudy: optuna.Study, timeout: float | None,
+               workers: int, heartbeat: int, bar: tqdm, ctx, stop) -> Outcome:
+    """Start the workers, watch every one, replace the dead (re-running their trials), and on a
+    stop wait for all of them to fail their running trials and exit."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+
+    def start() -> mp.Process:
+        p = ctx.Process(target=_worker, args=(study, storage_url, timeout, threads, heartbeat,
+                                              stop, os.getpid()))
+        p.start()
+        return p
+
+    outcome, replacements = Outcome(), 0
+    procs = [start() for _ in range(workers)]
+    try:
+        while procs:
+            for p in [p for p in procs if p.exitcode is not None]:
+                procs.remove(p)
+                p.join()
+                if p.exitcode == 0 or (p.exitcode == 130 and interrupt.requested()):
+                    continue
+                held = reap(ostudy, dead_pid=p.pid)
+                how = f"signal {-p.exitcode}" if p.exitcode < 0 else f"exit code {p.exitcode}"
+                line = (f"worker pid {p.pid} died ({how}) holding trial(s) "
+                        f"{', '.join(map(str, held)) or 'none'}; they will be re-run")
+                tqdm.write(line)
+                outcome.deaths.append(line)
+                state = counts(ostudy)
+                if state[TrialState.COMPLETE] + state[TrialState.PRUNED] < study.n_trials:
+                    if replacements >= 3 * workers:
+                        raise RuntimeError(f"{replacements} workers replaced already; giving up")
+                    replacements += 1
+                    procs.append(start())
+            show(bar, ostudy, counts(ostudy), study.n_trials)
+            if procs and interrupt.wait(POLL_S):
+                interrupt.check()
+    except StudyInterrupted:
+        outcome.interrupted = True
+        stop.set()
+        for p in procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.kill()
+                p.join()
+            reap(ostudy, dead_pid=p.pid)
+        return outcome  # the killed workers' retries stay enqueued for the next run
+    finished = sum(counts(ostudy)[s] for s in FINISHED)
+    outcome.timed_out = timeout is not None and finished < study.n_trials
+    return outcome
 
 
 def _best(ostudy: optuna.Study) -> str:
@@ -226,25 +296,4 @@ def _best(ostudy: optuna.Study) -> str:
         return "-"
 
 
-def summary(ostudy: optuna.Study, max_epochs: int, storage_url: str) -> str:
-    """Best value and params, trials by state, epochs used versus an unpruned search."""
-    trials = ostudy.get_trials(deepcopy=False)
-    by_state = Counter(t.state.name for t in trials)
-    finished = [t for t in trials if t.state in FINISHED]
-    epochs = sum(t.user_attrs.get("epochs", 0) for t in finished)
-    full = len(finished) * max_epochs
-    lines = [f"study {ostudy.study_name}: {len(trials)} trials "
-             f"({', '.join(f'{n} {s.lower()}' for s, n in sorted(by_state.items()))})"]
-    try:
-        best = ostudy.best_trial
-        metric = (ostudy.metric_names or ["value"])[0]
-        lines.append(f"best {metric} = {best.value:.4f} (trial {best.number})")
-        lines += [f"  {k} = {v:.6g}" if isinstance(v, float) else f"  {k} = {v}"
-                  for k, v in best.params.items()]
-    except ValueError:
-        lines.append("no completed trial yet")
-    if full:
-        lines.append(f"epochs used: {epochs} of {full} an unpruned search would run "
-                     f"({100 * epochs / full:.0f}%)")
-    lines.append(f"dashboard: optuna-dashboard {storage_url}  (or `make dashboard`)")
-    return "\n".join(lines)
+__all__ = ["Outcome", "fail", "open_study", "run", "work", "reap", "counts"]

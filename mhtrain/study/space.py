@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,10 +12,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from mhtrain import ConfigError
 from mhtrain.config import CONF_DIR, check, compose, heads_of
+from mhtrain.study.samplers import SAMPLERS as SAMPLER_REGISTRY
 
 TYPES = ("float", "int", "categorical")
-SAMPLERS = ("tpe", "random", "grid")
+SAMPLERS = tuple(SAMPLER_REGISTRY)
 PRUNERS = ("median", "sha", "hyperband", "none")
+KEYS = ("name", "experiment", "metric", "direction", "n_trials", "seed", "sampler", "pruner",
+        "search_space", "overrides", "population")
+PARAM_KEYS = ("type", "low", "high", "log", "step", "choices")
 _ABSENT = object()
 
 
@@ -50,8 +55,13 @@ class Param:
 
 
 def parse_param(key: str, spec: Mapping) -> Param:
-    kind = spec.get("type")
     where = f"search_space.{key}"
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"{where}={spec!r}: must be a mapping like {{type: float, low: 0, high: 1}}")
+    unknown = sorted(set(spec) - set(PARAM_KEYS))
+    if unknown:
+        raise ConfigError(f"{where} has unknown keys {unknown}; known: {', '.join(PARAM_KEYS)}")
+    kind = spec.get("type")
     if kind not in TYPES:
         raise ConfigError(f"{where}.type={kind!r}: must be one of {', '.join(TYPES)}")
     if kind == "categorical":
@@ -87,14 +97,17 @@ class StudyConfig:
     pruner: str
     search_space: list[Param]
     overrides: list[str] = field(default_factory=list)
+    population: int | str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "experiment": self.experiment, "metric": self.metric,
-                "direction": self.direction, "n_trials": self.n_trials, "seed": self.seed,
-                "sampler": self.sampler, "pruner": self.pruner, "overrides": self.overrides,
-                "search_space": {p.key: {k: v for k, v in vars(p).items()
-                                         if k != "key" and v not in (None, False)}
-                                 for p in self.search_space}}
+        """As stored on the study (JSON values), so a resumed run can be compared with it."""
+        return json.loads(json.dumps({
+            "name": self.name, "experiment": self.experiment, "metric": self.metric,
+            "direction": self.direction, "n_trials": self.n_trials, "seed": self.seed,
+            "sampler": self.sampler, "pruner": self.pruner, "overrides": self.overrides,
+            "search_space": {p.key: {k: v for k, v in vars(p).items()
+                                     if k != "key" and v not in (None, False)}
+                             for p in self.search_space}}))
 
 
 def base_config(study: StudyConfig) -> DictConfig:
@@ -110,7 +123,15 @@ def load(config: str, **changes: Any) -> StudyConfig:
         known = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise ConfigError(f"no study config {path.name}; known studies: {', '.join(known)}")
     raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    unknown = sorted(set(raw) - set(KEYS))
+    if unknown:
+        raise ConfigError(f"{path.name} has unknown keys {unknown}; known: {', '.join(KEYS)}")
+    if not isinstance(raw.get("overrides") or [], list):
+        raise ConfigError(f"{path.name}: overrides must be a list, e.g. [data.train_subset=10000]; "
+                          f"got {raw['overrides']!r}")
     raw.update({k: v for k, v in changes.items() if v is not None})
+    if not str(raw.get("name", config)).strip():
+        raise ConfigError("study name is empty; pass --study-name NAME or leave it out")
     if changes.get("experiment") and not changes.get("metric"):
         raw["metric"] = None  # the metric follows a replaced experiment
     raw["overrides"] = [*raw.get("overrides", []), *(changes.get("extra_overrides") or [])]
@@ -119,8 +140,11 @@ def load(config: str, **changes: Any) -> StudyConfig:
     for knob, allowed in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
         if raw.get(knob, allowed[0]) not in allowed:
             raise ConfigError(f"{knob}={raw[knob]!r}: must be one of {', '.join(allowed)}")
-    if int(raw.get("n_trials", 1)) < 1:
-        raise ConfigError(f"n_trials={raw['n_trials']}: must be >= 1")
+    for knob in ("n_trials", "seed"):
+        value = raw.get(knob, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or (knob == "n_trials" and value < 1):
+            bound = " >= 1" if knob == "n_trials" else ""
+            raise ConfigError(f"{knob}={value!r}: must be an integer{bound}")
     study = StudyConfig(
         name=raw.get("name", config), experiment=raw["experiment"], metric=raw.get("metric") or "",
         direction=raw.get("direction") or "", n_trials=int(raw.get("n_trials", 20)),
@@ -128,7 +152,15 @@ def load(config: str, **changes: Any) -> StudyConfig:
         pruner=raw.get("pruner", "median"),
         search_space=[parse_param(k, v) for k, v in (raw.get("search_space") or {}).items()],
         overrides=list(raw["overrides"]),
+        population=raw.get("population", "auto"),
     )
+    population = study.population
+    if population != "auto" and (not isinstance(population, int) or isinstance(population, bool)
+                                 or population < 1):
+        raise ConfigError(f"population={population!r}: must be auto or an integer >= 1")
+    if study.sampler == "grid":
+        for p in study.search_space:
+            p.grid()  # a grid needs every range stepped: refused here, before any storage
     if not study.search_space:
         raise ConfigError(f"study {config}: search_space is empty")
     cfg = base_config(study)

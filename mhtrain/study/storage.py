@@ -1,9 +1,14 @@
 """Where studies live: SQLite by default, a Journal file for many local processes, PostgreSQL
-for many machines. RDB storages keep a heartbeat so a killed worker's trial is retried."""
+for many machines. Every URL is checked before anything is written, so a bad one costs nothing;
+RDB storages keep a heartbeat so a killed worker's trials are retried."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import optuna
@@ -14,21 +19,67 @@ from mhtrain import ConfigError
 
 # heartbeats and metric names are stable in practice; optuna still labels them experimental
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+# trials run with ask/tell here, and `Heartbeat` below beats for them
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with")
 
 DEFAULT_STORAGE = "sqlite:///runs/optuna.db"
 HEARTBEAT_S = 10
+URL_FORMS = "sqlite:///FILE.db, FILE.journal or postgresql+psycopg://…"
+_SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
-def open_storage(url: str, heartbeat: int = HEARTBEAT_S) -> optuna.storages.BaseStorage:
-    """`*.journal` → Journal file; `sqlite:///…`, `postgresql…` → RDB with heartbeat."""
+def storage_file(url: str) -> Path | None:
+    """The file behind a SQLite or Journal URL (None for a server)."""
     if url.endswith(".journal"):
-        path = Path(url.removeprefix("journal:///"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        return Path(url.removeprefix("journal:///"))
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    elif not url.startswith(("postgresql", "mysql")):
-        raise ConfigError(f"--storage {url}: use sqlite:///FILE.db, FILE.journal or postgresql+psycopg://…")
+        return Path(url.removeprefix("sqlite:///"))
+    return None
+
+
+def check_storage(url: str, must_exist: bool = False) -> None:
+    """Refuse, before anything is written, a URL that would lose results or cannot be created:
+    in-memory SQLite, a directory, an unwritable place, a file that is not a database."""
+    if url.startswith("sqlite://") and not url.startswith("sqlite:///"):
+        raise ConfigError(f"--storage {url}: use {URL_FORMS}")
+    path = storage_file(url)
+    if path is None:
+        if not url.startswith(("postgresql", "mysql")):
+            raise ConfigError(f"--storage {url}: use {URL_FORMS}")
+        return
+    if str(path) in ("", ":memory:") or str(path).startswith(":memory:"):
+        raise ConfigError(f"--storage {url} is in memory: every result would be lost at exit; "
+                          "use sqlite:///FILE.db")
+    if path.is_dir():
+        raise ConfigError(f"--storage {url}: {path} is a directory; name a file inside it")
+    if path.exists():
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise ConfigError(f"--storage {url}: {path} is not readable and writable")
+        if url.startswith("sqlite:///") and path.stat().st_size:
+            with path.open("rb") as f:
+                if f.read(16) != _SQLITE_MAGIC:
+                    raise ConfigError(f"--storage {url}: {path} is not a SQLite database; "
+                                      "point --storage at the right file or move this one away")
+        return
+    if must_exist:
+        raise ConfigError(f"--storage {url}: no such file; check the path (nothing was created)")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--storage {url}: cannot create {path} ({parent} is not a writable "
+                          "directory)")
+
+
+def open_storage(url: str, heartbeat: int = HEARTBEAT_S,
+                 must_exist: bool = False) -> optuna.storages.BaseStorage:
+    """`*.journal` → Journal file; `sqlite:///…`, `postgresql…` → RDB with heartbeat."""
+    check_storage(url, must_exist)
+    path = storage_file(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    if url.endswith(".journal"):
+        return JournalStorage(JournalFileBackend(str(path)))
     try:
         return RDBStorage(
             url,
@@ -40,3 +91,57 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT_S) -> optuna.storages.Base
     except Exception as e:  # noqa: BLE001 - any driver error becomes one clear line
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"cannot open storage {url}: {reason}") from None
+
+
+def load_existing(study_name: str, url: str) -> optuna.Study:
+    """A study that must already exist (export, compare, warm start): one line if it does not."""
+    storage = open_storage(url, must_exist=True)
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
+        raise ConfigError(f"no study named {study_name!r} in {url}; it holds: "
+                          f"{', '.join(names) or 'no studies'}") from None
+
+
+class Heartbeat:
+    """Beats for every trial this process runs, one or a whole population, from one thread.
+
+    Optuna's own heartbeat thread lives inside `optimize`; trials made with ask/tell need this.
+    Storages without heartbeats (Journal files) are reaped by owner process instead.
+    """
+
+    def __init__(self, storage: optuna.storages.BaseStorage) -> None:
+        self.storage = storage
+        self.interval = (storage.get_heartbeat_interval()
+                         if isinstance(storage, RDBStorage) else None)
+        self.trial_ids: set[int] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, trial_ids: Iterable[int]) -> None:
+        for trial_id in trial_ids:
+            self.trial_ids.add(trial_id)
+            if self.interval:
+                self.storage.record_heartbeat(trial_id)
+
+    def remove(self, trial_ids: Iterable[int]) -> None:
+        self.trial_ids.difference_update(trial_ids)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            for trial_id in list(self.trial_ids):
+                # a missed beat is retried at the next interval; the grace period covers it
+                with contextlib.suppress(Exception):
+                    self.storage.record_heartbeat(trial_id)
+
+    def __enter__(self) -> Heartbeat:
+        if self.interval:
+            self._thread = threading.Thread(target=self._beat, daemon=True, name="heartbeat")
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()

@@ -1,0 +1,89 @@
+"""One clean stop for a whole study: a signal only raises a flag; trials check it between
+batches and the runner before it starts anything, so no exception ever lands inside Optuna's or
+Lightning's bookkeeping and nothing new starts after a Ctrl-C."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import threading
+from typing import Any
+
+from lightning.pytorch.callbacks import Callback
+
+
+class StudyInterrupted(Exception):
+    """SIGINT/SIGTERM during a study: running trials end FAIL, the summary still prints."""
+
+
+_requested = threading.Event()
+_shared: Any = None  # a multiprocessing Event the runner hands its workers
+
+
+def request(*_: object) -> None:
+    """Ask everything in this process (and, through the shared event, every worker) to stop."""
+    _requested.set()
+    if _shared is not None:
+        _shared.set()
+
+
+def requested() -> bool:
+    return _requested.is_set() or (_shared is not None and _shared.is_set())
+
+
+def check() -> None:
+    """Raise StudyInterrupted if a stop was asked for: called where work may begin or go on."""
+    if requested():
+        raise StudyInterrupted("interrupted")
+
+
+def wait(seconds: float) -> bool:
+    """Sleep up to `seconds`, waking early on a stop; True if one was asked for."""
+    event = _shared if _shared is not None else _requested
+    return event.wait(seconds) or requested()
+
+
+def install(shared: Any = None, ignore_sigint: bool = False) -> dict:
+    """SIGINT/SIGTERM set the stop flag; returns the previous handlers for `restore`.
+
+    Workers ignore SIGINT (a terminal's Ctrl-C reaches the whole process group; the runner
+    alone decides) and stop on SIGTERM or on the runner's shared event.
+    """
+    global _shared
+    _shared = shared
+    _requested.clear()
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.SIG_IGN if ignore_sigint else request)
+    signal.signal(signal.SIGTERM, request)
+    return previous
+
+
+def restore(previous: dict) -> None:
+    global _shared
+    for s, handler in previous.items():
+        signal.signal(s, handler)
+    _shared = None
+
+
+def die_with_parent(parent: int) -> None:
+    """Linux: SIGTERM this worker when the runner (`parent`) dies, even by SIGKILL, so no worker
+    is orphaned (its running trial then ends FAIL instead of running on unowned)."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the runner's stop event only
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        request()
+
+
+class StopOnRequest(Callback):
+    """Ends a trial's training at the next batch once a stop was asked for."""
+
+    def on_train_batch_end(self, *_: Any) -> None:
+        check()
+
+    def on_validation_batch_end(self, *_: Any) -> None:
+        check()
+
+    def on_train_epoch_start(self, *_: Any) -> None:
+        check()

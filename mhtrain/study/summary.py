@@ -1,0 +1,43 @@
+"""The end-of-run summary: what the study holds, its best trial, what the search cost, and how
+the run ended (finished, timed out, interrupted, workers replaced)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import optuna
+
+from mhtrain.study.objective import FINISHED, OVER_BUDGET
+
+
+def summary(ostudy: optuna.Study, max_epochs: int, storage_url: str) -> str:
+    """Best value and params, trials by state, epochs used versus an unpruned search, time to
+    the best trial. `max_epochs` serves trials that did not record their own."""
+    trials = [t for t in ostudy.get_trials(deepcopy=False) if not t.user_attrs.get(OVER_BUDGET)]
+    by_state = Counter(t.state.name for t in trials)
+    finished = [t for t in trials if t.state in FINISHED]
+    epochs = sum(t.user_attrs.get("epochs", 0) for t in finished)
+    full = sum(t.user_attrs.get("max_epochs", max_epochs) for t in finished)
+    lines = [f"study {ostudy.study_name}: {len(trials)} trials "
+             f"({', '.join(f'{n} {s.lower()}' for s, n in sorted(by_state.items())) or 'none run'})"]
+    try:
+        best = ostudy.best_trial
+    except ValueError:
+        lines.append("no completed trial yet")
+    else:
+        metric = (ostudy.metric_names or ["value"])[0]
+        lines.append(f"best {metric} = {best.value:.4f} (trial {best.number})")
+        lines += [f"  {k} = {v:.6g}" if isinstance(v, float) else f"  {k} = {v}"
+                  for k, v in best.params.items()]
+        starts = [t.datetime_start for t in trials if t.datetime_start]
+        if best.datetime_complete and starts:
+            seconds = (best.datetime_complete - min(starts)).total_seconds()
+            lines.append(f"time to the best trial: {seconds:.0f} s of searching")
+    if full:
+        lines.append(f"epochs used: {epochs} of {full} an unpruned search would run "
+                     f"({100 * epochs / full:.0f}%)")
+    warm = sum(1 for t in trials if "warm_start_from" in t.user_attrs)
+    if warm:
+        lines.append(f"warm-started: {warm} trial(s) enqueued from another study")
+    lines.append(f"dashboard: optuna-dashboard {storage_url}  (or `make dashboard`)")
+    return "\n".join(lines)
