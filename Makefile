@@ -13,7 +13,7 @@ WORKERS ?= 1
 
 .PHONY: help install data test lint train emhcm exp-multihead-cnn-mnist ecm exp-cnn-mnist \
 	emhcc10 exp-multihead-cnn-cifar10 \
-	study-lr study-loss-weights study-baselines compare dashboard
+	study-lr study-loss-weights study-baselines compare compare-weighting dashboard
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_ -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-36s %s\n", $$1, $$2}'
@@ -59,6 +59,23 @@ study-baselines: data ## the digit-only baseline over the same lr range (20 tria
 
 compare: $(STAMP) ## re-train the best of study-lr and study-baselines (5 seeds), write the report
 	$(PY) studies/compare.py --multitask lr --baseline baseline_lr --storage $(STORAGE) $(ARGS)
+
+# compare-weighting: each arm searched at QUICK, its best re-trained at RERUN for SEEDS seeds
+WEIGHTING_TRIALS ?= 20
+LOSS_WEIGHTS_TRIALS ?= 30
+SEEDS ?= 5
+RERUN ?= trainer.max_epochs=10 data.train_subset=null
+WEIGHTING_ARMS := loss_weights equal_lr uncertainty_lr baseline_lr
+
+compare-weighting: data ## searched, equal and learned loss weights vs digit-only (QUICK studies, RERUN re-runs)
+	for arm in equal_lr uncertainty_lr baseline_lr; do \
+		$(PY) -m mhtrain.study run $$arm --n-trials $(WEIGHTING_TRIALS) --storage $(STORAGE) \
+			--workers $(WORKERS) $(QUICK) || exit 1; \
+	done
+	$(PY) -m mhtrain.study run loss_weights --n-trials $(LOSS_WEIGHTS_TRIALS) --storage $(STORAGE) \
+		--workers $(WORKERS) $(QUICK)
+	$(PY) studies/compare.py --arms $(WEIGHTING_ARMS) --reference baseline_lr --seeds $(SEEDS) \
+		--storage $(STORAGE) --name weighting $(RERUN)
 
 dashboard: $(STAMP) ## optuna-dashboard on http://127.0.0.1:8080 for the default storage
 	$(VENV)/bin/optuna-dashboard --host 127.0.0.1 --port 8080 $(STORAGE)

@@ -176,27 +176,3 @@ def test_cli_help_explains_each_option(tmp_path):
                  "--pruner", "--seed", "--timeout", "trainer.max_epochs=4"):
         assert flag in proc.stdout
 
-
-def test_compare_writes_the_report_and_does_not_retrain(tiny, storage, monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)
-    for config in ("lr", "baseline_lr"):
-        runner.run(load(config, tiny, "trainer.max_epochs=1", n_trials=2), storage, progress=False)
-    args = [sys.executable, str(ROOT / "studies" / "compare.py"), "--storage", storage, "--seeds", "2"]
-    first = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert "Training the extra heads" in first.stdout and "Welch t-test p" in first.stdout
-    report = tmp_path / "runs" / "reports" / "lr_vs_baseline_lr"
-    md = (report / "report.md").read_text()
-    assert "**Verdict.**" in md and "| seed | lr | baseline_lr |" in md
-    html = (report / "report.html").read_text()
-    for title in ("Optimization history", "Intermediate values", "Test accuracy per seed"):
-        assert title in html
-    reruns = optuna.load_study(study_name="lr", storage=open_storage(storage)).user_attrs["reruns"]
-    assert len(reruns) == 2 and all("test/digit_acc" in v for v in reruns.values())
-
-    again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0
-    assert first.stdout.count("(trained)") == 4
-    assert again.stdout.count("(stored)") == 4 and "(trained)" not in again.stdout
-    assert again.stdout.splitlines()[-3] == first.stdout.splitlines()[-3]  # the same verdict
-    assert len(optuna.load_study(study_name="lr", storage=open_storage(storage)).user_attrs["reruns"]) == 2
