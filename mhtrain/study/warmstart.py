@@ -1,0 +1,85 @@
+"""Warm start: begin a study with the best trials of another study in the same storage, e.g. the
+loss-weight study from the lr study's best learning rate, so the sampler starts from what is known.
+
+A warm-started trial takes, for each key of the new search space, the source trial's value when
+it has one, else the new study's default (the value its experiment composes to); a key with
+neither is left to the sampler. Which source trials were enqueued is recorded on the new study
+(user attribute `warm_start`), so resuming, or asking again, never enqueues one twice and never
+takes more than K from one source in all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import optuna
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
+
+from mhtrain import ConfigError
+from mhtrain.study.storage import load_existing
+
+ATTR = "warm_start"  # study user attribute: {source study name: [source trial numbers enqueued]}
+DEFAULT_K = 1
+
+
+def parse_warm_start(text: str) -> tuple[str, int]:
+    """`STUDY[:K]` → (study name, K); K is 1 when left out."""
+    name, sep, k = text.rpartition(":")
+    if not sep:
+        name, k = text, str(DEFAULT_K)
+    if not name.strip():
+        raise ConfigError(f"--warm-start {text!r}: name a study, as STUDY or STUDY:K")
+    if not k.isdigit() or int(k) < 1:
+        raise ConfigError(f"--warm-start {text!r}: K={k!r} must be a whole number >= 1 (STUDY:K)")
+    return name, int(k)
+
+
+def load_source(storage_url: str, text: str, target: str) -> tuple[optuna.Study, int]:
+    """The study `STUDY[:K]` names in the storage and K; one line if it is missing or is `target`."""
+    name, k = parse_warm_start(text)
+    if name == target:
+        raise ConfigError(f"--warm-start {text}: a study cannot warm-start from itself; "
+                          "name another study in the same storage")
+    return load_existing(name, storage_url), k
+
+
+def best_trials(source: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
+    """The source's K best COMPLETE trials, best first (ties: earlier trial first)."""
+    if len(source.directions) != 1:
+        raise ConfigError(f"study {source.study_name} has several objectives; "
+                          "warm start needs a single-objective study")
+    sign = -1.0 if source.direction == StudyDirection.MAXIMIZE else 1.0
+    done = source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return sorted(done, key=lambda t: (sign * t.value, t.number))[:k]
+
+
+def warm_start(ostudy: optuna.Study, source: optuna.Study, k: int, space_keys: Iterable[str],
+               defaults: Mapping[str, Any] | None = None) -> int:
+    """Enqueue the best K complete trials of `source` on `ostudy` (those not enqueued before);
+    returns how many were enqueued now."""
+    if source.study_name == ostudy.study_name:
+        raise ConfigError(f"study {ostudy.study_name} cannot warm-start from itself")
+    done = {name: list(numbers) for name, numbers in ostudy.user_attrs.get(ATTR, {}).items()}
+    taken = done.get(source.study_name, [])
+    todo = [t for t in best_trials(source, k) if t.number not in taken][: k - len(taken)]
+    if not taken and not todo:
+        raise ConfigError(f"study {source.study_name} has no complete trial to warm-start from")
+    if not todo:
+        return 0
+    # recorded before enqueuing: a crash in between loses a warm start, it never doubles one
+    done[source.study_name] = [*taken, *(t.number for t in todo)]
+    ostudy.set_user_attr(ATTR, done)
+    defaults = {key: v for key, v in (defaults or {}).items() if v is not None}
+    keys = list(space_keys)
+    for t in todo:
+        params = {key: t.params.get(key, defaults.get(key)) for key in keys
+                  if key in t.params or key in defaults}
+        ostudy.enqueue_trial(params, user_attrs={ATTR: f"{source.study_name}#{t.number}"})
+    return len(todo)
+
+
+def warm_started(ostudy: optuna.Study) -> dict[str, list[int]]:
+    """Source study name → its trial numbers this study was warm-started with."""
+    return dict(ostudy.user_attrs.get(ATTR, {}))
