@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mhtrain import ConfigError
-from mhtrain.models.module import check_loss_weights, metric_names
+from mhtrain.models.module import check_loss_weights, check_weighting, metric_names
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -117,6 +117,7 @@ def check(cfg: DictConfig) -> None:
     check_optimizer(cfg)
     heads = list(heads_of(cfg))
     check_loss_weights(heads, cfg.model.get("loss_weights") or {})
+    check_weighting(cfg.model.get("weighting", "fixed"))
     unknown = sorted(set(cfg.model.get("criteria") or {}) - set(heads))
     if unknown:
         raise ConfigError(f"model.criteria has {unknown} but the heads are {heads}")

@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from mhtrain import one_line_errors
-from mhtrain.config import build_model, check
+from mhtrain.config import build_model, check, compose
 
 # lightning 2.6 with torch 2.14 warns about its own pytree use on every fit; and metrics are
 # logged per epoch, so a short epoch is no reason to warn about the step logging interval
@@ -139,5 +139,16 @@ def report(cfg: DictConfig, result: dict[str, Any]) -> float | None:
     return result["best"].get(cfg.get("optimized_metric"))
 
 
+def precheck(argv: Sequence[str]) -> int:
+    """Compose and check the command line's config before Hydra creates the run folder, so a
+    bad value is one line and exit 2 with nothing written (Hydra's own flags are left to it)."""
+    overrides = [a for a in argv if not a.startswith("-") and not a.startswith("hydra.")]
+    if len(overrides) != len(argv):
+        return 0
+    return one_line_errors(lambda: compose(None, overrides) and 0)
+
+
 if __name__ == "__main__":
+    if code := precheck(sys.argv[1:]):
+        sys.exit(code)
     main()

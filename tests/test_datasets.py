@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from mhtrain import ConfigError
+from mhtrain import ConfigError, DataError
 from mhtrain.config import compose, heads_of
 from mhtrain.data import cifar100mh
-from mhtrain import DataError
 from mhtrain.study import runner, space
 from mhtrain.train import fit
 from tests.conftest import ROOT

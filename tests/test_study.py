@@ -154,21 +154,6 @@ def test_cli_end_to_end(script, study, params, tiny, storage, tmp_path):
     assert len(trials) == 2 and all(set(t.params) == params for t in trials)
 
 
-@pytest.mark.parametrize("args", [
-    ["--n-trials", "0"],
-    ["model.optimizer.lrr=0.1"],
-    ["--experiment", "no_such_experiment"],
-    ["--metric", "val/colour_acc"],
-    ["--timeout", "-1"],
-])
-def test_cli_bad_input_exits_2_and_leaves_no_storage(args, tmp_path):
-    db = tmp_path / "bad.db"
-    proc = cli("lr.py", "--storage", f"sqlite:///{db}", *args, cwd=tmp_path)
-    assert proc.returncode == 2, proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: ")
-    assert not db.exists()
-
-
 def test_cli_help_explains_each_option(tmp_path):
     proc = cli("loss_weights.py", "--help", cwd=tmp_path)
     assert proc.returncode == 0

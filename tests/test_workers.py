@@ -143,3 +143,45 @@ def test_existing_study_with_other_metric_is_refused_by_the_cli(tiny_data, tmp_p
                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "made differently" in bad.stderr
     assert len(trials(storage, name)) == 1
+
+
+def test_processes_started_together_never_repeat_parameters(tiny_data, storage, name, tmp_path):
+    """The many-machines recipe: the same command started at once against one study."""
+    first = subprocess.run(study_args(tiny_data, storage, name, 1, 1), cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    both = [subprocess.Popen(study_args(tiny_data, storage, name, 5, 1), cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for proc in both:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+    ts = [t for t in trials(storage, name) if t.state == TrialState.COMPLETE]
+    assert len(ts) == 5
+    lrs = [t.params["model.optimizer.lr"] for t in ts]
+    assert len(set(lrs)) == len(lrs), lrs
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_ctrl_c_with_workers_stops_everything_at_any_moment(tiny_data, name, tmp_path, seed):
+    import random
+
+    from bench.faults import children, wait_gone
+
+    storage = f"sqlite:///{tmp_path / 'c.db'}"
+    proc = subprocess.Popen(study_args(tiny_data, storage, name, 4, 3, "--workers", "2"), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(random.Random(seed).uniform(0.5, 12.0))
+    workers = children(proc.pid)
+    stopped_at = time.time()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode in (0, 130), err[-3000:]  # 0: it had already finished
+    assert wait_gone(workers, 30)
+    assert "Traceback" not in err and "Should not reach" not in err, err[-3000:]
+    ts = trials(storage, name)
+    assert not [t for t in ts if t.state == TrialState.RUNNING]
+    assert sum(t.state == TrialState.COMPLETE for t in ts) <= 4
+    late = [t.number for t in ts if t.datetime_start.timestamp() > stopped_at + 1.0]
+    assert not late, f"trials {late} started after the Ctrl-C"
+    if proc.returncode == 130:
+        assert "interrupted" in out

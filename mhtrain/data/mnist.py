@@ -170,6 +170,10 @@ def _read_idx(path: Path) -> torch.Tensor:
 def load(data_dir: str | os.PathLike, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(images N×28×28 uint8, labels N uint8) for `train` or `test`, read once per process."""
     paths = [raw_dir(data_dir) / n for n in SPLIT_FILES[split]]
+    for path in paths:
+        if not path.is_file():
+            raise DataError(f"missing {path}; run `make data` (or python -m mhtrain.data DIR) "
+                            "or point data.data_dir at the MNIST files")
     key = tuple(_stamp(p) for p in paths)
     if key not in _cache:
         images, labels = (_read_idx(p) for p in paths)

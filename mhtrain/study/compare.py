@@ -39,7 +39,7 @@ def test_metric(ostudy: optuna.Study) -> str:
 def open_arms(storage_url: str, names: Sequence[str]) -> list[optuna.Study]:
     """Load every arm's study, refusing (before any training) a missing or unfinished one and
     arms that optimize different metrics."""
-    storage = open_storage(storage_url)
+    storage = open_storage(storage_url, must_exist=True)  # a mistyped path creates nothing
     studies = []
     for name in names:
         try:

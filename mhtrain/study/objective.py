@@ -78,7 +78,7 @@ def trial_config(study: StudyConfig, trial: optuna.Trial) -> DictConfig:
     """Suggest the trial's values, record on it all that re-runs it, and return its search-mode
     config, writing to the trial's own folder inside its study's folder."""
     overrides = trial_overrides(study, trial)
-    output_dir = Path(trial.study.user_attrs[OUTPUT_ROOT]) / f"trial_{trial.number:04d}"
+    output_dir = (Path(trial.study.user_attrs[OUTPUT_ROOT]) / f"trial_{trial.number:04d}").resolve()
     cfg = compose(study.experiment, [*overrides, *SEARCH_MODE, f"paths.output_dir={output_dir}"])
     for key, value in (("owner", owner()), ("experiment", study.experiment),
                        ("overrides", overrides), ("seed", study.seed + trial.number),

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
+import time
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
 
 from mhtrain import ConfigError
 
@@ -47,7 +49,7 @@ def check_storage(url: str, must_exist: bool = False) -> None:
         if not url.startswith(("postgresql", "mysql")):
             raise ConfigError(f"--storage {url}: use {URL_FORMS}")
         return
-    if str(path) in ("", ":memory:") or str(path).startswith(":memory:"):
+    if url.removeprefix("sqlite:///") in ("", ".") or url.removeprefix("sqlite:///").startswith(":memory:"):
         raise ConfigError(f"--storage {url} is in memory: every result would be lost at exit; "
                           "use sqlite:///FILE.db")
     if path.is_dir():
@@ -71,15 +73,45 @@ def check_storage(url: str, must_exist: bool = False) -> None:
                           "directory)")
 
 
+def repair_journal(path: Path) -> int:
+    """Drop a torn last record (a crash mid-write: the file does not end in a newline) so new
+    records start on a line of their own; returns the bytes dropped. Writers append under the
+    journal's lock, so a torn tail seen under that lock is never a write still in progress."""
+    if not path.is_file() or not path.stat().st_size:
+        return 0
+    lock = JournalFileSymlinkLock(str(path))
+    while not lock.acquire():
+        time.sleep(0.05)
+    try:
+        data = path.read_bytes()
+        if data.endswith(b"\n"):
+            return 0
+        keep = data.rfind(b"\n") + 1
+        with path.open("r+b") as f:
+            f.truncate(keep)
+        print(f"warning: {path} ended in a torn record ({len(data) - keep} bytes, a crash "
+              "mid-write); dropped it, every complete record kept", file=sys.stderr)
+        return len(data) - keep
+    finally:
+        lock.release()
+
+
 def open_storage(url: str, heartbeat: int = HEARTBEAT_S,
                  must_exist: bool = False) -> optuna.storages.BaseStorage:
     """`*.journal` → Journal file; `sqlite:///…`, `postgresql…` → RDB with heartbeat."""
     check_storage(url, must_exist)
     path = storage_file(url)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"--storage {url}: cannot create {path.parent} ({e.strerror})") from None
     if url.endswith(".journal"):
-        return JournalStorage(JournalFileBackend(str(path)))
+        repair_journal(path)
+        try:
+            return JournalStorage(JournalFileBackend(str(path)))
+        except ValueError as e:  # a damaged record before the last one: not ours to guess at
+            raise ConfigError(f"--storage {url} is damaged ({e}); restore it from a copy") from None
     try:
         return RDBStorage(
             url,

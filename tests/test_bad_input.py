@@ -1,0 +1,194 @@
+"""The bad-input battery: for every entry point and every class of bad input, exit 2, one line
+that names the bad value, and nothing written (no database, no trial, no folder, no file changed).
+
+Study and data commands run in-process (their `main` returns the exit code); the Hydra training
+CLI runs as a real subprocess, since its error path goes through Hydra."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mhtrain.data import cifar100mh
+from mhtrain.study import __main__ as study_main
+from mhtrain.study import cli
+from tests.conftest import ROOT
+
+TINY = ["data.verify=false", "data.val_size=100", "trainer.max_epochs=1"]
+
+
+def tree(path: Path) -> dict[str, str]:
+    """Every file under `path` with a digest of its bytes: what 'nothing written' compares."""
+    return {str(p.relative_to(path)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, tiny_data: Path, monkeypatch) -> Path:
+    """A folder holding one finished study (lr, 1 trial) and an empty data directory."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    code = cli.main("lr", "", ["--storage", "sqlite:///s.db", "--n-trials", "1", "--no-progress",
+                               f"data.data_dir={tiny_data}", *TINY])
+    assert code == 0
+    return tmp_path
+
+
+def one_error_line(err: str, *named: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for value in named:
+        assert value in lines[0], (value, lines[0])
+
+
+STUDY_CASES = [  # (argv after the study name, what the error line must name)
+    (["--n-trials", "0"], "--n-trials 0"),
+    (["--timeout", "-1"], "--timeout -1"),
+    (["--workers", "0"], "--workers 0"),
+    (["--study-name", ""], "--study-name"),
+    (["--storage", "sqlite:///"], "in memory"),
+    (["--storage", "sqlite:///:memory:"], "in memory"),
+    (["--storage", "sqlite:////proc/no/such/x.db"], "cannot create"),
+    (["--storage", "sqlite:///empty"], "is a directory"),
+    (["--storage", "mongodb://x"], "mongodb://x"),
+    (["--sampler", "grid"], "grid search needs `step`"),
+    (["--experiment", "no_such_experiment"], "no_such_experiment"),
+    (["--metric", "val/colour_acc"], "val/colour_acc"),
+    (["model.optimizer.lrr=0.1"], "model.optimizer.lrr"),
+    (["trainer.max_epochs=abc"], "trainer.max_epochs='abc'"),
+    (["trainer.max_epochs=0"], "trainer.max_epochs=0"),
+    (["data.train_subset=-5"], "data.train_subset=-5"),
+    (["model.optimizer.lr=abc"], "'lr': 'abc'"),
+    (["model.optimizer.lr=null"], "'lr': None"),
+    (["model.loss_weights.colour=1.0"], "colour"),
+    (["model.weighting=magic"], "magic"),
+    (["data.data_dir=empty"], "empty"),
+]
+
+
+@pytest.mark.parametrize(("argv", "named"), STUDY_CASES, ids=[" ".join(a) for a, _ in STUDY_CASES])
+def test_study_cli(workdir, tiny_data, capsys, argv, named):
+    before = tree(workdir)
+    data = [] if any(a.startswith("data.data_dir") for a in argv) else [f"data.data_dir={tiny_data}"]
+    storage = [] if "--storage" in argv else ["--storage", "sqlite:///s.db"]
+    code = cli.main("lr", "", [*storage, "--n-trials", "2", "--no-progress", *data, *TINY, *argv])
+    assert code == 2
+    one_error_line(capsys.readouterr().err, named)
+    assert tree(workdir) == before
+
+
+def test_resuming_as_another_study_is_refused_with_the_difference(workdir, tiny_data, capsys):
+    before = tree(workdir)
+    code = cli.main("loss_weights", "", ["--storage", "sqlite:///s.db", "--study-name", "lr",
+                                         "--no-progress", f"data.data_dir={tiny_data}", *TINY])
+    assert code == 2
+    one_error_line(capsys.readouterr().err, "made differently", "search_space",
+                   "model.loss_weights.thickness None -> ")
+    assert tree(workdir) == before
+
+
+def test_resuming_at_another_fidelity_is_refused_unless_asked(workdir, tiny_data, capsys):
+    args = ["--storage", "sqlite:///s.db", "--n-trials", "2", "--no-progress",
+            f"data.data_dir={tiny_data}", *TINY, "data.train_subset=300"]
+    before = tree(workdir)
+    assert cli.main("lr", "", args) == 2
+    one_error_line(capsys.readouterr().err, "overrides: now without [] and with ['data.train_subset=300']")
+    assert tree(workdir) == before
+    assert cli.main("lr", "", ["--allow-changes", *args]) == 0
+    out = capsys.readouterr().out
+    assert "epochs used: 2 of 2 " in out  # each trial's own max_epochs, not today's
+
+
+@pytest.fixture
+def study_config(tmp_path: Path):
+    """Write a study config into conf/study for one test, and remove it after."""
+    written = []
+
+    def write(text: str) -> str:
+        path = ROOT / "conf" / "study" / f"zz_test_{len(written)}.yaml"
+        path.write_text(text)
+        written.append(path)
+        return path.stem
+
+    yield write
+    for path in written:
+        path.unlink()
+
+
+@pytest.mark.parametrize(("body", "named"), [
+    ("n_trails: 1\n", "n_trails"),
+    ("pruner_typo: none\n", "pruner_typo"),
+    ("search_space:\n  model.optimizer.lr: {type: float, low: 0.001, high: 0.1, setp: 0.01}\n", "setp"),
+    ("overrides: trainer.max_epochs=1\n", "overrides must be a list"),
+    ("population: 0\n", "population=0"),
+    ("search_space:\n  model.optimizer.lr: {type: float, low: 0.1, high: 0.001}\n", "low=0.1 >= high=0.001"),
+])
+def test_study_config_typos(workdir, tiny_data, capsys, study_config, body, named):
+    base = "experiment: multihead_cnn_mnist\n"
+    if "search_space" not in body:
+        base += "search_space:\n  model.optimizer.lr: {type: float, low: 0.001, high: 0.1, log: true}\n"
+    config = study_config(base + body)
+    before = tree(workdir)
+    code = study_main.main(["run", config, "--storage", "sqlite:///s.db", "--no-progress",
+                            f"data.data_dir={tiny_data}", *TINY])
+    assert code == 2
+    one_error_line(capsys.readouterr().err, named)
+    assert tree(workdir) == before
+
+
+@pytest.mark.parametrize(("argv", "named"), [
+    (["export", "lr", "--storage", "sqlite:///typo.db"], "typo.db"),
+    (["export", "nope", "--storage", "sqlite:///s.db"], "'nope'"),
+])
+def test_export(workdir, capsys, argv, named):
+    before = tree(workdir)
+    assert study_main.main(argv) == 2
+    one_error_line(capsys.readouterr().err, named)
+    assert tree(workdir) == before
+
+
+def test_export_of_a_study_without_a_completed_trial(workdir, tiny_data, capsys):
+    import optuna
+
+    from mhtrain.study.storage import open_storage
+
+    optuna.create_study(study_name="empty_study", storage=open_storage("sqlite:///s.db"))
+    before = tree(workdir)
+    assert study_main.main(["export", "empty_study", "--storage", "sqlite:///s.db"]) == 2
+    one_error_line(capsys.readouterr().err, "empty_study has no completed trial")
+    assert tree(workdir) == before
+
+
+@pytest.mark.parametrize(("damage", "named"), [
+    (lambda root: (root / cifar100mh.INFO).write_text("{not json"), "not valid JSON"),
+    (lambda root: (root / "train_batch").write_bytes(b"not a pickle"), "not a CIFAR batch file"),
+    (lambda root: (root / "train_batch").write_bytes(__import__("pickle").dumps({"data": []})),
+     "needs keys 'data' and 'labels'"),
+])
+def test_cifar100mh_validate(tiny_data, tmp_path, capsys, damage, named):
+    root = tmp_path / "c100"
+    assert cifar100mh.main(["build", "--from", "mnist", "--out", str(root), f"data.data_dir={tiny_data}",
+                            "data.verify=false", "data.val_size=100"]) == 0
+    damage(root)
+    capsys.readouterr()
+    assert cifar100mh.main(["validate", str(root)]) == 2
+    one_error_line(capsys.readouterr().err, named)
+
+
+@pytest.mark.parametrize(("override", "named"), [
+    ("trainer.max_epochs=0", "trainer.max_epochs=0"),
+    ("model.optimizer.lr=abc", "'lr': 'abc'"),
+    ("data.train_subset=-5", "data.train_subset=-5"),
+])
+def test_training_cli(tiny_data, tmp_path, override, named):
+    proc = subprocess.run(
+        [sys.executable, "-m", "mhtrain.train", "experiment=multihead_cnn_mnist",
+         f"data.data_dir={tiny_data}", f"paths.output_dir={tmp_path / 'run'}", *TINY, override],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    one_error_line(proc.stderr, named)
+    assert not (tmp_path / "run").exists()
