@@ -1,60 +1,263 @@
-"""What pruning saves: the loss-weights study with the median pruner and with none.
+"""Pruners on equal terms: the loss-weight study under each pruner, for several sampler seeds.
 
-Same sampler seed, same reduced fidelity (default: 16 trials x 4 epochs, 5,000 training and
-2,000 validation images), each in a fresh SQLite storage. Prints epochs used, wall time and the
-best value side by side. Target: pruned uses <= 45% of the epochs, best within 0.1 pp.
+Per pruner it prints the epochs used as a share of the unpruned search, the wall time, the best
+value and the regret against the unpruned search of the same seed (mean and worst), then names
+the winner: the lowest epoch share with mean regret <= 0.1 pp.
 
-    python bench/pruning.py [--n-trials 16] [--epochs 4] [--train-subset 5000]
+Every configuration is trained once, not once per pruner: a study replays its trials on learning
+curves that are trained on demand, epoch by epoch, each in its own paused training that resumes
+where it stopped (its RNG state saved and restored around each pause, so interleaving changes
+nothing). Each pruner runs a real Optuna study (the study's sampler, a SQLite storage) whose trials
+report these curves, so TPE sees exactly what it would see live, pruned trials included. A
+configuration's training seed comes from its parameters, not from the trial number, so the same
+proposal gets the same curve under every pruner. Steps are epochs trained; a trial's last epoch
+(its max_epochs or an early stop) is never judged, as the objective does. Wall time counts the
+setup and the epochs each trial used, plus the study's own time.
+
+    python bench/pruning.py [--seeds 3] [--n-trials 24] [--epochs 10] [--train-subset 1500]
+        [--val-subset 2000] [--pruners none median sha:reduction_factor=4 ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
+import statistics
 import tempfile
+import threading
 import time
+import zlib
 
+import numpy as np
+import optuna
 import torch
+import yaml
+from lightning.pytorch.callbacks import Callback
 
-from mhtrain.study import runner, space
+from mhtrain.config import compose
+from mhtrain.study import space
+from mhtrain.study.objective import SEARCH_MODE, trial_overrides
+from mhtrain.study.pruners import build_pruner, parse_pruner
+from mhtrain.study.samplers import make_sampler
+from mhtrain.train import fit
+
+CANDIDATES = ["none", "median:n_startup_trials=3", "sha:reduction_factor=3", "sha:reduction_factor=4",
+              "sha:reduction_factor=5", "hyperband:reduction_factor=3"]
+TARGET_SHARE, TARGET_REGRET_PP = 0.25, 0.1
 
 
-def run_once(pruner: str, args: argparse.Namespace, tmp: str) -> dict:
-    study = space.load("loss_weights", name=f"bench_{pruner}", n_trials=args.n_trials, pruner=pruner,
-                       seed=args.seed, extra_overrides=[
-                           f"trainer.max_epochs={args.epochs}", f"data.train_subset={args.train_subset}",
-                           "data.val_subset=2000", "callbacks.early_stopping=null"])
+class Curve(Callback):
+    """One configuration's training, advanced on demand one epoch at a time in its own thread."""
+
+    def __init__(self, cfg, metric: str, setup_s: float) -> None:
+        self.cfg, self.metric = cfg, metric
+        self.values: list[float] = []
+        self.seconds: list[float] = []  # per epoch; the first includes composing and building
+        self.done, self.error, self._stop = False, None, False
+        self._go, self._paused = threading.Semaphore(0), threading.Semaphore(0)
+        self._thread: threading.Thread | None = None
+        self._value, self._mark, self._setup_s = float("nan"), 0.0, setup_s
+
+    def epoch(self, e: int) -> tuple[float, bool]:
+        """The metric after epoch `e` (1-based) and whether training ends there."""
+        while len(self.values) < e and not self.done:
+            self._mark = time.perf_counter()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._train, daemon=True)
+                self._thread.start()
+            else:
+                self._go.release()
+            self._paused.acquire()
+            if self.error is not None:
+                raise self.error
+        return self.values[e - 1], self.done and e == len(self.values)
+
+    def stop(self) -> None:
+        if self._thread is not None and not self.done:
+            self._stop = True
+            self._go.release()
+            self._paused.acquire()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _train(self) -> None:
+        try:
+            fit(self.cfg, callbacks=[self])
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            self.error = e
+        finally:
+            self._clock()
+            self.done = True
+            self._paused.release()
+
+    def _clock(self) -> None:
+        if not self._stop:
+            setup = self._setup_s if not self.seconds else 0.0
+            self.seconds.append(time.perf_counter() - self._mark + setup)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._value = float(trainer.callback_metrics[self.metric])
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not self._stop:
+            self.values.append(self._value)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        # Paused before an epoch starts, not after one ends: EarlyStopping decides after every
+        # other callback's epoch end, so only a next epoch's start says the run goes on.
+        if trainer.current_epoch == 0:
+            return
+        self._clock()
+        rng = torch.get_rng_state(), random.getstate(), np.random.get_state()
+        self._paused.release()
+        self._go.acquire()
+        torch.set_rng_state(rng[0])
+        random.setstate(rng[1])
+        np.random.set_state(rng[2])
+        if self._stop:
+            trainer.should_stop = True  # the epoch ends before its first batch
+
+
+class Curves:
+    """Curves by parameters: the first proposal of a configuration starts it, later ones reuse it."""
+
+    def __init__(self, study: space.StudyConfig, folder: str) -> None:
+        self.study, self.folder = study, folder
+        self.runs: dict[tuple, Curve] = {}
+
+    def __call__(self, params: dict) -> Curve:
+        key = tuple(sorted(params.items()))
+        if key not in self.runs:
+            start = time.perf_counter()
+            number = zlib.crc32(repr(key).encode()) % 100_000  # the training seed follows the params
+            overrides = trial_overrides(self.study, optuna.trial.FixedTrial(params, number))
+            cfg = compose(self.study.experiment, [*overrides, *SEARCH_MODE,
+                                                  f"paths.output_dir={self.folder}/{number}"])
+            self.runs[key] = Curve(cfg, self.study.metric, time.perf_counter() - start)
+        return self.runs[key]
+
+    def close(self) -> None:
+        for run in self.runs.values():
+            run.stop()
+
+
+def replay(study: space.StudyConfig, spec, seed: int, curves: Curves, max_epochs: int,
+           storage: str) -> dict:
+    """One study of `study.n_trials` trials under `spec`, its trials reporting recorded curves."""
+    ostudy = optuna.create_study(storage=storage, study_name=f"{spec}-{seed}", direction=study.direction,
+                                 sampler=make_sampler(study, study.seed + seed),
+                                 pruner=build_pruner(spec, max_epochs))
+    trained_before = sum(sum(r.seconds) for r in curves.runs.values())
+    used_s = 0.0
+
+    def objective(trial: optuna.Trial) -> float:
+        nonlocal used_s
+        run = curves({p.key: p.suggest(trial) for p in study.search_space})
+        values: list[float] = []
+        pruned = False
+        while not pruned:
+            value, last = run.epoch(len(values) + 1)
+            values.append(value)
+            trial.report(value, step=len(values))
+            if last:
+                break
+            pruned = trial.should_prune()
+        used_s += sum(run.seconds[: len(values)])
+        trial.set_user_attr("epochs", len(values))
+        if pruned:
+            raise optuna.TrialPruned()
+        return max(values) if study.direction == "maximize" else min(values)
+
     start = time.perf_counter()
-    ostudy, _ = runner.run(study, f"sqlite:///{tmp}/{pruner}.db", progress=False)
-    seconds = time.perf_counter() - start
+    ostudy.optimize(objective, n_trials=study.n_trials)
+    total = time.perf_counter() - start
+    trained_now = sum(sum(r.seconds) for r in curves.runs.values()) - trained_before
     trials = ostudy.get_trials()
-    return {"epochs": sum(t.user_attrs.get("epochs", 0) for t in trials),
+    return {"epochs": sum(t.user_attrs["epochs"] for t in trials), "best": ostudy.best_value,
             "pruned": sum(t.state.name == "PRUNED" for t in trials),
-            "seconds": seconds, "best": ostudy.best_value}
+            "seconds": total - trained_now + used_s}
+
+
+def parse_candidate(text: str):
+    """`name` or `name:key=value,key=value` → a PrunerSpec."""
+    name, _, rest = text.partition(":")
+    args = dict(kv.split("=", 1) for kv in rest.split(",") if kv)
+    return parse_pruner({"name": name, **{k: yaml.safe_load(v) for k, v in args.items()}},
+                        where=f"--pruners {text}")
+
+
+def label(spec) -> str:
+    """The spec with only the arguments that differ from the registry's defaults."""
+    default = dict(parse_pruner(spec.name).args)
+    changed = [f"{k}={v}" for k, v in spec.args if default[k] != v]
+    return f"{spec.name}:{','.join(changed)}" if changed else spec.name
+
+
+def report(specs: list, results: dict, seeds: list[int], sign: float) -> None:
+    """The table (sums and means over seeds) and the winner."""
+    base = {s: results[specs[0], s] for s in seeds}
+    full = sum(base[s]["epochs"] for s in seeds)
+    print(f"\n{'pruner':44} {'epochs':>7} {'share':>6} {'pruned':>6} {'wall s':>7} {'best':>7} "
+          f"{'regret pp':>9} {'worst':>6}")
+    rows = []
+    for spec in specs:
+        r = [results[spec, s] for s in seeds]
+        regret = [100 * sign * (base[s]["best"] - results[spec, s]["best"]) for s in seeds]
+        epochs = sum(x["epochs"] for x in r)
+        rows.append((spec, epochs / full, statistics.mean(regret), max(regret)))
+        pruned, wall, best = (statistics.mean(x[k] for x in r) for k in ("pruned", "seconds", "best"))
+        print(f"{label(spec):44} {epochs:7d} {100 * epochs / full:5.0f}% {pruned:6.1f} {wall:7.0f} "
+              f"{best:7.4f} {rows[-1][2]:+9.2f} {rows[-1][3]:+6.2f}")
+    ok = [row for row in rows if row[2] <= TARGET_REGRET_PP]
+    spec, share, mean, worst = min(ok, key=lambda row: row[1])
+    met = "meets" if share <= TARGET_SHARE else "misses"
+    print(f"winner: {spec} at {100 * share:.0f}% of the unpruned epochs, regret {mean:+.2f} pp mean, "
+          f"{worst:+.2f} pp worst ({met} the target of <= {100 * TARGET_SHARE:.0f}% with mean regret "
+          f"<= {TARGET_REGRET_PP} pp)")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n-trials", type=int, default=16)
-    ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--train-subset", type=int, default=5000)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, default=3, help="sampler seeds (study seed + 0, 1, ...)")
+    ap.add_argument("--n-trials", type=int, default=24)
+    ap.add_argument("--epochs", type=int, help="max epochs = max resource (default: the experiment's)")
+    ap.add_argument("--train-subset", type=int, default=1500)
+    ap.add_argument("--val-subset", type=int, default=2000)
+    ap.add_argument("--pruners", nargs="+", default=CANDIDATES,
+                    help="name or name:key=value,...; none (the baseline) always runs")
     args = ap.parse_args()
-    print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"loss_weights study, {args.n_trials} trials x {args.epochs} epochs, "
-          f"train_subset={args.train_subset}, val_subset=2000, TPE seed {args.seed}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    fidelity = [f"data.train_subset={args.train_subset}", f"data.val_subset={args.val_subset}"]
+    if args.epochs:
+        fidelity.append(f"trainer.max_epochs={args.epochs}")
+    study = space.load("loss_weights", n_trials=args.n_trials, extra_overrides=fidelity)
+    max_epochs = int(space.base_config(study).trainer.max_epochs)
+    specs = [parse_candidate(p) for p in args.pruners]
+    baseline = parse_pruner("none")
+    specs = [baseline, *(s for s in specs if s != baseline)]  # regret and share are against it
+    seeds = list(range(args.seeds))
+    print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"optuna {optuna.__version__}; study {study.name} ({study.sampler}), {args.n_trials} trials x "
+          f"{max_epochs} epochs, train_subset={args.train_subset}, val_subset={args.val_subset}, "
+          f"sampler seeds {seeds}", flush=True)
+    results = {}
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        results = {p: run_once(p, args, tmp) for p in ("none", "median")}
-    full = args.n_trials * args.epochs
-    print(f"{'pruner':8} {'epochs':>8} {'% of full':>10} {'pruned':>7} {'wall s':>8} {'best':>8}")
-    for p, r in results.items():
-        print(f"{p:8} {r['epochs']:8d} {100 * r['epochs'] / full:9.0f}% {r['pruned']:7d} "
-              f"{r['seconds']:8.0f} {r['best']:8.4f}")
-    share = results["median"]["epochs"] / results["none"]["epochs"]
-    gap = 100 * (results["none"]["best"] - results["median"]["best"])
-    print(f"median/none epochs: {share:.2f} (target <= 0.45); wall: "
-          f"{results['median']['seconds'] / results['none']['seconds']:.2f}; "
-          f"best gap: {gap:+.2f} pp (target within 0.1 pp)")
+        for seed in seeds:
+            curves = Curves(study, f"{tmp}/runs")
+            try:
+                for spec in specs:
+                    r = replay(study, spec, seed, curves, max_epochs, f"sqlite:///{tmp}/bench.db")
+                    results[spec, seed] = r
+                    print(f"seed {seed} {label(spec):44} epochs {r['epochs']:4d} pruned {r['pruned']:3d} "
+                          f"best {r['best']:.4f} wall {r['seconds']:6.0f} s  "
+                          f"[{time.perf_counter() - start:5.0f} s]", flush=True)
+            finally:
+                curves.close()
+    report(specs, results, seeds, 1.0 if study.direction == "maximize" else -1.0)
+    print(f"bench wall time {time.perf_counter() - start:.0f} s (each configuration trained once)")
 
 
 if __name__ == "__main__":

@@ -84,7 +84,8 @@ class PrunerSpec:
         return {"name": self.name, **dict(self.args)}
 
     def __str__(self) -> str:
-        return f"{self.name}({', '.join(f'{k}={v}' for k, v in self.args)})"
+        args = ", ".join(f"{k}={v}" for k, v in self.args)
+        return f"{self.name}({args})" if args else self.name
 
 
 def _check_value(where: str, key: str, value: Any) -> Any:
