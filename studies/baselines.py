@@ -3,7 +3,10 @@ learning-rate range and budget as the lr study, for the multitask-versus-single-
 
 import sys
 
-from mhtrain.study.cli import main
+from mhtrain import quiet_ctrl_c_while_starting
+
+quiet_ctrl_c_while_starting()
+from mhtrain.study.cli import main  # noqa: E402 - after the handler: importing torch takes seconds
 
 if __name__ == "__main__":
     sys.exit(main("baseline_lr", __doc__))

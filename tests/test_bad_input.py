@@ -67,6 +67,8 @@ STUDY_CASES = [  # (argv after the study name, what the error line must name)
     (["model.loss_weights.colour=1.0"], "colour"),
     (["model.weighting=magic"], "magic"),
     (["data.data_dir=empty"], "empty"),
+    (["--warm-start", "nosuch"], "'nosuch'"),
+    (["--warm-start", "lr:x"], "lr:x"),
 ]
 
 
@@ -125,6 +127,8 @@ def study_config(tmp_path: Path):
     ("search_space:\n  model.optimizer.lr: {type: float, low: 0.001, high: 0.1, setp: 0.01}\n", "setp"),
     ("overrides: trainer.max_epochs=1\n", "overrides must be a list"),
     ("population: 0\n", "population=0"),
+    ("pruner: {name: sha, min_resource: 5}\n", "min_resource=5 exceeds"),
+    ("pruner: {name: sha, reduction: 3}\n", "reduction"),
     ("search_space:\n  model.optimizer.lr: {type: float, low: 0.1, high: 0.001}\n", "low=0.1 >= high=0.001"),
 ])
 def test_study_config_typos(workdir, tiny_data, capsys, study_config, body, named):

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from mhtrain import ConfigError
@@ -56,7 +57,8 @@ def test_objective_on_tiny_trials(tiny, storage, monkeypatch, tmp_path):
 
 def test_hopeless_trials_are_pruned(tiny, storage, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    study = load("lr", tiny, "trainer.max_epochs=4", "callbacks.early_stopping=null", n_trials=5)
+    study = load("lr", tiny, "trainer.max_epochs=4", "callbacks.early_stopping=null", n_trials=5,
+                 pruner={"name": "median", "n_startup_trials": 3, "n_warmup_steps": 0})
     ostudy = runner.open_study(study, storage)
     for lr in (3e-3, 3e-3, 3e-3, 1e-7, 1e-7):
         ostudy.enqueue_trial({"model.optimizer.lr": lr})
@@ -81,16 +83,32 @@ def test_budget_is_the_total_and_a_rerun_resumes(tiny, storage, monkeypatch, tmp
     assert len(ostudy.get_trials()) == 4
 
 
-def test_export_reproduces_the_best_trial(tiny, storage, monkeypatch, tmp_path):
+STUDY_CONFIGS = sorted(p.stem for p in (ROOT / "conf" / "study").glob("*.yaml")
+                       if not p.stem.startswith("zz_test"))
+
+
+@pytest.mark.parametrize("config", STUDY_CONFIGS)
+def test_export_reproduces_the_best_trial_of_every_shipped_study(config, tiny, tiny_data, storage,
+                                                                 monkeypatch, tmp_path):
+    """The exported experiment trains exactly the best trial: group choices (data=…) included."""
     monkeypatch.chdir(tmp_path)
-    ostudy, _ = runner.run(load("lr", tiny, n_trials=2, name="export_me"), storage, progress=False)
-    path = export("export_me", storage, conf_dir=ROOT / "conf")
+    extra = ["trainer.max_epochs=1"]
+    if "cifar100mh" in config:
+        from mhtrain.data import cifar100mh
+
+        root = tmp_path / "c100"
+        assert cifar100mh.main(["build", "--from", "mnist", "--out", str(root), *tiny[:3]]) == 0
+        extra += [f"data.root={root}", "data.val_size=100"]
+        tiny = []
+    name = f"export_{config}"
+    ostudy, _ = runner.run(load(config, tiny, *extra, n_trials=1, name=name), storage, progress=False)
+    path = export(name, storage, conf_dir=ROOT / "conf")
     try:
-        assert path.name == "best_export_me.yaml"
-        cfg = compose("best_export_me", ["test=false", f"paths.output_dir={tmp_path / 'rerun'}"])
-        assert cfg.model.optimizer.lr == ostudy.best_params["model.optimizer.lr"]
+        cfg = compose(f"best_{name}", ["test=false", f"paths.output_dir={tmp_path / 'rerun'}"])
+        for key, value in ostudy.best_params.items():
+            assert OmegaConf.select(cfg, key) == value
         result = fit(cfg)
-        assert result["best"]["val/digit_acc"] == pytest.approx(ostudy.best_value, abs=1e-6)
+        assert result["best"][ostudy.metric_names[0]] == pytest.approx(ostudy.best_value, abs=1e-6)
     finally:
         path.unlink()
 

@@ -184,4 +184,4 @@ def test_ctrl_c_with_workers_stops_everything_at_any_moment(tiny_data, name, tmp
     late = [t.number for t in ts if t.datetime_start.timestamp() > stopped_at + 1.0]
     assert not late, f"trials {late} started after the Ctrl-C"
     if proc.returncode == 130:
-        assert "interrupted" in out
+        assert "interrupted" in out + err  # the summary, or a stop while it was still starting

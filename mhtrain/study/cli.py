@@ -10,6 +10,7 @@ from mhtrain.config import prepare_data
 from mhtrain.study import runner, space
 from mhtrain.study.storage import DEFAULT_STORAGE, HEARTBEAT_S, URL_FORMS, check_storage
 from mhtrain.study.summary import summary
+from mhtrain.study.warmstart import load_source
 
 
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -43,6 +44,9 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--allow-changes", action="store_true",
                    help="resume a study although its experiment, metric, search space or fixed "
                         "overrides differ from the stored ones (its trials are then ranked together)")
+    p.add_argument("--warm-start", metavar="STUDY[:K]",
+                   help="enqueue the best K (default 1) trials of another study in the same storage "
+                        "first, e.g. --warm-start lr; resuming never enqueues them twice")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides for every trial")
     return p
@@ -76,9 +80,11 @@ def main(study_name: str, description: str, argv: Sequence[str] | None = None,
         base = space.base_config(study)
         prepare_data(base)
         check_storage(args.storage)
+        warm = load_source(args.storage, args.warm_start, study.name) if args.warm_start else None
         ostudy, outcome = runner.run(study, args.storage, timeout=args.timeout,
                                      progress=not args.no_progress, workers=args.workers,
-                                     heartbeat=args.heartbeat, allow_changes=args.allow_changes)
+                                     heartbeat=args.heartbeat, allow_changes=args.allow_changes,
+                                     warm=warm)
         print(summary(ostudy, base.trainer.max_epochs, args.storage))
         for line in outcome.deaths:
             print(line)

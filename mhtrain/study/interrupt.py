@@ -1,6 +1,10 @@
 """One clean stop for a whole study: a signal only raises a flag; trials check it between
 batches and the runner before it starts anything, so no exception ever lands inside Optuna's or
-Lightning's bookkeeping and nothing new starts after a Ctrl-C."""
+Lightning's bookkeeping and nothing new starts after a Ctrl-C.
+
+The handler touches nothing but a plain attribute: taking a lock there (a threading or
+multiprocessing Event) can deadlock with the very wait it interrupts. The runner passes the
+stop on to its workers through a shared event, from its own loop."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import contextlib
 import ctypes
 import os
 import signal
-import threading
+import time
 from typing import Any
 
 from lightning.pytorch.callbacks import Callback
@@ -18,19 +22,21 @@ class StudyInterrupted(Exception):
     """SIGINT/SIGTERM during a study: running trials end FAIL, the summary still prints."""
 
 
-_requested = threading.Event()
-_shared: Any = None  # a multiprocessing Event the runner hands its workers
+class _Flag:
+    raised = False
+
+
+_shared: Any = None  # a multiprocessing Event: set by the runner, read by its workers
+POLL_S = 0.1
 
 
 def request(*_: object) -> None:
-    """Ask everything in this process (and, through the shared event, every worker) to stop."""
-    _requested.set()
-    if _shared is not None:
-        _shared.set()
+    """Ask this process to stop (a signal handler: sets a flag and nothing else)."""
+    _Flag.raised = True
 
 
 def requested() -> bool:
-    return _requested.is_set() or (_shared is not None and _shared.is_set())
+    return _Flag.raised or (_shared is not None and _shared.is_set())
 
 
 def check() -> None:
@@ -41,8 +47,10 @@ def check() -> None:
 
 def wait(seconds: float) -> bool:
     """Sleep up to `seconds`, waking early on a stop; True if one was asked for."""
-    event = _shared if _shared is not None else _requested
-    return event.wait(seconds) or requested()
+    deadline = time.monotonic() + seconds
+    while not requested() and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+    return requested()
 
 
 def install(shared: Any = None, ignore_sigint: bool = False) -> dict:
@@ -53,7 +61,7 @@ def install(shared: Any = None, ignore_sigint: bool = False) -> dict:
     """
     global _shared
     _shared = shared
-    _requested.clear()
+    _Flag.raised = False
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGINT, signal.SIG_IGN if ignore_sigint else request)
     signal.signal(signal.SIGTERM, request)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
+from omegaconf import OmegaConf
 from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 from tqdm import tqdm
@@ -21,9 +22,11 @@ from mhtrain import ConfigError
 from mhtrain.study import interrupt
 from mhtrain.study.interrupt import StudyInterrupted
 from mhtrain.study.objective import FINISHED, OUTPUT_ROOT, fail, owner, process_start, run_trial
+from mhtrain.study.pruners import build_pruner
 from mhtrain.study.samplers import make_sampler
-from mhtrain.study.space import StudyConfig
+from mhtrain.study.space import StudyConfig, base_config
 from mhtrain.study.storage import HEARTBEAT_S, Heartbeat, open_storage
+from mhtrain.study.warmstart import warm_start
 
 MAX_FAILURES = 3  # failed trials in one process before the run gives up
 MAX_RETRIES = 3  # re-runs of a trial whose worker died, before it is left FAIL
@@ -39,15 +42,6 @@ class Outcome:
     interrupted: bool = False
     timed_out: bool = False
     deaths: list[str] = field(default_factory=list)
-
-
-def make_pruner(study: StudyConfig) -> optuna.pruners.BasePruner:
-    return {
-        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
-        "sha": lambda: optuna.pruners.SuccessiveHalvingPruner(),
-        "hyperband": lambda: optuna.pruners.HyperbandPruner(),
-        "none": lambda: optuna.pruners.NopPruner(),
-    }[study.pruner]()
 
 
 def identity_changes(stored: dict, study: StudyConfig) -> list[str]:
@@ -97,8 +91,8 @@ def open_study(study: StudyConfig, storage_url: str, heartbeat: int = HEARTBEAT_
         except optuna.exceptions.DuplicatedStudyError:
             pass  # another process created it a moment ago
     seed = study.seed if created and reproducible else int.from_bytes(os.urandom(4), "little")
-    ostudy = optuna.load_study(study_name=study.name, storage=storage,
-                               sampler=make_sampler(study, seed), pruner=make_pruner(study))
+    ostudy = optuna.load_study(study_name=study.name, storage=storage, sampler=make_sampler(study, seed),
+                               pruner=build_pruner(study.pruner, study.max_epochs))
     if created:
         ostudy.set_metric_names([study.metric])
         ostudy.set_user_attr("config", study.to_dict())
@@ -215,10 +209,18 @@ def _worker(study: StudyConfig, storage_url: str, timeout: float | None, threads
 
 def run(study: StudyConfig, storage_url: str, timeout: float | None = None, progress: bool = True,
         workers: int = 1, heartbeat: int = HEARTBEAT_S,
-        allow_changes: bool = False) -> tuple[optuna.Study, Outcome]:
-    """Run the study with `workers` processes; returns the study and how the run ended."""
+        allow_changes: bool = False,
+        warm: tuple[optuna.Study, int] | None = None) -> tuple[optuna.Study, Outcome]:
+    """Run the study with `workers` processes; returns the study and how the run ended.
+
+    `warm` = (another study, K): its best K trials are enqueued first (once, even on resume).
+    """
     ostudy = open_study(study, storage_url, heartbeat, reproducible=workers == 1,
                         allow_changes=allow_changes)  # fails here, once, before any worker starts
+    if warm is not None:
+        base = base_config(study)
+        keys = [p.key for p in study.search_space]
+        warm_start(ostudy, *warm, keys, {k: OmegaConf.select(base, k, default=None) for k in keys})
     done = sum(counts(ostudy)[s] for s in FINISHED)
     bar = tqdm(total=study.n_trials, initial=min(done, study.n_trials), desc=study.name,
                unit="trial", disable=not progress, dynamic_ncols=True)

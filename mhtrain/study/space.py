@@ -12,11 +12,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from mhtrain import ConfigError
 from mhtrain.config import CONF_DIR, check, compose, heads_of
+from mhtrain.study.pruners import NAMES as PRUNER_NAMES
+from mhtrain.study.pruners import PrunerSpec, build_pruner, parse_pruner
 from mhtrain.study.samplers import SAMPLERS as SAMPLER_REGISTRY
 
 TYPES = ("float", "int", "categorical")
 SAMPLERS = tuple(SAMPLER_REGISTRY)
-PRUNERS = ("median", "sha", "hyperband", "none")
+PRUNERS = PRUNER_NAMES
 KEYS = ("name", "experiment", "metric", "direction", "n_trials", "seed", "sampler", "pruner",
         "search_space", "overrides", "population")
 PARAM_KEYS = ("type", "low", "high", "log", "step", "choices")
@@ -94,17 +96,18 @@ class StudyConfig:
     n_trials: int
     seed: int
     sampler: str
-    pruner: str
+    pruner: PrunerSpec
     search_space: list[Param]
     overrides: list[str] = field(default_factory=list)
     population: int | str = "auto"
+    max_epochs: int = 1  # the experiment's, with the study's overrides: a pruner's max resource
 
     def to_dict(self) -> dict[str, Any]:
         """As stored on the study (JSON values), so a resumed run can be compared with it."""
         return json.loads(json.dumps({
             "name": self.name, "experiment": self.experiment, "metric": self.metric,
             "direction": self.direction, "n_trials": self.n_trials, "seed": self.seed,
-            "sampler": self.sampler, "pruner": self.pruner, "overrides": self.overrides,
+            "sampler": self.sampler, "pruner": self.pruner.to_dict(), "overrides": self.overrides,
             "search_space": {p.key: {k: v for k, v in vars(p).items()
                                      if k != "key" and v not in (None, False)}
                              for p in self.search_space}}))
@@ -137,9 +140,8 @@ def load(config: str, **changes: Any) -> StudyConfig:
     raw["overrides"] = [*raw.get("overrides", []), *(changes.get("extra_overrides") or [])]
     raw.pop("extra_overrides", None)
 
-    for knob, allowed in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
-        if raw.get(knob, allowed[0]) not in allowed:
-            raise ConfigError(f"{knob}={raw[knob]!r}: must be one of {', '.join(allowed)}")
+    if raw.get("sampler", SAMPLERS[0]) not in SAMPLERS:
+        raise ConfigError(f"sampler={raw['sampler']!r}: must be one of {', '.join(SAMPLERS)}")
     for knob in ("n_trials", "seed"):
         value = raw.get(knob, 1)
         if not isinstance(value, int) or isinstance(value, bool) or (knob == "n_trials" and value < 1):
@@ -149,7 +151,7 @@ def load(config: str, **changes: Any) -> StudyConfig:
         name=raw.get("name", config), experiment=raw["experiment"], metric=raw.get("metric") or "",
         direction=raw.get("direction") or "", n_trials=int(raw.get("n_trials", 20)),
         seed=int(raw.get("seed", 0)), sampler=raw.get("sampler", "tpe"),
-        pruner=raw.get("pruner", "median"),
+        pruner=parse_pruner(raw.get("pruner")),
         search_space=[parse_param(k, v) for k, v in (raw.get("search_space") or {}).items()],
         overrides=list(raw["overrides"]),
         population=raw.get("population", "auto"),
@@ -164,6 +166,8 @@ def load(config: str, **changes: Any) -> StudyConfig:
     if not study.search_space:
         raise ConfigError(f"study {config}: search_space is empty")
     cfg = base_config(study)
+    study.max_epochs = cfg.trainer.max_epochs
+    build_pruner(study.pruner, study.max_epochs)  # its resources must fit the epochs
     study.metric = study.metric or cfg.optimized_metric
     cfg.optimized_metric = study.metric
     check(cfg)  # the study's metric must be one the model logs

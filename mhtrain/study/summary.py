@@ -8,6 +8,7 @@ from collections import Counter
 import optuna
 
 from mhtrain.study.objective import FINISHED, OVER_BUDGET
+from mhtrain.study.warmstart import ATTR as WARM
 
 
 def summary(ostudy: optuna.Study, max_epochs: int, storage_url: str) -> str:
@@ -36,7 +37,7 @@ def summary(ostudy: optuna.Study, max_epochs: int, storage_url: str) -> str:
     if full:
         lines.append(f"epochs used: {epochs} of {full} an unpruned search would run "
                      f"({100 * epochs / full:.0f}%)")
-    warm = sum(1 for t in trials if "warm_start_from" in t.user_attrs)
+    warm = sum(1 for t in trials if WARM in t.user_attrs)
     if warm:
         lines.append(f"warm-started: {warm} trial(s) enqueued from another study")
     lines.append(f"dashboard: optuna-dashboard {storage_url}  (or `make dashboard`)")
