@@ -146,7 +146,7 @@ def test_multi_arm_compare_writes_the_report_and_a_second_run_retrains_nothing(
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--arms", "nope", "--reference", "baseline_lr"], "no study nope"),
+    (["--arms", "nope", "--reference", "baseline_lr"], "no such file"),  # a mistyped storage path
     (["--arms", "a", "a"], "named twice"),
     (["--seeds", "1"], "need at least 2"),
 ])

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mhtrain import ConfigError
+from mhtrain import ConfigError, DataError
 from mhtrain.config import compose
 from mhtrain.data import MNISTDataModule, mnist, parse_heads
 from tests.conftest import REAL_DATA, needs_real_data
@@ -67,7 +67,7 @@ def test_fit_stage_never_opens_the_test_split(tiny_data: Path, tmp_path: Path):
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (64, 1, 28, 28) and x.dtype == torch.float32
     assert len(dm.train_dataloader().index) == 500 and len(dm.val_dataloader().index) == 100
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(DataError, match="missing .*t10k-images"):
         dm.setup("test")
 
 

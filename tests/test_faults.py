@@ -20,7 +20,7 @@ from tests.test_workers import assert_intact, study_args, trials, wait_for_runni
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_a_killed_worker_is_replaced_and_the_command_ends_0(tiny_data, kind, name, tmp_path):
     storage = {"sqlite": f"sqlite:///{tmp_path / 'k.db'}", "journal": str(tmp_path / "k.journal")}[kind]
-    proc = subprocess.Popen(study_args(tiny_data, storage, name, 5, 6, "--workers", "2"), cwd=tmp_path,
+    proc = subprocess.Popen(study_args(tiny_data, storage, name, 4, 4, "--workers", "2"), cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_running(storage, name, proc)
     (victim, *_) = [t.user_attrs["owner"]["pid"] for t in trials(storage, name)
@@ -30,7 +30,7 @@ def test_a_killed_worker_is_replaced_and_the_command_ends_0(tiny_data, kind, nam
     assert proc.returncode == 0, err[-3000:]
     assert f"worker pid {victim} died (signal 9) holding trial(s)" in out
     ts = trials(storage, name)
-    assert_intact(ts, 5)
+    assert_intact(ts, 4)
     (killed,) = [t for t in ts if t.state == TrialState.FAIL]
     assert any(t.params == killed.params and t.state == TrialState.COMPLETE for t in ts)
 
