@@ -124,3 +124,26 @@ def storage(request, tmp_path: Path) -> str:
     return {"sqlite": f"sqlite:///{tmp_path / 'optuna.db'}", "journal": str(tmp_path / "optuna.journal"),
             "postgres": url}[request.param]
 
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_killed_population_worker_is_rerun_member_by_member(tiny_data, kind, name, tmp_path):
+    storage = {"sqlite": f"sqlite:///{tmp_path / 'p.db'}", "journal": str(tmp_path / "p.journal")}[kind]
+    args = study_args(tiny_data, storage, name, 4, 5, "--population", "2")
+    first = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while sum(t.state == TrialState.RUNNING for t in trials(storage, name)) < 2:
+        assert time.monotonic() < deadline and first.poll() is None
+        time.sleep(0.3)
+    time.sleep(1.0)
+    first.kill()
+    first.wait()
+    killed = [t for t in trials(storage, name) if t.state == TrialState.RUNNING]
+    assert len(killed) == 2  # both members of the stack were running
+    again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    ts = trials(storage, name)
+    assert_intact(ts, 4)
+    for k in killed:
+        assert ts[k.number].state == TrialState.FAIL
+        assert any(t.params == k.params and t.state == TrialState.COMPLETE for t in ts)

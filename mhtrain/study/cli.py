@@ -44,12 +44,24 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--allow-changes", action="store_true",
                    help="resume a study although its experiment, metric, search space or fixed "
                         "overrides differ from the stored ones (its trials are then ranked together)")
+    p.add_argument("--population", metavar="K|auto",
+                   help="trials each worker trains at once as one stacked model (default from the "
+                        "study config, auto: 32 on a GPU, 1 on the CPU)")
     p.add_argument("--warm-start", metavar="STUDY[:K]",
                    help="enqueue the best K (default 1) trials of another study in the same storage "
                         "first, e.g. --warm-start lr; resuming never enqueues them twice")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides for every trial")
     return p
+
+
+def population_arg(text: str | None) -> int | str | None:
+    if text is None or text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"--population {text}: must be auto or an integer >= 1") from None
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -76,7 +88,8 @@ def main(study_name: str, description: str, argv: Sequence[str] | None = None,
         check_args(args)
         study = space.load(study_name, name=args.study_name, n_trials=args.n_trials,
                            experiment=args.experiment, metric=args.metric, sampler=args.sampler,
-                           pruner=args.pruner, seed=args.seed, extra_overrides=args.overrides)
+                           pruner=args.pruner, seed=args.seed, extra_overrides=args.overrides,
+                           population=population_arg(args.population))
         base = space.base_config(study)
         prepare_data(base)
         check_storage(args.storage)

@@ -158,6 +158,12 @@ def work(study: StudyConfig, ostudy: optuna.Study, timeout: float | None = None,
     Trials other workers are running count toward the budget, so K workers do not overshoot;
     a worker waits for them (they may be dead and get re-run) rather than start one too many.
     """
+    if isinstance(study.population, int) and study.population > 1:
+        from mhtrain.study.population import work_population
+
+        work_population(study, ostudy, study.population, timeout, bar)
+        return Outcome(timed_out=timeout is not None and sum(counts(ostudy)[s] for s in FINISHED)
+                       < study.n_trials)
     start, failures, outcome = time.monotonic(), 0, Outcome()
     with Heartbeat(ostudy._storage) as heartbeat:
         while True:
@@ -214,7 +220,12 @@ def run(study: StudyConfig, storage_url: str, timeout: float | None = None, prog
     """Run the study with `workers` processes; returns the study and how the run ended.
 
     `warm` = (another study, K): its best K trials are enqueued first (once, even on resume).
+    The population size K (`study.population`, `auto` resolved for this device) is settled
+    first: a study that cannot train stacked is refused before anything is written.
     """
+    from mhtrain.study.population import population_size
+
+    study.population = population_size(study)
     ostudy = open_study(study, storage_url, heartbeat, reproducible=workers == 1,
                         allow_changes=allow_changes)  # fails here, once, before any worker starts
     if warm is not None:

@@ -1,0 +1,53 @@
+"""What a population is made of: members (a solo run's pieces, built by whoever supplies them)
+and the protocol between the engine and that supplier. No Optuna here: a study is one supplier,
+a benchmark's random search another."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.loggers import Logger
+
+from mhtrain.models.module import MultiheadLitModule
+
+
+@dataclass(eq=False)
+class Member:
+    """One run of the population, built exactly as its solo run would build it.
+
+    `model` must have been built under `torch.manual_seed(seed)` (its initial weights are then the
+    solo run's), `seed` also seeds its batch order, and the callbacks/loggers are the solo run's.
+    """
+
+    key: Any  # the supplier's handle for this run (an Optuna trial, a name)
+    model: MultiheadLitModule
+    seed: int
+    max_epochs: int
+    min_epochs: int = 1
+    early_stopping: EarlyStopping | None = None
+    loggers: list[Logger] = field(default_factory=list)
+    output_dir: str = ""
+
+
+class MemberSource(Protocol):
+    """Supplies members and hears how they do: the population's counterpart of a study."""
+
+    def next(self, free: int) -> list[Member]:
+        """Up to `free` new members to start now (at an epoch boundary); [] when there are none."""
+
+    def report(self, member: Member, epoch: int, metrics: Mapping[str, float]) -> bool:
+        """A member's validation metrics after `epoch`; False stops it (pruned)."""
+
+    def finish(self, member: Member, result: dict[str, Any]) -> None:
+        """A member has left: `result` has the keys `mhtrain.train.fit` returns, plus `stopped`
+        (max_epochs, early_stopping or pruned) and `population` (when and among how many it ran)."""
+
+
+def best_of(epochs: list[dict[str, float]]) -> dict[str, float]:
+    """Best value of each val metric over epochs: max for accuracies, min for losses (as `fit`)."""
+    keys = {k for e in epochs for k in e}
+    pick = {k: (min if k.endswith("loss") else max) for k in keys}
+    return {k: pick[k](e[k] for e in epochs if k in e) for k in sorted(keys)}
