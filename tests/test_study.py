@@ -179,3 +179,10 @@ def test_cli_help_explains_each_option(tmp_path):
                  "--pruner", "--seed", "--timeout", "trainer.max_epochs=4"):
         assert flag in proc.stdout
 
+
+
+def test_a_timeout_says_it_stopped_the_study(tiny, tmp_path):
+    proc = cli("lr.py", "--storage", f"sqlite:///{tmp_path / 't.db'}", "--timeout", "0.001",
+               "--n-trials", "3", *tiny, "trainer.max_epochs=1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "stopped by --timeout 0.001 s before the budget of 3" in proc.stdout

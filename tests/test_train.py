@@ -62,3 +62,23 @@ def test_fast_dev_run_on_real_files(experiment, heads, tmp_path: Path):
     for h in heads:
         assert f"val/{h}_acc" in proc.stdout
     assert ("val/thickness_acc" in proc.stdout) == ("thickness" in heads)
+
+
+def test_ctrl_c_of_a_training_run_exits_130(tiny_data: Path, tmp_path: Path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "mhtrain.train", "experiment=multihead_cnn_mnist",
+                             f"data.data_dir={tiny_data}", "data.verify=false", "data.val_size=100",
+                             "trainer.max_epochs=500", "callbacks.early_stopping=null",
+                             f"paths.output_dir={out}"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.rglob("metrics.csv")) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    time.sleep(2.0)  # into training
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err
