@@ -14,13 +14,14 @@ proposal gets the same curve under every pruner. Steps are epochs trained; a tri
 (its max_epochs or an early stop) is never judged, as the objective does. Wall time counts the
 setup and the epochs each trial used, plus the study's own time.
 
-    python bench/pruning.py [--seeds 3] [--n-trials 24] [--epochs 10] [--train-subset 1500]
-        [--val-subset 2000] [--pruners none median sha:reduction_factor=4 ...]
+    python bench/pruning.py [--seeds 0 1 2] [--n-trials 24] [--epochs 10] [--train-subset 1500]
+        [--val-subset 2000] [--pruners none median sha:reduction_factor=4 ...] [--results FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import statistics
@@ -28,6 +29,7 @@ import tempfile
 import threading
 import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -42,8 +44,7 @@ from mhtrain.study.pruners import build_pruner, parse_pruner
 from mhtrain.study.samplers import make_sampler
 from mhtrain.train import fit
 
-CANDIDATES = ["none", "median:n_startup_trials=3", "sha:reduction_factor=3", "sha:reduction_factor=4",
-              "sha:reduction_factor=5", "hyperband:reduction_factor=3"]
+CANDIDATES = ["none", "median", "sha:reduction_factor=3", "sha", "sha:reduction_factor=5", "hyperband"]
 TARGET_SHARE, TARGET_REGRET_PP = 0.25, 0.1
 
 
@@ -120,6 +121,10 @@ class Curve(Callback):
             trainer.should_stop = True  # the epoch ends before its first batch
 
 
+def _key(params: dict) -> tuple:
+    return tuple(sorted(params.items()))
+
+
 class Curves:
     """Curves by parameters: the first proposal of a configuration starts it, later ones reuse it."""
 
@@ -128,7 +133,7 @@ class Curves:
         self.runs: dict[tuple, Curve] = {}
 
     def __call__(self, params: dict) -> Curve:
-        key = tuple(sorted(params.items()))
+        key = _key(params)
         if key not in self.runs:
             start = time.perf_counter()
             number = zlib.crc32(repr(key).encode()) % 100_000  # the training seed follows the params
@@ -176,6 +181,8 @@ def replay(study: space.StudyConfig, spec, seed: int, curves: Curves, max_epochs
     trained_now = sum(sum(r.seconds) for r in curves.runs.values()) - trained_before
     trials = ostudy.get_trials()
     return {"epochs": sum(t.user_attrs["epochs"] for t in trials), "best": ostudy.best_value,
+            "tried": {repr(_key(t.params)): t.user_attrs["epochs"] for t in trials},
+            "best_key": repr(_key(ostudy.best_trial.params)),
             "pruned": sum(t.state.name == "PRUNED" for t in trials),
             "seconds": total - trained_now + used_s}
 
@@ -220,13 +227,16 @@ def report(specs: list, results: dict, seeds: list[int], sign: float) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, default=3, help="sampler seeds (study seed + 0, 1, ...)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                    help="sampler seeds, as offsets from the study seed")
     ap.add_argument("--n-trials", type=int, default=24)
     ap.add_argument("--epochs", type=int, help="max epochs = max resource (default: the experiment's)")
     ap.add_argument("--train-subset", type=int, default=1500)
     ap.add_argument("--val-subset", type=int, default=2000)
     ap.add_argument("--pruners", nargs="+", default=CANDIDATES,
                     help="name or name:key=value,...; none (the baseline) always runs")
+    ap.add_argument("--results", type=Path, help="JSON file keeping every (seed, pruner) result as it "
+                    "comes: a rerun with the same flags computes only what is missing")
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     fidelity = [f"data.train_subset={args.train_subset}", f"data.val_subset={args.val_subset}"]
@@ -237,11 +247,13 @@ def main() -> None:
     specs = [parse_candidate(p) for p in args.pruners]
     baseline = parse_pruner("none")
     specs = [baseline, *(s for s in specs if s != baseline)]  # regret and share are against it
-    seeds = list(range(args.seeds))
+    seeds = args.seeds
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"optuna {optuna.__version__}; study {study.name} ({study.sampler}), {args.n_trials} trials x "
           f"{max_epochs} epochs, train_subset={args.train_subset}, val_subset={args.val_subset}, "
           f"sampler seeds {seeds}", flush=True)
+    where = f"{args.n_trials}x{max_epochs} {args.train_subset}/{args.val_subset}"
+    kept = json.loads(args.results.read_text()) if args.results and args.results.exists() else {}
     results = {}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -249,10 +261,17 @@ def main() -> None:
             curves = Curves(study, f"{tmp}/runs")
             try:
                 for spec in specs:
-                    r = replay(study, spec, seed, curves, max_epochs, f"sqlite:///{tmp}/bench.db")
-                    results[spec, seed] = r
+                    name = f"{where} seed {seed} {spec}"
+                    r = kept.get(name) or replay(study, spec, seed, curves, max_epochs,
+                                                 f"sqlite:///{tmp}/bench.db")
+                    results[spec, seed] = kept[name] = r
+                    if args.results:
+                        args.results.write_text(json.dumps(kept, indent=1))
+                    # where the unpruned search's best configuration went in this one
+                    got = r.get("tried", {}).get(results[baseline, seed].get("best_key"), "not tried")
                     print(f"seed {seed} {label(spec):44} epochs {r['epochs']:4d} pruned {r['pruned']:3d} "
-                          f"best {r['best']:.4f} wall {r['seconds']:6.0f} s  "
+                          f"best {r['best']:.4f} wall {r['seconds']:6.0f} s; the unpruned best "
+                          f"{got if 'tried' in r else '?'}{' epochs' if isinstance(got, int) else ''} "
                           f"[{time.perf_counter() - start:5.0f} s]", flush=True)
             finally:
                 curves.close()

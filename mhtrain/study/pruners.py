@@ -4,7 +4,9 @@ study loads and `build_pruner` makes the Optuna pruner for the experiment's epoc
 
 Steps are epochs trained (1 after the first epoch), so a resource is an epoch: `min_resource: 1`
 judges a trial after its first epoch and Hyperband's `max_resource` is the experiment's
-`trainer.max_epochs`. The defaults below are the winners of `bench/pruning.py`.
+`trainer.max_epochs`. The defaults below are what `bench/pruning.py` measured best: successive
+halving at reduction factor 4 used 26% of the unpruned search's epochs for +0.03 pp mean regret
+(3 seeds); median 25% for +0.22 pp; Hyperband 46% for +0.07 pp.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def _hyperband(max_epochs: int, **args: Any) -> P.BasePruner:
     return P.HyperbandPruner(max_resource=max_epochs, **args)
 
 
-_STOP_RULE = {"n_startup_trials": 5, "n_warmup_steps": 1, "interval_steps": 1, "n_min_trials": 1}
+_STOP_RULE = {"n_startup_trials": 3, "n_warmup_steps": 0, "interval_steps": 1, "n_min_trials": 1}
 
 KINDS: dict[str, _Kind] = {
     "none": _Kind(lambda max_epochs: P.NopPruner(), about="every trial runs all its epochs"),
@@ -63,14 +65,16 @@ KINDS: dict[str, _Kind] = {
                     "stop a trial whose best so far is below the median of finished trials"),
     "percentile": _Kind(_percentile, {"percentile": 25.0, **_STOP_RULE},
                         "stop a trial whose best so far is below this percentile of finished trials"),
-    "sha": _Kind(_sha, {"min_resource": 1, "reduction_factor": 3, "min_early_stopping_rate": 0,
+    # 4: judged after epochs 1 and 4 of 10 (3 would add a rung at 9 of 10: it discards trials
+    # that have paid for nearly all their epochs)
+    "sha": _Kind(_sha, {"min_resource": 1, "reduction_factor": 4, "min_early_stopping_rate": 0,
                         "bootstrap_count": 0},
                  "asynchronous successive halving: the top 1/reduction_factor go on at each rung"),
     "hyperband": _Kind(_hyperband, {"min_resource": 1, "reduction_factor": 3, "bootstrap_count": 0},
                        "successive halving over brackets of different minimum resources"),
 }
 NAMES: tuple[str, ...] = tuple(KINDS)
-DEFAULT = "median"  # what a study config without `pruner:` gets
+DEFAULT = "sha"  # what a study config without `pruner:` gets: bench/pruning.py's winner
 
 
 @dataclass(frozen=True)
