@@ -130,6 +130,9 @@ def main() -> None:
     print(f"device: {name}; torch {torch.__version__}; {args.trials} trials x {args.epochs} epochs, "
           f"train_subset={args.train_subset or 'all'}, val_subset={args.val_subset or 'all'}")
     trials = sample_trials(args.trials, args.seed)
+    warm = datamodule(args, 0)  # files read and verified once, before any K is timed
+    warm.prepare_data()
+    warm.setup("fit")
     rows = []
     for k in ks:
         if device.type == "cuda":
