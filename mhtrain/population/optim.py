@@ -2,9 +2,10 @@
 
 Every quantity is a row per member: arguments [K] (float64, so bias corrections are computed
 in double as torch does with its Python floats), moments [K, P], the step count [K]. The update
-is torch.optim's single-tensor Adam, operation by operation, with each per-member scalar
-applied where torch applies its Python scalar, so one member's update is the update
-`torch.optim.Adam` (or `AdamW`) would make for that member alone.
+is torch.optim's single-tensor Adam, operation by operation (the same kernels: lerp, addcmul,
+addcdiv's order), with each per-member scalar applied where torch applies its Python scalar, so
+one member's update is, bit for bit on the CPU, the update `torch.optim.Adam` (or `AdamW`) makes
+for that member alone.
 """
 
 from __future__ import annotations
@@ -61,9 +62,9 @@ def adam_step(param: torch.Tensor, grad: torch.Tensor, rows: dict[str, torch.Ten
     if decay:
         wd, decoupled = rows["weight_decay"], rows["decoupled"] != 0
         param.mul_(_col(1 - lr * torch.where(decoupled, wd, 0.0), param))  # AdamW
-        grad = grad.add(param * _col(torch.where(decoupled, 0.0, wd), param))  # Adam (L2)
+        grad = grad.addcmul(param, _col(torch.where(decoupled, 0.0, wd), param))  # Adam (L2)
     rows["exp_avg"].lerp_(grad, _col(1 - beta1, param))
-    rows["exp_avg_sq"].mul_(_col(beta2, param)).add_(grad.mul(_col(1 - beta2, param)).mul_(grad))
+    rows["exp_avg_sq"].mul_(_col(beta2, param)).addcmul_(grad.mul(_col(1 - beta2, param)), grad)
     step_size = lr / (1 - beta1**step)
     bias_correction2_sqrt = (1 - beta2**step) ** 0.5
     denom = (rows["exp_avg_sq"].sqrt() / _col(bias_correction2_sqrt, param)).add_(_col(rows["eps"], param))
