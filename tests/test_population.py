@@ -179,6 +179,7 @@ def test_members_leave_and_join_within_an_exact_budget(tiny_data, tmp_path, monk
     # trial 4 took the slot trial 3 left while trial 2 trained on
     joined = {t.number: t.user_attrs["population"]["joined_epoch"] for t in trials}
     assert joined[2] == joined[3] < joined[4] < joined[2] + 3
+    assert trials[4].user_attrs["population"]["cohort"] == [2, 4]
 
 
 def test_a_key_that_changes_shapes_is_refused_with_a_population(tiny_data):

@@ -86,6 +86,7 @@ class TrialMembers:
         self.heartbeat, self.deadline, self.bar = heartbeat, deadline, bar
         self.running: dict[int, optuna.Trial] = {}
         self.pruned: set[int] = set()
+        self.cohort: dict[int, list[int]] = {}  # trial -> the trials training with it when it joined
 
     def room(self) -> bool:
         """Whether the budget allows one more trial now (as the solo loop counts it)."""
@@ -111,6 +112,8 @@ class TrialMembers:
             self.running[trial.number] = trial
             self.heartbeat.add([trial._trial_id])
             members.append(member_from_config(trial_config(self.study, trial), trial, self.base))
+        for member in members:
+            self.cohort[member.key.number] = sorted(self.running)
         return members
 
     def report(self, member: Member, epoch: int, metrics: dict[str, float]) -> bool:
@@ -126,7 +129,9 @@ class TrialMembers:
 
         trial: optuna.Trial = member.key
         value = record(self.study, trial, result)
-        trial.set_user_attr("population", result["population"])
+        # a member reproduces its solo run up to floating-point order: say with whom it ran
+        trial.set_user_attr("population", {**result["population"],
+                                           "cohort": self.cohort.pop(trial.number, [])})
         if trial.number in self.pruned:
             self.ostudy.tell(trial, state=TrialState.PRUNED)
         else:
