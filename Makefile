@@ -78,4 +78,4 @@ compare-weighting: data ## searched, equal and learned loss weights vs digit-onl
 		--storage $(STORAGE) --name weighting $(RERUN)
 
 dashboard: $(STAMP) ## optuna-dashboard on http://127.0.0.1:8080 for the default storage
-	$(VENV)/bin/optuna-dashboard --host 127.0.0.1 --port 8080 $(STORAGE)
+	$(PY) -m mhtrain.study dashboard --storage $(STORAGE)

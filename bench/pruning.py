@@ -37,9 +37,8 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
-from mhtrain.config import compose
 from mhtrain.study import space
-from mhtrain.study.objective import SEARCH_MODE, trial_overrides
+from mhtrain.study.objective import search_base, trial_values, with_values
 from mhtrain.study.pruners import build_pruner, parse_pruner
 from mhtrain.study.samplers import make_sampler
 from mhtrain.train import fit
@@ -137,9 +136,8 @@ class Curves:
         if key not in self.runs:
             start = time.perf_counter()
             number = zlib.crc32(repr(key).encode()) % 100_000  # the training seed follows the params
-            overrides = trial_overrides(self.study, optuna.trial.FixedTrial(params, number))
-            cfg = compose(self.study.experiment, [*overrides, *SEARCH_MODE,
-                                                  f"paths.output_dir={self.folder}/{number}"])
+            values = trial_values(self.study, optuna.trial.FixedTrial(params, number))
+            cfg = with_values(search_base(self.study), [*values, f"paths.output_dir={self.folder}/{number}"])
             self.runs[key] = Curve(cfg, self.study.metric, time.perf_counter() - start)
         return self.runs[key]
 

@@ -1,6 +1,7 @@
 """optuna-dashboard, for real: a server on a loopback port and a headless Chromium page."""
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -29,14 +30,15 @@ def get_json(url: str):
 
 
 def serve(storage: str):
-    """optuna-dashboard on a free loopback port; yields its base URL once it answers."""
+    """`python -m mhtrain.study dashboard` (what `make dashboard` runs) on a free loopback port;
+    yields its base URL once it answers."""
     port = free_port()
-    exe = Path(sys.executable).with_name("optuna-dashboard")
-    proc = subprocess.Popen([str(exe), storage, "--host", "127.0.0.1", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "mhtrain.study", "dashboard", "--storage", storage,
+                             "--port", str(port)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(100):
+        for _ in range(300):  # importing the study package (Lightning) takes seconds
             try:
                 get_json(f"{base}/api/studies")
                 break
@@ -48,14 +50,20 @@ def serve(storage: str):
         proc.wait(timeout=10)
 
 
-@pytest.fixture
-def dashboard(tmp_path: Path, tiny_data: Path, monkeypatch):
-    """A two-trial study made by the harness, served by optuna-dashboard."""
-    monkeypatch.chdir(tmp_path)
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+@pytest.fixture(scope="module")
+def dashboard(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path):
+    """A two-trial study made by the harness (checkpoints kept), served by optuna-dashboard."""
+    folder = tmp_path_factory.mktemp("dash")
+    storage = f"sqlite:///{folder / 'optuna.db'}"
     study = space.load("lr", n_trials=2, name="dash_study", extra_overrides=[
         f"data.data_dir={tiny_data}", "data.verify=false", "data.val_size=100", "trainer.max_epochs=2"])
-    runner.run(study, storage, progress=False)
+    study.keep_checkpoints = "all"
+    cwd = Path.cwd()
+    os.chdir(folder)
+    try:
+        runner.run(study, storage, progress=False)
+    finally:
+        os.chdir(cwd)
     yield from serve(storage)
 
 
@@ -67,6 +75,10 @@ def test_dashboard_api_serves_the_study(dashboard):
     for trial in detail["trials"]:
         assert trial["state"] == "Complete"
         assert len(trial["intermediate_values"]) == 2
+        (artifact,) = trial["artifacts"]  # the kept checkpoint, listed on its trial
+        with urllib.request.urlopen(f"{dashboard}/artifacts/{summary['study_id']}/{trial['trial_id']}/"
+                                    f"{artifact['artifact_id']}", timeout=10) as r:
+            assert len(r.read()) > 100_000  # served from the store beside the storage
     assert detail["objective_names"] == ["val/digit_acc"]
 
 

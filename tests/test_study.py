@@ -11,6 +11,7 @@ from mhtrain import ConfigError
 from mhtrain.config import compose
 from mhtrain.study import runner, space
 from mhtrain.study.export import export
+from mhtrain.study.objective import OUTPUT_ROOT, SEARCH_MODE, trial_config
 from mhtrain.study.storage import open_storage
 from mhtrain.train import fit
 from tests.conftest import ROOT
@@ -111,6 +112,22 @@ def test_export_reproduces_the_best_trial_of_every_shipped_study(config, tiny, t
         assert result["best"][ostudy.metric_names[0]] == pytest.approx(ostudy.best_value, abs=1e-6)
     finally:
         path.unlink()
+
+
+@pytest.mark.parametrize("config", [c for c in STUDY_CONFIGS if "cifar100mh" not in c])
+def test_a_trial_gets_the_config_its_recorded_overrides_compose(config, tiny, tmp_path):
+    """Trials start from a base composed once per process (compose is most of a trial's start-up):
+    what a trial trains must be what Hydra composes from the overrides recorded on it."""
+    study = load(config, tiny)
+    ostudy = optuna.create_study()
+    ostudy.set_user_attr(OUTPUT_ROOT, str(tmp_path))
+    for _ in range(3):
+        trial = ostudy.ask()
+        cfg = trial_config(study, trial)
+        full = compose(study.experiment, [*trial.user_attrs["overrides"], *SEARCH_MODE,
+                                          f"paths.output_dir={trial.user_attrs['output_dir']}"])
+        assert OmegaConf.to_container(cfg, resolve=True) == OmegaConf.to_container(full, resolve=True)
+        assert cfg.seed == study.seed + trial.number
 
 
 @pytest.mark.parametrize(("spec", "message"), [

@@ -1,18 +1,24 @@
 """`python -m mhtrain.study run CONFIG [options] [overrides]`: run any conf/study/<CONFIG>.yaml.
-`python -m mhtrain.study export STUDY`: write the best trial as conf/experiment/best_<STUDY>.yaml."""
+`python -m mhtrain.study export STUDY`: write the best trial as conf/experiment/best_<STUDY>.yaml
+(and hand over its checkpoint, if the study kept one).
+`python -m mhtrain.study dashboard`: optuna-dashboard for a storage, with its checkpoints."""
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from mhtrain import one_line_errors
-from mhtrain.study import cli
-from mhtrain.study.export import export
-from mhtrain.study.storage import DEFAULT_STORAGE
+from mhtrain.study.storage import DEFAULT_STORAGE, artifact_dir, check_storage
+
+# the study modules import torch and Lightning (seconds): `dashboard` needs none of them
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["run"] and len(argv) > 1 and not argv[1].startswith("-"):
+        from mhtrain.study import cli
+
         return cli.main(argv[1], f"Study conf/study/{argv[1]}.yaml.", argv[2:],
                         prog=f"python -m mhtrain.study run {argv[1]}")
     parser = argparse.ArgumentParser(prog="python -m mhtrain.study", description=__doc__)
@@ -21,16 +27,36 @@ def main(argv: list[str] | None = None) -> int:
     ex = sub.add_parser("export", help="write conf/experiment/best_<study>.yaml from the best trial")
     ex.add_argument("study", help="study name in the storage")
     ex.add_argument("--storage", default=DEFAULT_STORAGE, help=f"default {DEFAULT_STORAGE}")
+    dash = sub.add_parser("dashboard", help="optuna-dashboard for a storage, listing kept checkpoints")
+    dash.add_argument("--storage", default=DEFAULT_STORAGE, help=f"default {DEFAULT_STORAGE}")
+    dash.add_argument("--port", type=int, default=8080)
     args = parser.parse_args(argv)
     if args.command == "run":
         parser.error("run needs a study config name, e.g. run loss_weights")
+    if args.command == "dashboard":
+        return one_line_errors(lambda: dashboard(args.storage, args.port))
 
     def run() -> int:
+        from mhtrain.study.export import export, export_checkpoint
+
         path = export(args.study, args.storage)
         print(f"wrote {path}; reproduce with: python -m mhtrain.train experiment=best_{args.study}")
+        ckpt = export_checkpoint(args.study, args.storage, Path("runs") / f"best_{args.study}.ckpt")
+        print(f"its checkpoint: {ckpt}" if ckpt else
+              "no checkpoint kept for it (run the study with --keep-checkpoints best to keep one)")
         return 0
 
     return one_line_errors(run)
+
+
+def dashboard(storage: str, port: int) -> int:
+    """Serve the storage on 127.0.0.1 with its artifact folder, so checkpoints are listed."""
+    check_storage(storage, must_exist=True)
+    exe = Path(sys.executable).with_name("optuna-dashboard")
+    folder = artifact_dir(storage)
+    os.execv(exe, [str(exe), storage, "--host", "127.0.0.1", "--port", str(port),
+                   *(["--artifact-dir", str(folder)] if folder.is_dir() else [])])
+    return 0
 
 
 if __name__ == "__main__":

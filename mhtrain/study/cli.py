@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from mhtrain import ConfigError, one_line_errors
 from mhtrain.config import prepare_data
 from mhtrain.study import runner, space
+from mhtrain.study.checkpoints import KEEP
 from mhtrain.study.storage import DEFAULT_STORAGE, HEARTBEAT_S, URL_FORMS, check_storage
 from mhtrain.study.summary import summary
 from mhtrain.study.warmstart import load_source
@@ -50,6 +51,9 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--warm-start", metavar="STUDY[:K]",
                    help="enqueue the best K (default 1) trials of another study in the same storage "
                         "first, e.g. --warm-start lr; resuming never enqueues them twice")
+    p.add_argument("--keep-checkpoints", choices=KEEP, default="none",
+                   help="store trials' best-epoch weights as Optuna artifacts beside the storage: "
+                        "all, or best (a trial that beats every one finished before it); default none")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides for every trial")
     return p
@@ -90,6 +94,7 @@ def main(study_name: str, description: str, argv: Sequence[str] | None = None,
                            experiment=args.experiment, metric=args.metric, sampler=args.sampler,
                            pruner=args.pruner, seed=args.seed, extra_overrides=args.overrides,
                            population=population_arg(args.population))
+        study.keep_checkpoints = args.keep_checkpoints
         base = space.base_config(study)
         prepare_data(base)
         check_storage(args.storage)

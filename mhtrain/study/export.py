@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from mhtrain import ConfigError
 from mhtrain.config import CONF_DIR, compose
+from mhtrain.study.checkpoints import hand_over
 from mhtrain.study.storage import load_existing
 
 
@@ -47,3 +48,9 @@ def export(study_name: str, storage_url: str, conf_dir: Path = CONF_DIR) -> Path
             path.unlink()
             raise
     return path
+
+
+def export_checkpoint(study_name: str, storage_url: str, dest: Path) -> Path | None:
+    """Copy the best trial's kept checkpoint to `dest`; None if the study kept none for it."""
+    study = load_existing(study_name, storage_url)
+    return hand_over(study, study.best_trial, dest)

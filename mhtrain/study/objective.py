@@ -7,20 +7,26 @@
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from lightning.pytorch.callbacks import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from optuna.trial import TrialState
 
+from mhtrain import ConfigError
 from mhtrain.config import compose
-from mhtrain.study import interrupt
+from mhtrain.study import checkpoints, interrupt
 from mhtrain.study.space import StudyConfig
 from mhtrain.study.storage import Heartbeat
 from mhtrain.train import fit
@@ -67,19 +73,48 @@ def owner() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": pid, "started": process_start(pid)}
 
 
+def trial_values(study: StudyConfig, trial: optuna.Trial) -> list[str]:
+    """What differs from trial to trial: the suggested values, the seed, the metric."""
+    suggested = [f"++{p.key}={p.suggest(trial)}" for p in study.search_space]
+    return [*suggested, f"seed={study.seed + trial.number}", f"optimized_metric={study.metric}"]
+
+
 def trial_overrides(study: StudyConfig, trial: optuna.Trial) -> list[str]:
     """Everything that defines what the trial trains: re-running these reproduces it."""
-    suggested = [f"++{p.key}={p.suggest(trial)}" for p in study.search_space]
-    return [*study.overrides, *suggested, f"seed={study.seed + trial.number}",
-            f"optimized_metric={study.metric}"]
+    return [*study.overrides, *trial_values(study, trial)]
+
+
+@functools.lru_cache(maxsize=8)
+def _base(experiment: str, fixed: tuple[str, ...]) -> DictConfig:
+    return compose(experiment, [*fixed, *SEARCH_MODE])
+
+
+def search_base(study: StudyConfig) -> DictConfig:
+    """What every trial's config starts from: the experiment, the study's fixed overrides and
+    search mode, composed once per process (Hydra's compose is most of a trial's start-up)."""
+    return _base(study.experiment, tuple(study.overrides))
+
+
+def with_values(base: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """A copy of `base` with value overrides (`key=v`, `++key=v`) applied as Hydra's compose
+    applies them: the same parser gives the same typed values; `fit` then checks the result."""
+    cfg = copy.deepcopy(base)
+    try:
+        for o in OverridesParser.create().parse_overrides(list(overrides)):
+            OmegaConf.update(cfg, o.key_or_group, o.value(), merge=True, force_add=True)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(" ".join(str(e).split())) from None
+    return cfg
 
 
 def trial_config(study: StudyConfig, trial: optuna.Trial) -> DictConfig:
     """Suggest the trial's values, record on it all that re-runs it, and return its search-mode
     config, writing to the trial's own folder inside its study's folder."""
-    overrides = trial_overrides(study, trial)
+    values = trial_values(study, trial)
+    overrides = [*study.overrides, *values]
     output_dir = (Path(trial.study.user_attrs[OUTPUT_ROOT]) / f"trial_{trial.number:04d}").resolve()
-    cfg = compose(study.experiment, [*overrides, *SEARCH_MODE, f"paths.output_dir={output_dir}"])
+    keeping = ["++trainer.enable_checkpointing=true"] if study.keep_checkpoints != "none" else []
+    cfg = with_values(search_base(study), [*values, f"paths.output_dir={output_dir}", *keeping])
     for key, value in (("owner", owner()), ("experiment", study.experiment),
                        ("overrides", overrides), ("seed", study.seed + trial.number),
                        ("output_dir", str(output_dir)), ("max_epochs", cfg.trainer.max_epochs)):
@@ -102,8 +137,10 @@ def objective(study: StudyConfig, trial: optuna.Trial) -> float:
     """Train the trial's configuration; return the best `study.metric` over its epochs."""
     cfg = trial_config(study, trial)
     pruning = PruningCallback(trial, study.metric)
-    result = fit(cfg, callbacks=[pruning, interrupt.StopOnRequest()])
+    saver = checkpoints.saver(study, cfg.paths.output_dir)
+    result = fit(cfg, callbacks=[pruning, interrupt.StopOnRequest(), *([saver] if saver else [])])
     value = record(study, trial, result)
+    checkpoints.keep(study, trial, saver, None if pruning.pruned_at is not None else value)
     if pruning.pruned_at is not None:
         raise optuna.TrialPruned(f"pruned after epoch {pruning.pruned_at}")
     return value

@@ -18,11 +18,10 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from mhtrain import ConfigError
-from mhtrain.config import compose
 from mhtrain.population import Member
 from mhtrain.population.fit import check_base, fit_population, member_from_config, vectorizable
 from mhtrain.study import interrupt
-from mhtrain.study.objective import OVER_BUDGET, SEARCH_MODE, fail, over_budget, record, trial_config
+from mhtrain.study.objective import OVER_BUDGET, fail, over_budget, record, search_base, trial_config
 from mhtrain.study.space import StudyConfig
 from mhtrain.study.storage import Heartbeat
 
@@ -45,16 +44,14 @@ def resolve_k(study_population: int | str, device: torch.device | str | None = N
     return AUTO_K.get(device.type, 1)
 
 
-def search_base(study: StudyConfig) -> Any:
-    """What every member's config shares: the experiment, the study's overrides, search mode."""
-    return compose(study.experiment, [*study.overrides, *SEARCH_MODE])
-
-
 def check_vectorizable(study: StudyConfig, k: int) -> None:
     """With k > 1, refuse (one line naming the key) a study whose trials cannot share a stack:
     a searched key that changes shapes or the loop, or a setting a population cannot honour."""
     if k <= 1:
         return
+    if study.keep_checkpoints != "none":
+        raise ConfigError(f"--keep-checkpoints {study.keep_checkpoints} keeps solo trials' weights; "
+                          f"a population (population={k}) cannot: use --population 1")
     for p in study.search_space:
         if not vectorizable(p.key):
             raise ConfigError(f"search_space key {p.key} changes the model's shapes or the training "

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from mhtrain import ConfigError
 from mhtrain.study import interrupt
+from mhtrain.study.checkpoints import remember_store
 from mhtrain.study.interrupt import StudyInterrupted
 from mhtrain.study.objective import FINISHED, OUTPUT_ROOT, fail, owner, process_start, run_trial
 from mhtrain.study.pruners import build_pruner
@@ -228,6 +229,8 @@ def run(study: StudyConfig, storage_url: str, timeout: float | None = None, prog
     study.population = population_size(study)
     ostudy = open_study(study, storage_url, heartbeat, reproducible=workers == 1,
                         allow_changes=allow_changes)  # fails here, once, before any worker starts
+    if study.keep_checkpoints != "none":
+        remember_store(ostudy, storage_url)
     if warm is not None:
         base = base_config(study)
         keys = [p.key for p in study.search_space]

@@ -100,6 +100,7 @@ class StudyConfig:
     search_space: list[Param]
     overrides: list[str] = field(default_factory=list)
     population: int | str = "auto"
+    keep_checkpoints: str = "none"  # how a run stores its trials' weights, not what it searches
     max_epochs: int = 1  # the experiment's, with the study's overrides: a pruner's max resource
 
     def to_dict(self) -> dict[str, Any]:

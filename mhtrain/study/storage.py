@@ -39,6 +39,16 @@ def storage_file(url: str) -> Path | None:
     return None
 
 
+def artifact_dir(storage_url: str) -> Path:
+    """Beside a SQLite or Journal file (`runs/optuna.db` -> `runs/optuna-artifacts/`); under
+    `runs/` for a database server (on many machines, make that a shared folder)."""
+    file = storage_file(storage_url)
+    if file is None:
+        return Path("runs/artifacts").resolve()
+    file = file.resolve()
+    return file.with_name(f"{file.stem}-artifacts")
+
+
 def check_storage(url: str, must_exist: bool = False) -> None:
     """Refuse, before anything is written, a URL that would lose results or cannot be created:
     in-memory SQLite, a directory, an unwritable place, a file that is not a database."""

@@ -7,6 +7,7 @@ from collections import Counter
 
 import optuna
 
+from mhtrain.study.checkpoints import ARTIFACT_DIR, CHECKPOINT
 from mhtrain.study.objective import FINISHED, OVER_BUDGET
 from mhtrain.study.warmstart import ATTR as WARM
 
@@ -40,5 +41,11 @@ def summary(ostudy: optuna.Study, max_epochs: int, storage_url: str) -> str:
     warm = sum(1 for t in trials if WARM in t.user_attrs)
     if warm:
         lines.append(f"warm-started: {warm} trial(s) enqueued from another study")
-    lines.append(f"dashboard: optuna-dashboard {storage_url}  (or `make dashboard`)")
+    artifacts = ostudy.user_attrs.get(ARTIFACT_DIR)
+    kept = sum(1 for t in trials if CHECKPOINT in t.user_attrs)
+    if kept:
+        lines.append(f"checkpoints: {kept} kept in {artifacts}; `python -m mhtrain.study export "
+                     f"{ostudy.study_name}` hands over the best")
+    lines.append(f"dashboard: optuna-dashboard {storage_url}"
+                 + (f" --artifact-dir {artifacts}" if artifacts else "") + "  (or `make dashboard`)")
     return "\n".join(lines)

@@ -1,0 +1,82 @@
+"""Checkpoints of search trials, kept only when asked (`--keep-checkpoints best|all`).
+
+A trial then saves its best epoch's weights while it trains; before it is told, they go to an
+Optuna artifact store (a folder beside a file storage), so optuna-dashboard lists them on the
+trial and `export` hands the best one over, and the trial's own copy is deleted. `best` keeps a
+trial's checkpoint only if it beats every trial finished before it: the study's best always has
+one, and a study of N trials keeps about ln N of them rather than N.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+from lightning.pytorch.callbacks import ModelCheckpoint
+from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
+
+from mhtrain.study.space import StudyConfig
+from mhtrain.study.storage import artifact_dir
+
+KEEP = ("none", "best", "all")
+ARTIFACT_DIR = "artifact_dir"  # study user attribute: where its checkpoints are stored
+CHECKPOINT = "checkpoint"  # trial user attribute: the artifact id of its checkpoint
+
+
+def remember_store(ostudy: optuna.Study, storage_url: str) -> Path:
+    """Record the study's artifact folder on it once, so every worker and `export` use one."""
+    if ARTIFACT_DIR not in ostudy.user_attrs:
+        ostudy.set_user_attr(ARTIFACT_DIR, str(artifact_dir(storage_url)))
+    return Path(ostudy.user_attrs[ARTIFACT_DIR])
+
+
+def _store(ostudy: optuna.Study) -> FileSystemArtifactStore:
+    folder = Path(ostudy.user_attrs[ARTIFACT_DIR])
+    folder.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(str(folder))
+
+
+def saver(study: StudyConfig, output_dir: str) -> ModelCheckpoint | None:
+    """The callback that keeps the trial's best epoch, or None when no checkpoint is wanted."""
+    if study.keep_checkpoints == "none":
+        return None
+    mode = "min" if study.direction == "minimize" else "max"
+    return ModelCheckpoint(dirpath=Path(output_dir) / "checkpoints", filename="best", monitor=study.metric,
+                           mode=mode, save_top_k=1, save_last=False)
+
+
+def _beats_the_best(ostudy: optuna.Study, value: float) -> bool:
+    try:
+        best = ostudy.best_value
+    except ValueError:
+        return True  # nothing finished yet
+    return value < best if ostudy.direction == optuna.study.StudyDirection.MINIMIZE else value > best
+
+
+def keep(study: StudyConfig, trial: optuna.Trial, callback: ModelCheckpoint | None,
+         value: float | None) -> str | None:
+    """Store the trial's checkpoint as an artifact if the study keeps it (`value` is None for a
+    pruned trial); returns the artifact id. Runs before `tell`: a finished trial is read-only."""
+    if callback is None or not callback.best_model_path:
+        return None
+    path = Path(callback.best_model_path)
+    try:
+        if study.keep_checkpoints == "best" and (value is None or not _beats_the_best(trial.study, value)):
+            return None
+        artifact_id = upload_artifact(artifact_store=_store(trial.study), file_path=str(path),
+                                      study_or_trial=trial, mimetype="application/octet-stream")
+        trial.set_user_attr(CHECKPOINT, artifact_id)
+        return artifact_id
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def hand_over(ostudy: optuna.Study, trial: optuna.trial.FrozenTrial, dest: Path) -> Path | None:
+    """Download the trial's stored checkpoint to `dest`; None if it has none."""
+    artifact_id = trial.user_attrs.get(CHECKPOINT)
+    if artifact_id is None or ARTIFACT_DIR not in ostudy.user_attrs:
+        return None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.unlink(missing_ok=True)
+    download_artifact(artifact_store=_store(ostudy), file_path=str(dest), artifact_id=artifact_id)
+    return dest

@@ -1,0 +1,98 @@
+"""--keep-checkpoints: trials' best-epoch weights as Optuna artifacts beside the storage."""
+
+from pathlib import Path
+
+import lightning as L
+import optuna
+import pytest
+import torch
+from hydra.utils import instantiate
+from optuna.artifacts import get_all_artifact_meta
+from optuna.trial import TrialState
+
+from mhtrain import ConfigError
+from mhtrain.config import build_model, compose
+from mhtrain.study import runner, space
+from mhtrain.study.checkpoints import ARTIFACT_DIR, CHECKPOINT
+from mhtrain.study.export import export_checkpoint
+from mhtrain.study.population import population_size
+from mhtrain.study.storage import artifact_dir
+from mhtrain.study.summary import summary
+
+
+def run(tiny_data: Path, tmp_path: Path, keep: str, n_trials: int, pruner: str = "none") -> optuna.Study:
+    study = space.load("lr", n_trials=n_trials, name=f"keep_{keep}", pruner=pruner, extra_overrides=[
+        f"data.data_dir={tiny_data}", "data.verify=false", "data.val_size=100", "trainer.max_epochs=2",
+        "callbacks.early_stopping=null"])
+    study.keep_checkpoints = keep
+    ostudy, _ = runner.run(study, f"sqlite:///{tmp_path / 'optuna.db'}", progress=False)
+    return ostudy
+
+
+def test_keep_all_stores_each_trial_and_export_hands_over_weights_that_score_the_best(
+        tiny_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ostudy = run(tiny_data, tmp_path, "all", 3)
+    trials = ostudy.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert ostudy.user_attrs[ARTIFACT_DIR] == str(tmp_path / "optuna-artifacts")
+    for t in trials:
+        (meta,) = get_all_artifact_meta(t, storage=ostudy._storage)
+        assert meta.artifact_id == t.user_attrs[CHECKPOINT]
+        assert (tmp_path / "optuna-artifacts" / meta.artifact_id).is_file()
+    assert not list((tmp_path / "runs").rglob("*.ckpt"))  # the store holds the only copy
+
+    ckpt = export_checkpoint("keep_all", f"sqlite:///{tmp_path / 'optuna.db'}", tmp_path / "best.ckpt")
+    best = ostudy.best_trial
+    cfg = compose(best.user_attrs["experiment"], [*best.user_attrs["overrides"], "test=false",
+                                                  f"paths.output_dir={tmp_path / 'check'}"])
+    model = build_model(cfg)
+    model.load_state_dict(torch.load(ckpt, weights_only=False)["state_dict"])
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    (metrics,) = trainer.validate(model, datamodule=instantiate(cfg.data), verbose=False)
+    assert metrics["val/digit_acc"] == pytest.approx(best.value, abs=1e-6)  # the best epoch's weights
+
+    text = summary(ostudy, 2, f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert f"checkpoints: 3 kept in {tmp_path / 'optuna-artifacts'}" in text
+    assert f"--artifact-dir {tmp_path / 'optuna-artifacts'}" in text
+
+
+def test_keep_best_keeps_the_trials_that_beat_every_earlier_one(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ostudy = run(tiny_data, tmp_path, "best", 5)
+    best_so_far, expected = float("-inf"), []
+    for t in sorted(ostudy.get_trials(), key=lambda t: t.datetime_complete):
+        if t.value > best_so_far:
+            best_so_far = t.value
+            expected.append(t.number)
+    kept = [t.number for t in ostudy.get_trials() if CHECKPOINT in t.user_attrs]
+    assert kept == expected and ostudy.best_trial.number in kept
+    assert len(list((tmp_path / "optuna-artifacts").iterdir())) == len(kept)
+
+
+def test_no_checkpoint_unless_asked_and_export_says_none(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ostudy = run(tiny_data, tmp_path, "none", 1)
+    assert ARTIFACT_DIR not in ostudy.user_attrs
+    assert not list(tmp_path.rglob("*.ckpt"))
+    assert export_checkpoint("keep_none", f"sqlite:///{tmp_path / 'optuna.db'}", tmp_path / "b.ckpt") is None
+
+
+def test_a_population_cannot_keep_checkpoints(tiny_data):
+    study = space.load("lr", population=2,
+                       extra_overrides=[f"data.data_dir={tiny_data}", "data.verify=false"])
+    study.keep_checkpoints = "best"
+    with pytest.raises(ConfigError, match="--keep-checkpoints best keeps solo trials' weights"):
+        population_size(study)
+    study.population = "auto"
+    assert population_size(study, "cuda") == 1  # auto falls back to solo trials
+
+
+@pytest.mark.parametrize(("url", "folder"), [
+    ("sqlite:///runs/optuna.db", "runs/optuna-artifacts"),
+    ("studies.journal", "studies-artifacts"),
+    ("postgresql+psycopg://u@host/db", "runs/artifacts"),
+])
+def test_the_artifact_folder_sits_beside_the_storage(url, folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert artifact_dir(url) == tmp_path / folder
