@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mhtrain import one_line_errors
 from mhtrain.config import build_model, check, compose
+from mhtrain.models.module import best_of
 
 # lightning 2.6 with torch 2.14 warns about its own pytree use on every fit; and metrics are
 # logged per epoch, so a short epoch is no reason to warn about the step logging interval
@@ -37,10 +38,7 @@ class MetricHistory(Callback):
                                 if k.startswith("val/")})
 
     def best(self) -> dict[str, float]:
-        """Best value of each val metric over epochs: max for accuracies, min for losses."""
-        keys = {k for e in self.epochs for k in e}
-        pick = {k: (min if k.endswith("loss") else max) for k in keys}
-        return {k: pick[k](e[k] for e in self.epochs if k in e) for k in sorted(keys)}
+        return best_of(self.epochs)
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:

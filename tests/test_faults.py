@@ -12,8 +12,8 @@ import pytest
 from optuna.trial import TrialState
 
 from bench.faults import children, inject, wait_gone
+from mhtrain.study.ledger import alive
 from mhtrain.study.objective import owner
-from mhtrain.study.runner import alive
 from tests.test_workers import assert_intact, study_args, trials, wait_for_running
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -36,6 +36,14 @@ def metric_names(heads: list[str], splits: tuple[str, ...] = SPLITS) -> list[str
         if split == "train":
             names += [metric_key(split, h, "weight") for h in heads]
     return names
+
+
+def best_of(epochs: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Best value of each val metric over epochs: max for accuracies, min for losses. A solo
+    run and a population member are judged by this one rule."""
+    keys = {k for e in epochs for k in e}
+    pick = {k: (min if k.endswith("loss") else max) for k in keys}
+    return {k: pick[k](e[k] for e in epochs if k in e) for k in sorted(keys)}
 
 
 def epoch_metrics(split: str, heads: list[str], accs: torch.Tensor, head_losses: torch.Tensor,

@@ -4,7 +4,8 @@
 configs) take a `MemberSource` that supplies members and hears their metrics and ends.
 """
 
+from mhtrain.models.module import best_of
 from mhtrain.population.engine import train_population
-from mhtrain.population.members import Member, MemberSource, best_of
+from mhtrain.population.members import Member, MemberSource
 
 __all__ = ["Member", "MemberSource", "best_of", "train_population"]

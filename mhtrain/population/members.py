@@ -45,9 +45,3 @@ class MemberSource(Protocol):
         """A member has left: `result` has the keys `mhtrain.train.fit` returns, plus `stopped`
         (max_epochs, early_stopping or pruned) and `population` (when and among how many it ran)."""
 
-
-def best_of(epochs: list[dict[str, float]]) -> dict[str, float]:
-    """Best value of each val metric over epochs: max for accuracies, min for losses (as `fit`)."""
-    keys = {k for e in epochs for k in e}
-    pick = {k: (min if k.endswith("loss") else max) for k in keys}
-    return {k: pick[k](e[k] for e in epochs if k in e) for k in sorted(keys)}

@@ -23,13 +23,14 @@ from mhtrain import ConfigError
 from mhtrain.data.datamodule import MemberBatches, TensorDataModule
 from mhtrain.models.module import (
     EpochSums,
+    best_of,
     effective_weights,
     epoch_metrics,
     metric_key,
     metric_names,
     weighted_total,
 )
-from mhtrain.population.members import Member, MemberSource, best_of
+from mhtrain.population.members import Member, MemberSource
 from mhtrain.population.optim import adam_args, adam_rows, adam_step
 from mhtrain.population.stack import StackedNets
 

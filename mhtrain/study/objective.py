@@ -39,6 +39,13 @@ OVER_BUDGET = "over_budget"  # trial user attribute: asked in a race for the las
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
+def report(trial: optuna.Trial, value: float, epoch: int) -> bool:
+    """Report an epoch's value (step = epoch, from 0) and ask the pruner: True stops the trial.
+    A solo trial and a population member report through this one function."""
+    trial.report(value, step=epoch)
+    return trial.should_prune()
+
+
 class PruningCallback(Callback):
     """Reports `metric` to the trial after each validation epoch; stops training cleanly when
     the pruner says so (the objective then raises TrialPruned, after `fit` has returned)."""
@@ -51,8 +58,7 @@ class PruningCallback(Callback):
         if trainer.sanity_checking:
             return
         epoch = trainer.current_epoch
-        self.trial.report(float(trainer.callback_metrics[self.metric]), step=epoch)
-        if self.trial.should_prune():
+        if report(self.trial, float(trainer.callback_metrics[self.metric]), epoch):
             self.pruned_at = epoch
             trainer.should_stop = True
 

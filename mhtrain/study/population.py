@@ -21,7 +21,8 @@ from mhtrain import ConfigError
 from mhtrain.population import Member
 from mhtrain.population.fit import check_base, fit_population, member_from_config, vectorizable
 from mhtrain.study import interrupt
-from mhtrain.study.objective import OVER_BUDGET, fail, over_budget, record, search_base, trial_config
+from mhtrain.study.ledger import POLL_S, counts, reap, show
+from mhtrain.study.objective import OVER_BUDGET, fail, over_budget, record, report, search_base, trial_config
 from mhtrain.study.space import StudyConfig
 from mhtrain.study.storage import Heartbeat
 
@@ -87,15 +88,11 @@ class TrialMembers:
 
     def room(self) -> bool:
         """Whether the budget allows one more trial now (as the solo loop counts it)."""
-        from mhtrain.study.runner import counts  # the runner imports this module
-
         state = counts(self.ostudy)
         done = state[TrialState.COMPLETE] + state[TrialState.PRUNED]
         return done + state[TrialState.RUNNING] < self.study.n_trials or state[TrialState.WAITING] > 0
 
     def next(self, free: int) -> list[Member]:
-        from mhtrain.study.runner import reap
-
         members: list[Member] = []
         if free > 0:
             reap(self.ostudy)
@@ -114,16 +111,12 @@ class TrialMembers:
         return members
 
     def report(self, member: Member, epoch: int, metrics: dict[str, float]) -> bool:
-        trial: optuna.Trial = member.key
-        trial.report(metrics[self.study.metric], step=epoch)
-        if trial.should_prune():
-            self.pruned.add(trial.number)
+        if report(member.key, metrics[self.study.metric], epoch):
+            self.pruned.add(member.key.number)
             return False
         return True
 
     def finish(self, member: Member, result: dict[str, Any]) -> None:
-        from mhtrain.study.runner import counts, show
-
         trial: optuna.Trial = member.key
         value = record(self.study, trial, result)
         # a member reproduces its solo run up to floating-point order: say with whom it ran
@@ -149,8 +142,6 @@ def work_population(study: StudyConfig, ostudy: optuna.Study, k: int, timeout: f
     """One worker training up to `k` trials at once until the study holds `n_trials` finished
     ones (or `timeout` seconds pass: no trial starts after that). Waits, like the solo loop, while
     other workers' running trials fill the budget (they may die and be re-run)."""
-    from mhtrain.study.runner import POLL_S, counts, reap, show
-
     base = search_base(study)
     deadline = time.monotonic() + timeout if timeout else None
     with Heartbeat(ostudy._storage) as heartbeat:

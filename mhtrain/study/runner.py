@@ -8,13 +8,11 @@ import multiprocessing as mp
 import os
 import time
 import uuid
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
 from omegaconf import OmegaConf
-from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 from tqdm import tqdm
 
@@ -22,7 +20,9 @@ from mhtrain import ConfigError
 from mhtrain.study import interrupt
 from mhtrain.study.checkpoints import remember_store
 from mhtrain.study.interrupt import StudyInterrupted
-from mhtrain.study.objective import FINISHED, OUTPUT_ROOT, fail, owner, process_start, run_trial
+from mhtrain.study.ledger import POLL_S, counts, finished, reap, show
+from mhtrain.study.objective import OUTPUT_ROOT, fail, run_trial
+from mhtrain.study.population import population_size, work_population
 from mhtrain.study.pruners import build_pruner
 from mhtrain.study.samplers import make_sampler
 from mhtrain.study.space import StudyConfig, base_config
@@ -30,8 +30,6 @@ from mhtrain.study.storage import HEARTBEAT_S, Heartbeat, open_storage
 from mhtrain.study.warmstart import warm_start
 
 MAX_FAILURES = 3  # failed trials in one process before the run gives up
-MAX_RETRIES = 3  # re-runs of a trial whose worker died, before it is left FAIL
-POLL_S = 2.0
 RUNS_ROOT = Path("runs/studies")
 IDENTITY = ("experiment", "metric", "direction", "search_space", "overrides")
 
@@ -110,48 +108,6 @@ def output_root(name: str, storage_url: str, study_id: int) -> Path:
     return root if not root.exists() else RUNS_ROOT / f"{name}-{digest}-{uuid.uuid4().hex[:6]}"
 
 
-def counts(ostudy: optuna.Study) -> Counter:
-    return Counter(t.state for t in ostudy.get_trials(deepcopy=False))
-
-
-def alive(who: dict) -> bool:
-    """Whether the process that started a trial still runs: a zombie or a recycled pid does not."""
-    started = process_start(who["pid"])
-    if started is None:
-        return False
-    try:
-        state = Path(f"/proc/{who['pid']}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z" and (who.get("started") is None or who["started"] == started)
-
-
-def reap(ostudy: optuna.Study, dead_pid: int | None = None) -> list[int]:
-    """Fail the running trials of dead workers and enqueue them again; returns their numbers.
-
-    A worker on this host is checked directly (any storage); one elsewhere by heartbeat (RDB).
-    """
-    if dead_pid is None:
-        fail_stale_trials(ostudy)  # RDB heartbeats; a no-op for Journal files
-    host = owner()["host"]
-    reaped = []
-    for t in ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        who = t.user_attrs.get("owner")
-        if not who or who["host"] != host:
-            continue
-        if (who["pid"] != dead_pid) if dead_pid is not None else alive(who):
-            continue
-        try:
-            ostudy.tell(t.number, state=TrialState.FAIL)
-        except (RuntimeError, ValueError, optuna.exceptions.UpdateFinishedTrialError):
-            continue  # another process reaped it first
-        reaped.append(t.number)
-        retries = t.user_attrs.get("retries", 0)
-        if retries < MAX_RETRIES:
-            ostudy.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "retries": retries + 1})
-    return reaped
-
-
 def work(study: StudyConfig, ostudy: optuna.Study, timeout: float | None = None,
          bar: tqdm | None = None) -> Outcome:
     """One worker: run trials until the study holds `n_trials` finished (complete or pruned).
@@ -160,11 +116,8 @@ def work(study: StudyConfig, ostudy: optuna.Study, timeout: float | None = None,
     a worker waits for them (they may be dead and get re-run) rather than start one too many.
     """
     if isinstance(study.population, int) and study.population > 1:
-        from mhtrain.study.population import work_population
-
         work_population(study, ostudy, study.population, timeout, bar)
-        return Outcome(timed_out=timeout is not None and sum(counts(ostudy)[s] for s in FINISHED)
-                       < study.n_trials)
+        return Outcome(timed_out=timeout is not None and finished(ostudy) < study.n_trials)
     start, failures, outcome = time.monotonic(), 0, Outcome()
     with Heartbeat(ostudy._storage) as heartbeat:
         while True:
@@ -193,12 +146,6 @@ def work(study: StudyConfig, ostudy: optuna.Study, timeout: float | None = None,
     return outcome
 
 
-def show(bar: tqdm | None, ostudy: optuna.Study, state: Counter, n_trials: int) -> None:
-    if bar is not None:
-        bar.n = min(state[TrialState.COMPLETE] + state[TrialState.PRUNED], n_trials)
-        bar.set_postfix(best=_best(ostudy), pruned=state[TrialState.PRUNED], refresh=True)
-
-
 def _worker(study: StudyConfig, storage_url: str, timeout: float | None, threads: int,
             heartbeat: int, stop: mp.synchronize.Event, parent: int) -> None:
     interrupt.install(shared=stop, ignore_sigint=True)
@@ -224,8 +171,6 @@ def run(study: StudyConfig, storage_url: str, timeout: float | None = None, prog
     The population size K (`study.population`, `auto` resolved for this device) is settled
     first: a study that cannot train stacked is refused before anything is written.
     """
-    from mhtrain.study.population import population_size
-
     study.population = population_size(study)
     ostudy = open_study(study, storage_url, heartbeat, reproducible=workers == 1,
                         allow_changes=allow_changes)  # fails here, once, before any worker starts
@@ -235,7 +180,7 @@ def run(study: StudyConfig, storage_url: str, timeout: float | None = None, prog
         base = base_config(study)
         keys = [p.key for p in study.search_space]
         warm_start(ostudy, *warm, keys, {k: OmegaConf.select(base, k, default=None) for k in keys})
-    done = sum(counts(ostudy)[s] for s in FINISHED)
+    done = finished(ostudy)
     bar = tqdm(total=study.n_trials, initial=min(done, study.n_trials), desc=study.name,
                unit="trial", disable=not progress, dynamic_ncols=True)
     ctx = mp.get_context("spawn")
@@ -300,16 +245,8 @@ def _supervise(study: StudyConfig, storage_url: str, ostudy: optuna.Study, timeo
                 p.join()
             reap(ostudy, dead_pid=p.pid)
         return outcome  # the killed workers' retries stay enqueued for the next run
-    finished = sum(counts(ostudy)[s] for s in FINISHED)
-    outcome.timed_out = timeout is not None and finished < study.n_trials
+    outcome.timed_out = timeout is not None and finished(ostudy) < study.n_trials
     return outcome
 
 
-def _best(ostudy: optuna.Study) -> str:
-    try:
-        return f"{ostudy.best_value:.4f}"
-    except ValueError:
-        return "-"
-
-
-__all__ = ["Outcome", "fail", "open_study", "run", "work", "reap", "counts"]
+__all__ = ["Outcome", "fail", "open_study", "run", "work"]

@@ -1,0 +1,77 @@
+"""The study as a runner sees it: trials by state, the progress bar, and the running trials
+of dead workers, failed and enqueued again. Solo and population workers share it."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import optuna
+from optuna.storages import fail_stale_trials
+from optuna.trial import TrialState
+from tqdm import tqdm
+
+from mhtrain.study.objective import FINISHED, owner, process_start
+
+MAX_RETRIES = 3  # re-runs of a trial whose worker died, before it is left FAIL
+POLL_S = 2.0
+
+
+def counts(ostudy: optuna.Study) -> Counter:
+    return Counter(t.state for t in ostudy.get_trials(deepcopy=False))
+
+
+def finished(ostudy: optuna.Study) -> int:
+    """Trials that count toward the budget as done: complete or pruned."""
+    return sum(counts(ostudy)[s] for s in FINISHED)
+
+
+def alive(who: dict) -> bool:
+    """Whether the process that started a trial still runs: a zombie or a recycled pid does not."""
+    started = process_start(who["pid"])
+    if started is None:
+        return False
+    try:
+        state = Path(f"/proc/{who['pid']}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z" and (who.get("started") is None or who["started"] == started)
+
+
+def reap(ostudy: optuna.Study, dead_pid: int | None = None) -> list[int]:
+    """Fail the running trials of dead workers and enqueue them again; returns their numbers.
+
+    A worker on this host is checked directly (any storage); one elsewhere by heartbeat (RDB).
+    """
+    if dead_pid is None:
+        fail_stale_trials(ostudy)  # RDB heartbeats; a no-op for Journal files
+    host = owner()["host"]
+    reaped = []
+    for t in ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        who = t.user_attrs.get("owner")
+        if not who or who["host"] != host:
+            continue
+        if (who["pid"] != dead_pid) if dead_pid is not None else alive(who):
+            continue
+        try:
+            ostudy.tell(t.number, state=TrialState.FAIL)
+        except (RuntimeError, ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            continue  # another process reaped it first
+        reaped.append(t.number)
+        retries = t.user_attrs.get("retries", 0)
+        if retries < MAX_RETRIES:
+            ostudy.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "retries": retries + 1})
+    return reaped
+
+
+def show(bar: tqdm | None, ostudy: optuna.Study, state: Counter, n_trials: int) -> None:
+    if bar is not None:
+        bar.n = min(state[TrialState.COMPLETE] + state[TrialState.PRUNED], n_trials)
+        bar.set_postfix(best=_best(ostudy), pruned=state[TrialState.PRUNED], refresh=True)
+
+
+def _best(ostudy: optuna.Study) -> str:
+    try:
+        return f"{ostudy.best_value:.4f}"
+    except ValueError:
+        return "-"
