@@ -42,7 +42,7 @@ def test_objective_on_tiny_trials(tiny, storage, monkeypatch, tmp_path):
     assert ostudy.metric_names == ["val/digit_acc"]
     for t in trials:
         assert 0.0 <= t.value <= 1.0
-        assert sorted(t.intermediate_values) == list(range(t.user_attrs["epochs"]))
+        assert sorted(t.intermediate_values) == list(range(1, t.user_attrs["epochs"] + 1))  # trained
         assert t.value == max(t.intermediate_values.values())
         assert set(t.params) == {"model.optimizer.lr", "model.loss_weights.thickness",
                                  "model.loss_weights.smoothness"}
@@ -72,6 +72,22 @@ def test_hopeless_trials_are_pruned(tiny, storage, monkeypatch, tmp_path):
         assert t.state == TrialState.PRUNED
         assert t.user_attrs["epochs"] < 4
         assert len(t.intermediate_values) == t.user_attrs["epochs"]
+
+
+def test_successive_halving_judges_a_trial_after_its_first_epoch(tiny, storage, monkeypatch, tmp_path):
+    """The pruner's resources are epochs trained: `min_resource: 1` (the shipped default) stops a
+    hopeless trial after one epoch, as bench/pruning.py measured it (it once took two)."""
+    monkeypatch.chdir(tmp_path)
+    study = load("lr", tiny, "trainer.max_epochs=4", "callbacks.early_stopping=null", n_trials=2,
+                 pruner={"name": "sha", "min_resource": 1, "reduction_factor": 4})
+    ostudy = runner.open_study(study, storage)
+    for lr in (3e-3, 1e-7):
+        ostudy.enqueue_trial({"model.optimizer.lr": lr})
+    runner.run(study, storage, progress=False)
+    good, hopeless = ostudy.get_trials()
+    assert good.state == TrialState.COMPLETE and good.user_attrs["epochs"] == 4
+    assert hopeless.state == TrialState.PRUNED and hopeless.user_attrs["epochs"] == 1
+    assert hopeless.intermediate_values.keys() == {1}
 
 
 def test_budget_is_the_total_and_a_rerun_resumes(tiny, storage, monkeypatch, tmp_path):

@@ -40,9 +40,11 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def report(trial: optuna.Trial, value: float, epoch: int) -> bool:
-    """Report an epoch's value (step = epoch, from 0) and ask the pruner: True stops the trial.
-    A solo trial and a population member report through this one function."""
-    trial.report(value, step=epoch)
+    """Report the value after `epoch` (from 0) and ask the pruner: True stops the trial. The step
+    is the number of epochs trained, so a pruner's resources are epochs (`min_resource: 1` judges
+    after the first), as bench/pruning.py measured them. Solo trials and population members
+    report through this one function."""
+    trial.report(value, step=epoch + 1)
     return trial.should_prune()
 
 
