@@ -8,12 +8,15 @@ import subprocess
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 from optuna.trial import TrialState
 
 from bench.faults import children, inject, wait_gone
+from mhtrain.study import ledger
 from mhtrain.study.ledger import alive
 from mhtrain.study.objective import owner
+from mhtrain.study.storage import open_storage
 from tests.test_workers import assert_intact, study_args, trials, wait_for_running
 
 
@@ -33,6 +36,21 @@ def test_a_killed_worker_is_replaced_and_the_command_ends_0(tiny_data, kind, nam
     assert_intact(ts, 4)
     (killed,) = [t for t in ts if t.state == TrialState.FAIL]
     assert any(t.params == killed.params and t.state == TrialState.COMPLETE for t in ts)
+
+
+def test_a_running_trial_whose_process_died_before_naming_its_owner_is_reaped(tmp_path, monkeypatch):
+    """A worker killed between `ask` and the owner record left a RUNNING trial nobody reaped: on a
+    Journal file (no heartbeat) it held a budget slot for ever and the study waited without end."""
+    ostudy = optuna.create_study(storage=open_storage(str(tmp_path / "o.journal")))
+    ostudy.enqueue_trial({"x": 0.5})
+    orphan = ostudy.ask()  # asked, never owned: its process is gone
+    orphan.suggest_float("x", 0.0, 1.0)
+    assert ledger.reap(ostudy) == []  # young: its process may still be about to record itself
+    monkeypatch.setattr(ledger, "ORPHAN_S", 0.0)
+    assert ledger.reap(ostudy) == [orphan.number]
+    (old, rerun) = ostudy.get_trials()
+    assert old.state == TrialState.FAIL and rerun.state == TrialState.WAITING
+    assert rerun.system_attrs["fixed_params"] == {"x": 0.5} and rerun.user_attrs["retry_of"] == orphan.number
 
 
 def test_a_zombie_or_a_recycled_pid_is_not_alive():

@@ -56,7 +56,7 @@ def wait_for_running(storage: str, name: str, proc: subprocess.Popen, after: int
     while time.monotonic() < deadline:
         ts = trials(storage, name)
         finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in ts)
-        if finished >= after and any(t.state == TrialState.RUNNING for t in ts):
+        if finished >= after and any(t.state == TrialState.RUNNING and "owner" in t.user_attrs for t in ts):
             time.sleep(1.5)  # into the trial's epochs
             return
         assert proc.poll() is None, proc.communicate()

@@ -3,6 +3,7 @@ of dead workers, failed and enqueued again. Solo and population workers share it
 
 from __future__ import annotations
 
+import datetime
 from collections import Counter
 from pathlib import Path
 
@@ -15,6 +16,9 @@ from mhtrain.study.objective import FINISHED, owner, process_start
 
 MAX_RETRIES = 3  # re-runs of a trial whose worker died, before it is left FAIL
 POLL_S = 2.0
+# A RUNNING trial with no owner after this long lost its process between `ask` and the owner
+# record (milliseconds apart); without a reaper it would hold a budget slot for ever.
+ORPHAN_S = 60.0
 
 
 def counts(ostudy: optuna.Study) -> Counter:
@@ -47,11 +51,13 @@ def reap(ostudy: optuna.Study, dead_pid: int | None = None) -> list[int]:
         fail_stale_trials(ostudy)  # RDB heartbeats; a no-op for Journal files
     host = owner()["host"]
     reaped = []
+    now = datetime.datetime.now()
     for t in ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         who = t.user_attrs.get("owner")
-        if not who or who["host"] != host:
-            continue
-        if (who["pid"] != dead_pid) if dead_pid is not None else alive(who):
+        if not who:
+            if dead_pid is not None or (now - t.datetime_start).total_seconds() < ORPHAN_S:
+                continue
+        elif who["host"] != host or ((who["pid"] != dead_pid) if dead_pid is not None else alive(who)):
             continue
         try:
             ostudy.tell(t.number, state=TrialState.FAIL)

@@ -123,7 +123,7 @@ def trial_config(study: StudyConfig, trial: optuna.Trial) -> DictConfig:
     output_dir = (Path(trial.study.user_attrs[OUTPUT_ROOT]) / f"trial_{trial.number:04d}").resolve()
     keeping = ["++trainer.enable_checkpointing=true"] if study.keep_checkpoints != "none" else []
     cfg = with_values(search_base(study), [*values, f"paths.output_dir={output_dir}", *keeping])
-    for key, value in (("owner", owner()), ("experiment", study.experiment),
+    for key, value in (("experiment", study.experiment),
                        ("overrides", overrides), ("seed", study.seed + trial.number),
                        ("output_dir", str(output_dir)), ("max_epochs", cfg.trainer.max_epochs)):
         trial.set_user_attr(key, value)
@@ -168,9 +168,16 @@ def over_budget(ostudy: optuna.Study, trial_number: int, n_trials: int) -> bool:
     return len(ahead) > n_trials
 
 
+def ask(ostudy: optuna.Study) -> optuna.Trial:
+    """A new trial, its owner recorded at once: the reaper judges a RUNNING trial by its owner."""
+    trial = ostudy.ask()
+    trial.set_user_attr("owner", owner())
+    return trial
+
+
 def run_trial(study: StudyConfig, ostudy: optuna.Study, heartbeat: Heartbeat) -> TrialState:
     """Ask one trial, train it, tell its outcome: COMPLETE, PRUNED, or FAIL (then re-raise)."""
-    trial = ostudy.ask()
+    trial = ask(ostudy)
     if over_budget(ostudy, trial.number, study.n_trials):
         trial.set_user_attr(OVER_BUDGET, True)
         fail(ostudy, trial)

@@ -22,7 +22,16 @@ from mhtrain.population import Member
 from mhtrain.population.fit import check_base, fit_population, member_from_config, vectorizable
 from mhtrain.study import interrupt
 from mhtrain.study.ledger import POLL_S, counts, reap, show
-from mhtrain.study.objective import OVER_BUDGET, fail, over_budget, record, report, search_base, trial_config
+from mhtrain.study.objective import (
+    OVER_BUDGET,
+    ask,
+    fail,
+    over_budget,
+    record,
+    report,
+    search_base,
+    trial_config,
+)
 from mhtrain.study.space import StudyConfig
 from mhtrain.study.storage import Heartbeat
 
@@ -98,7 +107,7 @@ class TrialMembers:
             reap(self.ostudy)
         while len(members) < free and not interrupt.requested() and self.room() and (
                 self.deadline is None or time.monotonic() < self.deadline):
-            trial = self.ostudy.ask()
+            trial = ask(self.ostudy)
             if over_budget(self.ostudy, trial.number, self.study.n_trials):
                 trial.set_user_attr(OVER_BUDGET, True)
                 fail(self.ostudy, trial)
