@@ -76,9 +76,10 @@ def test_cifar10_that_is_not_official_is_a_clear_error(tmp_path):
         fit(cfg)
 
 
-@pytest.fixture
-def built(tiny_data, tmp_path) -> Path:
-    out = tmp_path / "mh"
+@pytest.fixture(scope="module")
+def built(tiny_data, tmp_path_factory) -> Path:
+    """Built once: every test reads it, and corrupt() changes a copy."""
+    out = tmp_path_factory.mktemp("c100mh") / "mh"
     proc = subprocess.run([sys.executable, "-m", "mhtrain.data.cifar100mh", "build", "--from", "mnist",
                            "--out", str(out), f"data.data_dir={tiny_data}", "data.verify=false"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
