@@ -25,9 +25,13 @@ def counts(ostudy: optuna.Study) -> Counter:
     return Counter(t.state for t in ostudy.get_trials(deepcopy=False))
 
 
+def n_done(state: Counter) -> int:
+    """Trials that count toward the budget as done (complete or pruned), from `counts`."""
+    return sum(state[s] for s in FINISHED)
+
+
 def finished(ostudy: optuna.Study) -> int:
-    """Trials that count toward the budget as done: complete or pruned."""
-    return sum(counts(ostudy)[s] for s in FINISHED)
+    return n_done(counts(ostudy))
 
 
 def alive(who: dict) -> bool:
@@ -72,7 +76,7 @@ def reap(ostudy: optuna.Study, dead_pid: int | None = None) -> list[int]:
 
 def show(bar: tqdm | None, ostudy: optuna.Study, state: Counter, n_trials: int) -> None:
     if bar is not None:
-        bar.n = min(state[TrialState.COMPLETE] + state[TrialState.PRUNED], n_trials)
+        bar.n = min(n_done(state), n_trials)
         bar.set_postfix(best=_best(ostudy), pruned=state[TrialState.PRUNED], refresh=True)
 
 

@@ -103,12 +103,17 @@ def search_base(study: StudyConfig) -> DictConfig:
     return _base(study.experiment, tuple(study.overrides))
 
 
+@functools.cache
+def _parser() -> OverridesParser:
+    return OverridesParser.create()  # builds a grammar: once per process, not per trial
+
+
 def with_values(base: DictConfig, overrides: Sequence[str]) -> DictConfig:
     """A copy of `base` with value overrides (`key=v`, `++key=v`) applied as Hydra's compose
     applies them: the same parser gives the same typed values; `fit` then checks the result."""
     cfg = copy.deepcopy(base)
     try:
-        for o in OverridesParser.create().parse_overrides(list(overrides)):
+        for o in _parser().parse_overrides(list(overrides)):
             OmegaConf.update(cfg, o.key_or_group, o.value(), merge=True, force_add=True)
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(" ".join(str(e).split())) from None

@@ -21,7 +21,7 @@ from mhtrain import ConfigError
 from mhtrain.population import Member
 from mhtrain.population.fit import check_base, fit_population, member_from_config, vectorizable
 from mhtrain.study import interrupt
-from mhtrain.study.ledger import POLL_S, counts, reap, show
+from mhtrain.study.ledger import POLL_S, counts, n_done, reap, show
 from mhtrain.study.objective import (
     OVER_BUDGET,
     ask,
@@ -98,7 +98,7 @@ class TrialMembers:
     def room(self) -> bool:
         """Whether the budget allows one more trial now (as the solo loop counts it)."""
         state = counts(self.ostudy)
-        done = state[TrialState.COMPLETE] + state[TrialState.PRUNED]
+        done = n_done(state)
         return done + state[TrialState.RUNNING] < self.study.n_trials or state[TrialState.WAITING] > 0
 
     def next(self, free: int) -> list[Member]:
@@ -161,7 +161,7 @@ def work_population(study: StudyConfig, ostudy: optuna.Study, k: int, timeout: f
                 reap(ostudy)
                 state = counts(ostudy)
                 show(bar, ostudy, state, study.n_trials)
-                if state[TrialState.COMPLETE] + state[TrialState.PRUNED] >= study.n_trials or (
+                if n_done(state) >= study.n_trials or (
                         deadline is not None and time.monotonic() >= deadline):
                     return
                 if not source.room():

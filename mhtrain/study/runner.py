@@ -20,7 +20,7 @@ from mhtrain import ConfigError
 from mhtrain.study import interrupt
 from mhtrain.study.checkpoints import remember_store
 from mhtrain.study.interrupt import StudyInterrupted
-from mhtrain.study.ledger import POLL_S, counts, finished, reap, show
+from mhtrain.study.ledger import POLL_S, counts, finished, n_done, reap, show
 from mhtrain.study.objective import OUTPUT_ROOT, fail, run_trial
 from mhtrain.study.population import population_size, work_population
 from mhtrain.study.pruners import build_pruner
@@ -124,7 +124,7 @@ def work(study: StudyConfig, ostudy: optuna.Study, timeout: float | None = None,
             interrupt.check()
             reap(ostudy)
             state = counts(ostudy)
-            done = state[TrialState.COMPLETE] + state[TrialState.PRUNED]
+            done = n_done(state)
             show(bar, ostudy, state, study.n_trials)
             if done >= study.n_trials:
                 break
@@ -227,7 +227,7 @@ def _supervise(study: StudyConfig, storage_url: str, ostudy: optuna.Study, timeo
                 tqdm.write(line)
                 outcome.deaths.append(line)
                 state = counts(ostudy)
-                if state[TrialState.COMPLETE] + state[TrialState.PRUNED] < study.n_trials:
+                if n_done(state) < study.n_trials:
                     if replacements >= 3 * workers:
                         raise RuntimeError(f"{replacements} workers replaced already; giving up")
                     replacements += 1
