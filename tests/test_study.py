@@ -213,6 +213,13 @@ def test_cli_help_explains_each_option(tmp_path):
         assert flag in proc.stdout
 
 
+def test_the_dashboard_command_starts_without_importing_torch(tmp_path):
+    """`python -m mhtrain.study dashboard` should answer at once, not after seconds of imports."""
+    code = ("import sys; import mhtrain.study.__main__; "
+            "print(sorted({'torch', 'lightning'} & set(sys.modules)))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr[-2000:]
+
 
 def test_a_timeout_says_it_stopped_the_study(tiny, tmp_path):
     proc = cli("lr.py", "--storage", f"sqlite:///{tmp_path / 't.db'}", "--timeout", "0.001",

@@ -2,8 +2,10 @@
 
 import logging
 
-import lightning.pytorch  # noqa: F401 - sets its loggers to INFO on import; quieten after that
 
-# A study shows one progress bar and a summary; Lightning's per-run banners would drown them.
-for _name in ("lightning.pytorch", "lightning.fabric"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
+def quiet_lightning() -> None:
+    """A study shows one progress bar and a summary; Lightning's per-run banners would drown them.
+    Lightning sets its loggers to INFO when it is imported, so the modules that train call this
+    after that import; the package itself imports no Lightning, so `dashboard` starts quickly."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -18,8 +18,11 @@ from scipy import stats
 from mhtrain import ConfigError
 from mhtrain.config import compose
 from mhtrain.models.module import metric_key
+from mhtrain.study import quiet_lightning
 from mhtrain.study.storage import open_storage
 from mhtrain.train import fit
+
+quiet_lightning()
 
 RERUNS = "reruns"  # study user attribute: {"trial<n>|seed<s>|<extra overrides>": rerun record}
 RERUN_MODE = ["test=true", "trainer.enable_progress_bar=false"]

@@ -26,10 +26,12 @@ from optuna.trial import TrialState
 
 from mhtrain import ConfigError
 from mhtrain.config import compose
-from mhtrain.study import checkpoints, interrupt
+from mhtrain.study import checkpoints, interrupt, quiet_lightning
 from mhtrain.study.space import StudyConfig
 from mhtrain.study.storage import Heartbeat
 from mhtrain.train import fit
+
+quiet_lightning()
 
 # How a trial runs, not what it trains: never the test split, no checkpoints, no epoch bars.
 SEARCH_MODE = ["test=false", "callbacks.model_checkpoint=null", "++trainer.enable_checkpointing=false",
