@@ -10,7 +10,7 @@ import pytest
 from optuna.trial import TrialState
 from scipy import stats
 
-from mhtrain.study import runner, space
+from mhtrain.study import report, runner, space
 from mhtrain.study.compare import RERUNS, Arm, contrasts, holm, mean_ci
 from mhtrain.study.storage import open_storage
 from tests.conftest import ROOT
@@ -39,11 +39,16 @@ def run_study(config: str, tiny_overrides: list[str], storage: str) -> optuna.St
 def test_each_weighting_study_loads_and_runs(config, params, learned, tiny_overrides, storage,
                                              monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    trials = run_study(config, tiny_overrides, storage).get_trials()
+    ostudy = run_study(config, tiny_overrides, storage)
+    trials = ostudy.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     assert all(set(t.params) == params for t in trials)
     base = 421_834 if config == "baseline_lr" else 422_866
     assert {t.user_attrs["params"] for t in trials} == {base + learned}  # one log-variance per head
+    # the report names each searched value once, and "fixed" lists only what was not searched
+    lines = "\n".join(report.study_lines(Arm(ostudy, [0], [{"seconds": 1.0, "epochs": 1}])))
+    for key in params:
+        assert lines.count(key) == 1, lines
 
 
 def test_the_lr_range_is_the_loss_weights_studys():

@@ -120,7 +120,8 @@ def _figures(c: Comparison) -> list[tuple[str, go.Figure]]:
     return figs
 
 
-def _study_lines(a: Arm) -> list[str]:
+def study_lines(a: Arm) -> list[str]:
+    """One arm's section: its study, best configuration (searched values, then what was fixed) and re-runs."""
     trials = a.study.get_trials(deepcopy=False)
     states = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     best = a.study.best_trial
@@ -133,7 +134,8 @@ def _study_lines(a: Arm) -> list[str]:
              f"- best val value: {best.value:.4f} (trial {best.number})"]
     lines += [f"- `{k}` = {v:.6g}" if isinstance(v, float) else f"- `{k}` = {v}"
               for k, v in best.params.items()]
-    fixed = [o for o in best.user_attrs.get("overrides", []) if "loss_weights" in o or "weighting" in o]
+    fixed = [o for o in best.user_attrs.get("overrides", [])  # the searched values are listed above
+             if ("loss_weights" in o or "weighting" in o) and o.lstrip("+~").split("=")[0] not in best.params]
     if fixed:
         lines.append(f"- fixed: {', '.join(f'`{o}`' for o in fixed)}")
     lines.append(f"- re-runs: {len(a.records)} seeds, {_duration(rerun_s)} training, "
@@ -160,7 +162,7 @@ def write(out_dir: Path, c: Comparison, title: str) -> tuple[Path, Path]:
         md += [f"## {heading}", "", *_markdown(t), ""]
     md += ["## Best configurations", ""]
     for a in c.arms:
-        md += _study_lines(a)
+        md += study_lines(a)
     md += [f"Figures in [report.html](report.html): {'; '.join(t for t, _ in figs)}.", ""]
     report_md = out_dir / "report.md"
     report_md.write_text("\n".join(md))
