@@ -7,8 +7,9 @@ Each round runs a tiny 2-worker study (`studies/lr.py`) and kills one process of
 random delay: a worker (the runner must replace it and re-run its trial) or the runner (the
 workers must fail their trials and exit; the same command is then run again). After every run:
 the budget is never exceeded, no finished trial is lost or changed, nothing stays RUNNING once
-the run has ended, every COMPLETE trial has its intermediate values and its folder, and no run
-outlives its timeout. `tests/test_faults.py` runs a few kills per storage in `make test`.
+a run has ended (after a killed runner: nothing its live workers held), every COMPLETE trial has
+its intermediate values and its folder, and no run outlives its timeout. `tests/test_faults.py`
+runs a few kills per storage in `make test`.
 """
 
 from __future__ import annotations
@@ -43,10 +44,19 @@ class Report:
     injected: int = 0
     survived: int = 0
     runs: int = 0
+    in_trial: int = 0  # kills that landed while a trial was RUNNING (the rest: start-up, between trials)
+    trials_killed: int = 0  # trials failed by a kill and re-run
     lost: list[str] = field(default_factory=list)
 
+    def add(self, other: Report) -> None:
+        for name in ("injected", "survived", "runs", "in_trial", "trials_killed"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.lost += other.lost
+
     def line(self) -> str:
-        return (f"{self.storage:9s} faults injected {self.injected:4d}  survived {self.survived:4d}  "
+        return (f"{self.storage:9s} faults injected {self.injected:4d} "
+                f"({self.in_trial} with a trial running)  "
+                f"survived {self.survived:4d}  trials killed and re-run {self.trials_killed:3d}  "
                 f"runs {self.runs:4d}  lost {len(self.lost)}" + (f": {self.lost[:3]}" if self.lost else ""))
 
 
@@ -63,11 +73,20 @@ def children(pid: int) -> list[int]:
     return kids
 
 
-def snapshot(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+def snapshot(storage: optuna.storages.BaseStorage, name: str,
+             states: tuple[TrialState, ...] | None = None) -> list[optuna.trial.FrozenTrial]:
     try:
-        return optuna.load_study(study_name=name, storage=open_storage(url)).get_trials()
-    except (KeyError, Exception):  # noqa: BLE001 - no study yet (killed during start-up)
+        return storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False, states=states)
+    except KeyError:  # no study yet (killed during start-up)
         return []
+
+
+def training(storage: optuna.storages.BaseStorage, name: str, proc: subprocess.Popen) -> bool:
+    """Whether a live worker of this run holds a RUNNING trial (one left by a dead process of an
+    earlier run does not count)."""
+    pids = set(children(proc.pid))
+    return any(t.user_attrs.get("owner", {}).get("pid") in pids
+               for t in snapshot(storage, name, (TrialState.RUNNING,)))
 
 
 def check(trials: list[optuna.trial.FrozenTrial], before: dict, n: int, ended: bool) -> list[str]:
@@ -110,9 +129,12 @@ def _not_zombie(pid: int) -> bool:
 
 def inject(url: str, data_dir: Path, workdir: Path, kills: int, seed: int, n_trials: int = 6,
            label: str | None = None) -> Report:
-    """Run the study to its budget while `kills` SIGKILLs land on random processes of it."""
+    """Run the study to its budget while `kills` SIGKILLs land on random processes of it. Half the
+    kills wait for a RUNNING trial and land a random fraction of a trial later (mid-epoch, between
+    epochs, around `tell`); the others land at any moment, mostly during start-up."""
     rng = random.Random(seed)
     name = f"faults_{uuid.uuid4().hex[:8]}"
+    storage = open_storage(url)  # the bench's own view of the study, opened once
     args = [sys.executable, str(ROOT / "studies" / "lr.py"), "--no-progress", "--storage", url,
             "--study-name", name, "--n-trials", str(n_trials), "--workers", "2", "--heartbeat", "1",
             "--pruner", "median", f"data.data_dir={data_dir}", "data.verify=false",
@@ -123,22 +145,31 @@ def inject(url: str, data_dir: Path, workdir: Path, kills: int, seed: int, n_tri
     while True:
         report.runs += 1
         before = {t.number: (t.state, t.value, t.intermediate_values)
-                  for t in snapshot(url, name) if t.state in FINISHED}
+                  for t in snapshot(storage, name, FINISHED)}
         proc = subprocess.Popen(args, cwd=workdir, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
-        started, main_killed = time.monotonic(), False
+        started, main_killed, workers = time.monotonic(), False, []
         while proc.poll() is None and left and not main_killed:
-            time.sleep(rng.uniform(0.2, 8.0))
+            if rng.random() < 0.5:
+                deadline = time.monotonic() + 60
+                while (proc.poll() is None and time.monotonic() < deadline
+                       and not training(storage, name, proc)):
+                    time.sleep(0.05)
+                time.sleep(rng.uniform(0.0, 1.0))
+            else:
+                time.sleep(rng.uniform(0.2, 8.0))
             if proc.poll() is not None:
                 break
             workers = children(proc.pid)
             target = proc.pid if (rng.random() < 0.3 or not workers) else rng.choice(workers)
+            running = training(storage, name, proc)
             try:
                 os.kill(target, signal.SIGKILL)
             except ProcessLookupError:
                 continue
             left -= 1
             report.injected += 1
+            report.in_trial += running
             if target == proc.pid:
                 main_killed = True
                 proc.wait()
@@ -150,15 +181,22 @@ def inject(url: str, data_dir: Path, workdir: Path, kills: int, seed: int, n_tri
             proc.kill()
             report.lost.append(f"run {report.runs} hung")
             return report
-        broken = check(snapshot(url, name), before, n_trials, ended=True)
-        report.lost += broken
+        trials = snapshot(storage, name)
+        # a killed runner cleans up nothing: a trial whose worker died just before it stays RUNNING
+        # until the next run reaps it; but its live workers must fail theirs, and a run that ended
+        # by itself leaves none
+        report.lost += check(trials, before, n_trials, ended=not main_killed)
+        report.lost += [f"trial {t.number} left RUNNING by a live worker of a killed runner"
+                        for t in trials if t.state == TrialState.RUNNING and main_killed
+                        and t.user_attrs.get("owner", {}).get("pid") in workers]
         if not main_killed and proc.returncode != 0:
             report.lost.append(f"run {report.runs} exit {proc.returncode}: {err.strip()[-300:]}")
             return report
         if not main_killed:
-            finished = [t for t in snapshot(url, name) if t.state in FINISHED]
-            if len(finished) != n_trials:
-                report.lost.append(f"ended 0 with {len(finished)} of {n_trials} finished")
+            finished = sum(t.state in FINISHED for t in trials)
+            if finished != n_trials:
+                report.lost.append(f"ended 0 with {finished} of {n_trials} finished")
+            report.trials_killed = sum(t.state == TrialState.FAIL for t in trials)
             report.survived = report.injected if not report.lost else report.survived
             return report
 
@@ -184,10 +222,7 @@ def main() -> None:
             total, done, i = Report(kind), 0, 0
             while done < args.kills:
                 r = inject(url, data, tmp, min(args.per_study, args.kills - done), args.seed + i, label=kind)
-                total.injected += r.injected
-                total.survived += r.survived
-                total.runs += r.runs
-                total.lost += r.lost
+                total.add(r)
                 done, i = done + max(r.injected, 1), i + 1
             print(total.line(), flush=True)
             for line in total.lost:
