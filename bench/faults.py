@@ -32,6 +32,7 @@ from optuna.trial import TrialState
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from mhtrain.study.objective import OVER_BUDGET  # noqa: E402
 from mhtrain.study.storage import open_storage  # noqa: E402
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -196,7 +197,8 @@ def inject(url: str, data_dir: Path, workdir: Path, kills: int, seed: int, n_tri
             finished = sum(t.state in FINISHED for t in trials)
             if finished != n_trials:
                 report.lost.append(f"ended 0 with {finished} of {n_trials} finished")
-            report.trials_killed = sum(t.state == TrialState.FAIL for t in trials)
+            report.trials_killed = sum(t.state == TrialState.FAIL and OVER_BUDGET not in t.user_attrs
+                                       for t in trials)
             report.survived = report.injected if not report.lost else report.survived
             return report
 
