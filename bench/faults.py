@@ -90,8 +90,11 @@ def training(storage: optuna.storages.BaseStorage, name: str, proc: subprocess.P
                for t in snapshot(storage, name, (TrialState.RUNNING,)))
 
 
-def check(trials: list[optuna.trial.FrozenTrial], before: dict, n: int, ended: bool) -> list[str]:
-    """Every invariant, as a list of what broke (empty when all hold)."""
+def check(trials: list[optuna.trial.FrozenTrial], before: dict, n: int,
+          killed_runner_workers: list[int] | None = None) -> list[str]:
+    """Every invariant, as a list of what broke (empty when all hold). A run that ended by itself
+    leaves nothing RUNNING; a killed runner cleans up nothing, so a trial whose worker died just
+    before it stays RUNNING until the next run reaps it, but its live workers must fail theirs."""
     broken = []
     finished = [t for t in trials if t.state in FINISHED]
     if len(finished) > n:
@@ -101,8 +104,10 @@ def check(trials: list[optuna.trial.FrozenTrial], before: dict, n: int, ended: b
         t = by_number.get(number)
         if t is None or (t.state, t.value, t.intermediate_values) != (state, value, inter):
             broken.append(f"finished trial {number} lost or changed")
-    if ended and any(t.state == TrialState.RUNNING for t in trials):
-        broken.append(f"RUNNING after the run: {[t.number for t in trials if t.state == TrialState.RUNNING]}")
+    running = [t for t in trials if t.state == TrialState.RUNNING and (
+        killed_runner_workers is None or t.user_attrs.get("owner", {}).get("pid") in killed_runner_workers)]
+    if running:
+        broken.append(f"RUNNING after the run: {[t.number for t in running]}")
     for t in trials:
         if t.state == TrialState.COMPLETE:
             if len(t.intermediate_values) != t.user_attrs.get("epochs"):
@@ -183,13 +188,7 @@ def inject(url: str, data_dir: Path, workdir: Path, kills: int, seed: int, n_tri
             report.lost.append(f"run {report.runs} hung")
             return report
         trials = snapshot(storage, name)
-        # a killed runner cleans up nothing: a trial whose worker died just before it stays RUNNING
-        # until the next run reaps it; but its live workers must fail theirs, and a run that ended
-        # by itself leaves none
-        report.lost += check(trials, before, n_trials, ended=not main_killed)
-        report.lost += [f"trial {t.number} left RUNNING by a live worker of a killed runner"
-                        for t in trials if t.state == TrialState.RUNNING and main_killed
-                        and t.user_attrs.get("owner", {}).get("pid") in workers]
+        report.lost += check(trials, before, n_trials, workers if main_killed else None)
         if not main_killed and proc.returncode != 0:
             report.lost.append(f"run {report.runs} exit {proc.returncode}: {err.strip()[-300:]}")
             return report
