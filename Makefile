@@ -11,9 +11,9 @@ ARGS ?=
 QUICK ?= trainer.max_epochs=3 data.train_subset=10000
 WORKERS ?= 1
 
-.PHONY: help install data test lint train emhcm exp-multihead-cnn-mnist ecm exp-cnn-mnist \
+.PHONY: help install data test test-all lint train emhcm exp-multihead-cnn-mnist ecm exp-cnn-mnist \
 	emhcc10 exp-multihead-cnn-cifar10 \
-	study-lr study-loss-weights study-baselines compare compare-weighting dashboard
+	study-lr study-loss-weights study-baselines compare compare-weighting data-efficiency dashboard
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_ -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-36s %s\n", $$1, $$2}'
@@ -30,7 +30,10 @@ install: $(STAMP) ## create .venv and install the project (editable) with torch 
 data: $(STAMP) ## acquire and verify MNIST into MHTRAIN_DATA_DIR (default ./data)
 	$(PY) -m mhtrain.data
 
-test: $(STAMP) ## run the test suite
+test: $(STAMP) ## the fast tier: every module in-process on tiny data (a few minutes)
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+test-all: $(STAMP) ## everything: killed processes, workers, PostgreSQL, Chromium, bad-input battery
 	$(PY) -m pytest $(ARGS)
 
 lint: $(STAMP) ## ruff
@@ -76,6 +79,19 @@ compare-weighting: data ## searched, equal and learned loss weights vs digit-onl
 		--workers $(WORKERS) $(QUICK)
 	$(PY) studies/compare.py --arms $(WEIGHTING_ARMS) --reference baseline_lr --seeds $(SEEDS) \
 		--storage $(STORAGE) --name weighting $(RERUN)
+
+# data-efficiency: where do the extra heads help? At each training-set size every arm is searched
+# on its own (EFFICIENCY_TRIALS trials at EFFICIENCY_SEARCH), then its best re-trained for SEEDS seeds
+EFFICIENCY_ARMS := loss_weights equal_lr baseline_lr
+EFFICIENCY_SIZES ?= 500,2000,10000,null
+EFFICIENCY_TRIALS ?= 12
+EFFICIENCY_SEARCH ?= --search trainer.max_epochs=3
+EFFICIENCY_RERUN ?= trainer.max_epochs=3
+
+data-efficiency: data ## extra heads vs digit-only at 500 / 2,000 / 10,000 / all training images (SEEDS seeds)
+	$(PY) studies/compare.py $(EFFICIENCY_RERUN) --arms $(EFFICIENCY_ARMS) --reference baseline_lr \
+		--seeds $(SEEDS) --storage $(STORAGE) --name data_efficiency --n-trials $(EFFICIENCY_TRIALS) \
+		--over data.train_subset=$(EFFICIENCY_SIZES) $(EFFICIENCY_SEARCH) $(ARGS)
 
 dashboard: $(STAMP) ## optuna-dashboard on http://127.0.0.1:8080 for the default storage
 	$(PY) -m mhtrain.study dashboard --storage $(STORAGE)

@@ -1,24 +1,33 @@
-"""Trials per hour of a population: the same random-search study trained one trial at a time
-(solo, K=1: one Lightning Trainer per trial, as `fit` runs it) and K trials at a time as one
-stacked model, on the same device in one run. Prints wall time, trials/hour, peak memory, the
-best val/digit_acc and the trials/hour ratio against K=1.
+"""Trials per hour of a population, and what stacking does to the search: the same random-search
+study trained one trial at a time (solo, K=1: one Lightning Trainer per trial, as `fit` runs it)
+and K trials at a time as one stacked model, on the same device in one run.
+
+Prints, per K: wall time, trials/hour and its ratio to K=1, peak memory, the best
+val/digit_acc; how far each member's best val/digit_acc is from its own solo run's (median,
+90th percentile, max of |member - solo|, in points); and whether stacking changes which trials a
+pruner would stop: successive halving (min_resource 1, reduction factor 4, the shipped pruner)
+and the median rule (5 startup trials), each replayed in trial order on the recorded curves, so
+the only difference between K=1 and K is the curves.
 
 The study: lr log-uniform in [1e-4, 1e-2], thickness and smoothness loss weights uniform in
 [0, 2] (digit 1.0), drawn from one seeded generator, so every K trains the very same trials;
-no pruning; the multihead CNN of `multihead_cnn_mnist` (heads, normalisation and batch size
-read from conf/data/multihead_mnist.yaml). Needs torch and Lightning only: it drives the
-population engine directly (no Optuna, no Hydra), so it runs on a bare accelerator machine.
-Targets on an H100 (issue 8): >= 10x trials/hour at K=32, best within 0.3 pp of K=1's.
+every trial runs all its epochs; the multihead CNN of `multihead_cnn_mnist` (heads,
+normalisation and batch size read from conf/data/multihead_mnist.yaml). Needs torch and
+Lightning only: it drives the population engine directly (no Optuna, no Hydra).
 
-    python bench/population.py                                  # 32 trials x 3 epochs, full 55k
-    python bench/population.py --trials 4 --epochs 1 --train-subset 2000 --ks 1,2,4   # CPU-sized
+    python bench/population.py                       # 32 trials x 3 epochs, full 55k
+    python bench/population.py --trials 8 --epochs 3 --train-subset 10000 --ks 1,2,4   # quick
+    python bench/population.py --trials 3 --epochs 2 --train-subset 256 --val-subset 256 --ks 1,2
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import math
 import os
 import resource
+import statistics
 import time
 from functools import partial
 from pathlib import Path
@@ -30,12 +39,14 @@ from lightning.pytorch.callbacks import Callback
 
 from mhtrain.data.datamodule import MNISTDataModule
 from mhtrain.models import MultiheadLitModule, SimpleCNN
-from mhtrain.population import Member, best_of, train_population
+from mhtrain.population import Member, train_population
+from mhtrain.result import FitResult
 
 DATA_CONF = Path(__file__).resolve().parent.parent / "conf" / "data" / "multihead_mnist.yaml"
 METRIC = "val/digit_acc"
 TRAINER = {"accelerator": "auto", "devices": 1, "logger": False, "enable_checkpointing": False,
            "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0}
+SHA_ETA, MEDIAN_STARTUP = 4, 5
 
 
 def sample_trials(n: int, seed: int) -> list[dict]:
@@ -46,47 +57,56 @@ def sample_trials(n: int, seed: int) -> list[dict]:
             for i, (a, b, c) in enumerate(u)]
 
 
-def datamodule(args: argparse.Namespace, seed: int) -> MNISTDataModule:
+def datamodule(data_dir: str, train_subset: int | None, val_subset: int | None, seed: int) -> MNISTDataModule:
     conf = yaml.safe_load(DATA_CONF.read_text())
-    return MNISTDataModule(args.data_dir, heads=conf["heads"], batch_size=conf["batch_size"],
+    return MNISTDataModule(data_dir, heads=conf["heads"], batch_size=conf["batch_size"],
                            val_size=conf["val_size"], split_seed=conf["split_seed"],
-                           train_subset=args.train_subset, val_subset=args.val_subset,
-                           mean=conf["mean"], std=conf["std"], seed=seed)
+                           train_subset=train_subset, val_subset=val_subset,
+                           mean=conf["mean"], std=conf["std"], seed=seed, verify=False)
 
 
 def build(trial: dict, heads: dict[str, int]) -> MultiheadLitModule:
-    """The trial's model with its solo run's initial weights (built under its seed)."""
+    """The trial's model with its solo run's initial weights (the CPU generator seeded as `fit`
+    seeds it; no other RNG stream touched)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(trial["seed"])
+        torch.default_generator.manual_seed(trial["seed"])
         return MultiheadLitModule(net=partial(SimpleCNN), heads=heads,
                                   optimizer=partial(torch.optim.Adam, lr=trial["lr"]),
                                   loss_weights=trial["loss_weights"])
 
 
-class History(Callback):
+def heads_of(dm: MNISTDataModule) -> dict[str, int]:
+    return {n: h.classes for n, h in dm.heads.items()}
+
+
+class Curve(Callback):
+    """A solo run's val/digit_acc after each epoch."""
+
     def __init__(self) -> None:
-        self.epochs: list[dict[str, float]] = []
+        self.values: list[float] = []
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.epochs.append({METRIC: float(trainer.callback_metrics[METRIC])})
+        self.values.append(float(trainer.callback_metrics[METRIC]))
 
 
-def run_solo(trials: list[dict], args: argparse.Namespace) -> list[float]:
-    best = []
+def run_solo(trials: list[dict], args: argparse.Namespace) -> dict[int, list[float]]:
+    """Each trial trained alone, as `fit` trains it: its val/digit_acc per epoch, by seed."""
+    curves = {}
     for trial in trials:
-        dm = datamodule(args, trial["seed"])
-        model = build(trial, {n: h.classes for n, h in dm.heads.items()})
-        history = History()
-        L.Trainer(**TRAINER, max_epochs=args.epochs, callbacks=[history]).fit(model, dm)
-        best.append(best_of(history.epochs)[METRIC])
-    return best
+        dm = datamodule(args.data_dir, args.train_subset, args.val_subset, trial["seed"])
+        curve = Curve()
+        L.seed_everything(trial["seed"], verbose=False)
+        L.Trainer(**TRAINER, max_epochs=args.epochs, callbacks=[curve]).fit(build(trial, heads_of(dm)), dm)
+        curves[trial["seed"]] = curve.values
+    return curves
 
 
 class RandomSearch:
-    """A MemberSource over the sampled trials: each runs all its epochs."""
+    """A MemberSource over the sampled trials: each runs all its epochs; keeps their curves."""
 
     def __init__(self, trials: list[dict], heads: dict[str, int], epochs: int) -> None:
-        self.todo, self.heads, self.epochs, self.best = list(trials), heads, epochs, []
+        self.todo, self.heads, self.epochs = list(trials), heads, epochs
+        self.curves: dict[int, list[float]] = {}
 
     def next(self, free: int) -> list[Member]:
         taken, self.todo = self.todo[:free], self.todo[free:]
@@ -96,15 +116,52 @@ class RandomSearch:
     def report(self, member: Member, epoch: int, metrics: dict[str, float]) -> bool:
         return True
 
-    def finish(self, member: Member, result: dict) -> None:
-        self.best.append(result["best"][METRIC])
+    def finish(self, member: Member, result: FitResult) -> None:
+        self.curves[member.key] = [e[METRIC] for e in result.history]
 
 
-def run_population(trials: list[dict], k: int, args: argparse.Namespace) -> list[float]:
-    dm = datamodule(args, 0)
-    source = RandomSearch(trials, {n: h.classes for n, h in dm.heads.items()}, args.epochs)
+def run_population(trials: list[dict], k: int, args: argparse.Namespace) -> dict[int, list[float]]:
+    dm = datamodule(args.data_dir, args.train_subset, args.val_subset, 0)
+    source = RandomSearch(trials, heads_of(dm), args.epochs)
     train_population(dm, source, k, TRAINER)
-    return source.best
+    return source.curves
+
+
+def sha_pruned(curves: list[list[float]], eta: int = SHA_ETA) -> set[int]:
+    """Trials (by position) that Optuna's successive halving (min_resource 1, maximize) stops,
+    replayed in trial order: at rung r (epoch eta**r) a trial goes on only if its value is in
+    the top 1/eta of the values seen at that rung so far (the first ones always go on)."""
+    pruned: set[int] = set()
+    rungs: dict[int, list[float]] = {}
+    for i, curve in enumerate(curves):
+        rung = 0
+        while eta**rung <= len(curve) and i not in pruned:
+            seen = rungs.setdefault(rung, [])
+            value = curve[eta**rung - 1]
+            seen.append(value)
+            keep_top = max(len(seen) // eta, 1)
+            if value < sorted(seen)[-keep_top]:
+                pruned.add(i)
+            rung += 1
+    return pruned
+
+
+def median_pruned(curves: list[list[float]], startup: int = MEDIAN_STARTUP) -> set[int]:
+    """Trials that Optuna's median rule stops (after `startup` trials): at each epoch, a value
+    below the median of the earlier completed (unpruned) trials' values at that epoch."""
+    pruned: set[int] = set()
+    for i, curve in enumerate(curves[startup:], start=startup):
+        for epoch, value in enumerate(curve):
+            earlier = [c[epoch] for j, c in enumerate(curves[:i]) if j not in pruned]
+            if earlier and value < statistics.median(earlier):
+                pruned.add(i)
+                break
+    return pruned
+
+
+def gaps(curves: dict[int, list[float]], solo: dict[int, list[float]]) -> list[float]:
+    """|best member value - best solo value| per trial, in points."""
+    return sorted(100 * abs(max(curves[s]) - max(solo[s])) for s in solo)
 
 
 def peak_memory(device: torch.device) -> str:
@@ -113,8 +170,19 @@ def peak_memory(device: torch.device) -> str:
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB rss*"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def timed(run, device: torch.device) -> tuple[dict[int, list[float]], float]:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    curves = run()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return curves, time.perf_counter() - start
+
+
+def parser(doc: str | None = __doc__) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--train-subset", type=int, default=None, help="default: all 55,000")
@@ -122,34 +190,52 @@ def main() -> None:
     ap.add_argument("--ks", default="1,8,32", help="population sizes; 1 is the solo baseline")
     ap.add_argument("--seed", type=int, default=0, help="sampler seed (the same trials for every K)")
     ap.add_argument("--data-dir", default=os.environ.get("MHTRAIN_DATA_DIR", "data"))
-    args = ap.parse_args()
-    ks = [int(k) for k in args.ks.split(",")]
+    return ap
+
+
+def measure(args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """Train the sampled trials solo and at each K; one row per K (K=1 is solo)."""
+    trials = sample_trials(args.trials, args.seed)
+    warm = datamodule(args.data_dir, args.train_subset, args.val_subset, 0)
+    warm.setup("fit")  # files read once, before any K is timed
+    rows, solo = [], None
+    for k in sorted(int(k) for k in args.ks.split(",")):
+        run = partial(run_solo, trials, args) if k == 1 else partial(run_population, trials, k, args)
+        curves, wall = timed(run, device)
+        solo = solo or (curves if k == 1 else None)
+        ordered = [curves[t["seed"]] for t in trials]
+        rows.append({"k": k, "wall": wall, "per_hour": 3600 * len(trials) / wall, "mem": peak_memory(device),
+                     "best": max(max(c) for c in ordered), "curves": curves,
+                     "sha": sha_pruned(ordered), "median": median_pruned(ordered)})
+        print(f"  K={k}: {wall:.1f} s", flush=True)
+    for row in rows:
+        row["gaps"] = gaps(row["curves"], solo) if solo else None
+        base = rows[0]
+        row["ratio"] = row["per_hour"] / base["per_hour"]
+        row["sha_changed"] = sorted(row["sha"] ^ base["sha"])
+        row["median_changed"] = sorted(row["median"] ^ base["median"])
+    return rows
+
+
+def main() -> None:
+    args = parser().parse_args()
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # one line per fit otherwise
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = (torch.cuda.get_device_name() if device.type == "cuda"
             else f"cpu, {torch.get_num_threads()} threads")
     print(f"device: {name}; torch {torch.__version__}; {args.trials} trials x {args.epochs} epochs, "
           f"train_subset={args.train_subset or 'all'}, val_subset={args.val_subset or 'all'}")
-    trials = sample_trials(args.trials, args.seed)
-    warm = datamodule(args, 0)  # files read and verified once, before any K is timed
-    warm.prepare_data()
-    warm.setup("fit")
-    rows = []
-    for k in ks:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
-        best = run_solo(trials, args) if k == 1 else run_population(trials, k, args)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        wall = time.perf_counter() - start
-        rows.append((k, wall, 3600 * len(best) / wall, peak_memory(device), max(best)))
-        print(f"  K={k}: {wall:.1f} s", flush=True)
-    base = next((r for r in rows if r[0] == 1), rows[0])
-    print(f"\n{'K':>8} {'wall s':>8} {'trials/h':>9} {'peak mem':>16} {'best ' + METRIC:>20} {'ratio':>6}")
-    for k, wall, per_hour, mem, best in rows:
-        label = "1 (solo)" if k == 1 else str(k)
-        print(f"{label:>8} {wall:8.1f} {per_hour:9.0f} {mem:>16} {best:20.4f} {per_hour / base[2]:6.2f}")
+    rows = measure(args, device)
+    print(f"\n{'K':>8} {'wall s':>8} {'trials/h':>9} {'ratio':>6} {'peak mem':>14} {'best':>7} "
+          f"{'|member-solo| pp: median p90 max':>34}  pruned by sha / median (changed vs K=1)")
+    for r in rows:
+        g = r["gaps"]
+        gap = (f"{statistics.median(g):.2f} {g[math.ceil(0.9 * len(g)) - 1]:.2f} {g[-1]:.2f}"
+               if g and r["k"] > 1 else "-")
+        label = "1 (solo)" if r["k"] == 1 else str(r["k"])
+        print(f"{label:>8} {r['wall']:8.1f} {r['per_hour']:9.0f} {r['ratio']:6.2f} {r['mem']:>14} "
+              f"{r['best']:7.4f} {gap:>34}  {len(r['sha'])} ({r['sha_changed'] or 'none'}) / "
+              f"{len(r['median'])} ({r['median_changed'] or 'none'})")
     if device.type == "cpu":
         print("* CPU peak is the process's peak RSS so far (it cannot be reset between K)")
 

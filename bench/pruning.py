@@ -38,9 +38,9 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 
 from mhtrain.study import space
-from mhtrain.study.objective import search_base, trial_values, with_values
 from mhtrain.study.pruners import build_pruner, parse_pruner
 from mhtrain.study.samplers import make_sampler
+from mhtrain.study.trials import search_base, trial_values, with_values
 from mhtrain.train import fit
 
 CANDIDATES = ["none", "median", "sha:reduction_factor=3", "sha", "sha:reduction_factor=5", "hyperband"]
@@ -137,7 +137,8 @@ class Curves:
             start = time.perf_counter()
             number = zlib.crc32(repr(key).encode()) % 100_000  # the training seed follows the params
             values = trial_values(self.study, optuna.trial.FixedTrial(params, number))
-            cfg = with_values(search_base(self.study), [*values, f"paths.output_dir={self.folder}/{number}"])
+            base = search_base(self.study.experiment, self.study.overrides)
+            cfg = with_values(base, [*values, f"paths.output_dir={self.folder}/{number}"])
             self.runs[key] = Curve(cfg, self.study.metric, time.perf_counter() - start)
         return self.runs[key]
 
@@ -150,7 +151,8 @@ def replay(study: space.StudyConfig, spec, seed: int, curves: Curves, max_epochs
            storage: str) -> dict:
     """One study of `study.n_trials` trials under `spec`, its trials reporting recorded curves."""
     ostudy = optuna.create_study(storage=storage, study_name=f"{spec}-{seed}", direction=study.direction,
-                                 sampler=make_sampler(study, study.seed + seed),
+                                 sampler=make_sampler(study.sampler, study.search_space, study.n_trials,
+                                                         study.seed + seed),
                                  pruner=build_pruner(spec, max_epochs))
     trained_before = sum(sum(r.seconds) for r in curves.runs.values())
     used_s = 0.0

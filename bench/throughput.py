@@ -14,13 +14,11 @@ import os
 import statistics
 import time
 
-import lightning as L
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 
-from mhtrain.config import build_model, compose
-from mhtrain.train import fit
+from mhtrain.config import compose
+from mhtrain.train import build, fit
 
 
 class Clock(Callback):
@@ -69,11 +67,10 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} "
           f"threads, cpu; batch {cfg.data.batch_size}, {n} training images, {args.rounds} rounds")
 
-    L.seed_everything(cfg.seed, verbose=False)
-    dm = instantiate(cfg.data)
+    built = build(cfg)  # the datamodule and model `fit` trains, made the way it makes them
+    dm, model = built.datamodule, built.model
     dm.prepare_data()
     dm.setup("fit")
-    model = build_model(cfg)
     lr = cfg.model.optimizer.lr
     plain_epoch(model.net, dm.train_dataloader(), model.loss_weights, lr)  # warm-up
     plain, fitted, overhead = [], [], []

@@ -2,8 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+import warnings
 from collections.abc import Callable
+
+# Messages that tell a user of this tool nothing, silenced in one place (`quiet`), never on import.
+NOISE = (
+    r".*isinstance\(treespec, LeafSpec\).*",  # lightning 2.6 on torch 2.14: its own pytree use, every fit
+    r".*smaller than the logging interval.*",  # metrics are logged per epoch, not per step
+    r".* is experimental \(supported from",  # optuna: heartbeats and metric names, stable in practice
+    r"Heartbeat of storage is supposed to be used with",  # ask/tell trials beat from a thread of ours
+)
+
+
+def quiet() -> None:
+    """Silence the known noise above and Lightning's per-run banners (a study shows one progress
+    bar and a summary). Called where work starts: `build`, the runner, the command lines."""
+    for message in NOISE:
+        warnings.filterwarnings("ignore", message=message)
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class ConfigError(ValueError):

@@ -12,8 +12,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mhtrain import ConfigError
-from mhtrain.models.module import check_loss_weights, check_weighting, metric_names
+from mhtrain import ConfigError, DataError
+from mhtrain.contract import check_loss_weights, check_weighting, metric_names
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -26,7 +26,7 @@ def compose(experiment: str | None = None, overrides: Sequence[str] = ()) -> Dic
             cfg = hydra_compose(config_name="train", overrides=args)
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(" ".join(str(e).split())) from None
-    check(cfg)
+    check(cfg, build=True)
     return cfg
 
 
@@ -109,9 +109,32 @@ def prepare_data(cfg: DictConfig) -> None:
         datamodule.load("train")  # unverified files must still be there and readable
 
 
-def check(cfg: DictConfig) -> None:
+def check_builds(cfg: DictConfig) -> None:
+    """Build the model and the Trainer once, as `fit` would, so whatever torch or Lightning
+    refuses (a dropout of 1.5, three devices on a CPU, an unknown accelerator) is one line now,
+    not an error in the first trial. Nothing is written: no logger, no fit."""
+    from hydra.utils import instantiate
+
+    from mhtrain import quiet
+
+    quiet()
+    for what, make in (("model", lambda: build_model(cfg)),
+                       ("trainer", lambda: instantiate(cfg.trainer, logger=False, callbacks=[
+                           instantiate(c) for c in (cfg.get("callbacks") or {}).values()
+                           if c is not None]))):
+        try:
+            make()
+        except (ConfigError, DataError):
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever torch or Lightning says, it is the config
+            reason = " ".join(str(e.__cause__ or e).split())[:300]
+            raise ConfigError(f"{what} cannot be built from this config: {reason}") from None
+
+
+def check(cfg: DictConfig, build: bool = False) -> None:
     """Everything that can be known wrong without training: knobs, data settings, optimizer,
-    heads, weights, the target metric."""
+    heads, weights, the target metric; with `build`, the model and Trainer themselves (done once
+    per composed config, not per trial)."""
     check_knobs(cfg)
     check_data(cfg)
     check_optimizer(cfg)
@@ -127,3 +150,5 @@ def check(cfg: DictConfig) -> None:
             f"optimized_metric={metric} is not logged by a model with heads {heads}; "
             f"choose one of {metric_names(heads, ('val',))}"
         )
+    if build:
+        check_builds(cfg)

@@ -5,40 +5,49 @@ from __future__ import annotations
 import signal
 import sys
 import time
-import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from mhtrain import one_line_errors
+from mhtrain import one_line_errors, quiet
 from mhtrain.config import build_model, check, compose
-from mhtrain.models.module import best_of
-
-# lightning 2.6 with torch 2.14 warns about its own pytree use on every fit; and metrics are
-# logged per epoch, so a short epoch is no reason to warn about the step logging interval
-warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
-warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+from mhtrain.result import FitResult
 
 
 class MetricHistory(Callback):
-    """Keeps each validation epoch's metrics, so callers get the best epoch and not the last."""
+    """Keeps each epoch's val and train metrics, so callers get the best epoch and not the last.
+
+    Train metrics are logged by the module's own `on_train_epoch_end`, after the callbacks'
+    turn, so an epoch's train row is taken when the next epoch starts or training ends."""
 
     def __init__(self) -> None:
         self.epochs: list[dict[str, float]] = []
+        self.train: list[dict[str, float]] = []
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self.epochs.append({k: float(v) for k, v in trainer.callback_metrics.items()
-                                if k.startswith("val/")})
+            self.epochs.append(_metrics(trainer, "val/"))
 
-    def best(self) -> dict[str, float]:
-        return best_of(self.epochs)
+    def _take_train(self, trainer: L.Trainer) -> None:
+        if len(self.train) < trainer.current_epoch and (row := _metrics(trainer, "train/")):
+            self.train.append(row)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._take_train(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._take_train(trainer)
+
+
+def _metrics(trainer: L.Trainer, prefix: str) -> dict[str, float]:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -46,23 +55,48 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in (group or {}).values() if c is not None]
 
 
-def fit(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
-    """Train one configuration (then test it unless `cfg.test` is false) and return its metrics.
+@dataclass(frozen=True)
+class Built:
+    """The objects one configuration trains with, as `build` makes them (a benchmark or an
+    evaluation uses them directly; `fit` trains them)."""
 
-    Returns `best` (per val metric over epochs), `final` (the last epoch's), `history`, `test`,
-    `epochs`, `seconds`, `params` and the run's `output_dir`.
-    """
+    cfg: DictConfig
+    datamodule: L.LightningDataModule
+    model: L.LightningModule
+    trainer: L.Trainer
+    history: MetricHistory
+
+
+def build(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> Built:
+    """Check `cfg`, seed, and instantiate its datamodule, model and Trainer (with `callbacks`)."""
     check(cfg)
+    quiet()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = instantiate(cfg.data)
-    model = build_model(cfg)
-    heads = model.head_names
     history = MetricHistory()
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=[*_instantiate_all(cfg.get("callbacks")), history, *callbacks],
         logger=_instantiate_all(cfg.get("logger")) or False,
     )
+    return Built(cfg, instantiate(cfg.data), build_model(cfg), trainer, history)
+
+
+def _stopped(trainer: L.Trainer, epochs: int, max_epochs: int) -> str:
+    """Why training ended: a callback that stopped it says so in `stop_reason` (the pruning
+    callback says `pruned`); Lightning's EarlyStopping records its epoch."""
+    for cb in trainer.callbacks:
+        if getattr(cb, "stop_reason", None):
+            return cb.stop_reason
+        if isinstance(cb, EarlyStopping) and cb.stopped_epoch:
+            return "early_stopping"
+    return "max_epochs" if epochs >= max_epochs else "stopped"
+
+
+def fit(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> FitResult:
+    """Train one configuration (then test it unless `cfg.test` is false) and return what it
+    measured; `build` makes the objects it trains."""
+    b = build(cfg, callbacks)
+    trainer, model = b.trainer, b.model
     output_dir = Path(cfg.paths.output_dir)
     if trainer.is_global_zero and not trainer.fast_dev_run:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -71,34 +105,26 @@ def fit(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule)
+    trainer.fit(model, datamodule=b.datamodule, ckpt_path=cfg.get("ckpt_path"))
     seconds = time.perf_counter() - start
-    result: dict[str, Any] = {
-        "best": history.best(),
-        "final": history.epochs[-1] if history.epochs else {},
-        "history": history.epochs,
-        "epochs": len(history.epochs),
-        "seconds": seconds,
-        "params": sum(p.numel() for p in model.parameters()),
-        "heads": list(heads),
-        "output_dir": str(output_dir),
-        "test": {},
-    }
+    ckpt = trainer.checkpoint_callback
+    best_path = (ckpt.best_model_path if isinstance(ckpt, ModelCheckpoint) else "") or None
+    test: dict[str, float] = {}
     if cfg.get("test"):
-        ckpt = trainer.checkpoint_callback
-        best_path = ckpt.best_model_path if isinstance(ckpt, ModelCheckpoint) else ""
-        trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
-        result["test"] = {k: float(v) for k, v in trainer.callback_metrics.items()
-                          if k.startswith("test/")}
-    return result
+        trainer.test(model, datamodule=b.datamodule, ckpt_path=best_path, verbose=False)
+        test = _metrics(trainer, "test/")
+    return FitResult(history=b.history.epochs, train_history=b.history.train, test=test,
+                     seconds=seconds, params=sum(p.numel() for p in model.parameters()),
+                     heads=model.head_names, output_dir=str(output_dir), checkpoint=best_path,
+                     stopped=_stopped(trainer, len(b.history.epochs), cfg.trainer.max_epochs))
 
 
-def summary_table(result: dict[str, Any]) -> str:
+def summary_table(result: FitResult) -> str:
     """head | best val acc | test acc, as a small text table."""
     rows = [("head", "best val acc", "test acc")]
-    for h in result["heads"]:
-        val = result["best"].get(f"val/{h}_acc")
-        test = result["test"].get(f"test/{h}_acc")
+    for h in result.heads:
+        val = result.best.get(f"val/{h}_acc")
+        test = result.test.get(f"test/{h}_acc")
         rows.append((h, f"{val:.4f}" if val is not None else "-",
                      f"{test:.4f}" if test is not None else "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
@@ -107,7 +133,7 @@ def summary_table(result: dict[str, Any]) -> str:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    outcome: dict[str, Any] = {}
+    outcome: list[FitResult] = []
     interrupted: list[int] = []
 
     def on_sigint(signum: int, frame: Any) -> None:
@@ -116,7 +142,7 @@ def main(cfg: DictConfig) -> float | None:
 
     signal.signal(signal.SIGINT, on_sigint)
     try:
-        code = one_line_errors(lambda: outcome.update(fit(cfg)))
+        code = one_line_errors(lambda: outcome.append(fit(cfg)))
     except SystemExit:  # Lightning ends a Ctrl-C with exit(1) after its graceful shutdown
         if not interrupted:
             raise
@@ -124,17 +150,17 @@ def main(cfg: DictConfig) -> float | None:
         code = 130
     if code:
         sys.exit(code)
-    return report(cfg, outcome)
+    return report(cfg, outcome[0])
 
 
-def report(cfg: DictConfig, result: dict[str, Any]) -> float | None:
+def report(cfg: DictConfig, result: FitResult) -> float | None:
     """Print a run's table and where it was saved; return the optimized metric (for sweepers)."""
-    accs = "  ".join(f"val/{h}_acc={result['best'][f'val/{h}_acc']:.4f}" for h in result["heads"])
+    accs = "  ".join(f"val/{h}_acc={result.best[f'val/{h}_acc']:.4f}" for h in result.heads)
     saved = "nothing saved (fast_dev_run)" if cfg.trainer.get("fast_dev_run") else (
-        f"run saved in {result['output_dir']}")
+        f"run saved in {result.output_dir}")
     print(f"\n{summary_table(result)}\nbest {accs}\n"
-          f"{result['epochs']} epochs in {result['seconds']:.1f} s; {saved}")
-    return result["best"].get(cfg.get("optimized_metric"))
+          f"{result.epochs} epochs in {result.seconds:.1f} s; {saved}")
+    return result.best.get(cfg.get("optimized_metric"))
 
 
 def precheck(argv: Sequence[str]) -> int:

@@ -5,15 +5,39 @@ sentence per arm, and figures. Re-runs are stored in the studies, so running it 
 nothing.
 
   studies/compare.py --arms loss_weights equal_lr uncertainty_lr baseline_lr --reference baseline_lr
-  studies/compare.py --multitask lr --baseline baseline_lr      (two arms, the original form)"""
+  studies/compare.py --multitask lr --baseline baseline_lr      (two arms, the original form)
+
+Swept: where do the extra heads help? With --over KEY=V1,V2,... (one config key), at each value
+every arm's study config is searched on its own (study <arm>@<key>:<value> in the same storage,
+--n-trials each, default 12, with the config's pruner and the same --search overrides for every arm,
+default trainer.max_epochs=3), then its best configuration is re-trained for the seeds with the
+value applied (and the trailing overrides) and tested once on the full test split. The report
+plots test accuracy against the value, one line per arm with 95% CIs, and tabulates each
+difference from the reference with Welch p and Holm-adjusted p over all comparisons of the sweep.
+Run again, it trains nothing; interrupted, it resumes. For data.train_subset, null means the whole
+training set.
+
+  studies/compare.py --arms loss_weights equal_lr baseline_lr --reference baseline_lr \\
+      --over data.train_subset=500,2000,10000,null --seeds 5
+      (3 arms x 4 sizes, 12 trials each: (wall time: see README) on a 2-core CPU)
+
+Bad input (a missing study, an --over key the config lacks, a value the config checks refuse, a
+training subset larger than the training set) exits 2 with one line before anything is trained."""
 
 import argparse
+import signal
 import sys
+import time
 from pathlib import Path
 
-from mhtrain import ConfigError
-from mhtrain.study import compare, report
+import optuna
+
+from mhtrain import ConfigError, one_line_errors
+from mhtrain.evaluate import document, report, reruns, sweep, sweep_report
+from mhtrain.evaluate.stats import contrasts
 from mhtrain.study.storage import DEFAULT_STORAGE
+
+REPORTS = Path("runs/reports")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -21,51 +45,121 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     arms = p.add_mutually_exclusive_group()
     arms.add_argument("--arms", nargs="+", metavar="STUDY",
-                      help="studies to compare (the reference is added if missing)")
+                      help="studies to compare (with --over: study configs); the reference is "
+                           "added if missing")
     arms.add_argument("--multitask", help="one study to compare with --baseline (default lr)")
     p.add_argument("--reference", "--baseline", dest="reference", default="baseline_lr",
                    help="the study every arm is compared with (default baseline_lr)")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"default {DEFAULT_STORAGE}")
     p.add_argument("--seeds", type=int, default=5, help="re-runs per arm (default 5)")
     p.add_argument("--first-seed", type=int, default=1000, help="seeds are first-seed … +K-1")
-    p.add_argument("--name", help="report name (default <arms>_vs_<reference>)")
+    p.add_argument("--name", help="report name (default <arms>_vs_<reference>[_over_<key>])")
+    p.add_argument("--over", metavar="KEY=V1,V2,...",
+                   help="sweep: compare at each value of one config key, "
+                        "e.g. data.train_subset=500,2000,null")
+    p.add_argument("--n-trials", type=int, help=f"with --over: trials per study (default {sweep.N_TRIALS})")
+    p.add_argument("--search", action="append", metavar="KEY=VALUE",
+                   help="with --over: one override of every arm's search, repeatable, e.g. "
+                        "--search trainer.max_epochs=3 --search data.batch_size=128 "
+                        f"(default {' '.join(sweep.SEARCH)})")
+    p.add_argument("--single-file", action="store_true",
+                   help="embed plotly.js in report.html (4.8 MB) instead of sharing one file beside it")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="Hydra overrides for every re-run, e.g. trainer.max_epochs=10 data.train_subset=null")
     return p
 
 
-def main() -> int:
-    args = parser().parse_args()
+def arm_names(args: argparse.Namespace) -> list[str]:
     names = list(args.arms or [args.multitask or "lr"])
     if args.reference not in names:
         names.append(args.reference)
-    try:
-        if args.seeds < 2:
-            raise ConfigError(f"--seeds {args.seeds}: need at least 2 for a confidence interval")
-        if len(set(names)) != len(names):
-            raise ConfigError(f"--arms {' '.join(names)}: an arm is named twice")
-        if len(names) < 2:
-            raise ConfigError(f"--arms {' '.join(names)}: name at least one arm besides the reference")
-        studies = compare.open_arms(args.storage, names)  # all refusals come before any training
-        metric = compare.test_metric(studies[0])
-        seeds = range(args.first_seed, args.first_seed + args.seeds)
+    if args.seeds < 2:
+        raise ConfigError(f"--seeds {args.seeds}: need at least 2 for a confidence interval")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--arms {' '.join(names)}: an arm is named twice")
+    if len(names) < 2:
+        raise ConfigError(f"--arms {' '.join(names)}: name at least one arm besides the reference")
+    if args.over is None and (args.n_trials is not None or args.search is not None):
+        raise ConfigError("--n-trials and --search apply to a sweep only; add --over KEY=V1,V2,...")
+    return names
 
-        def show(study: str, seed: int, value: float, trained: bool) -> None:
-            print(f"{study} seed {seed}: {metric} = {value:.4f} ({'trained' if trained else 'stored'})",
-                  flush=True)
 
-        arms = [compare.rerun_best(s, seeds, args.overrides, on_done=show) for s in studies]
-        reference = arms[names.index(args.reference)]
-        comparison = report.Comparison(arms, reference, metric, compare.contrasts(arms, reference, metric),
-                                       list(args.overrides))
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def shower(metric: str) -> reruns.OnDone:
+    """A progress line per re-run, saying whether it was trained now or found stored."""
+
+    def show(study: str, seed: int, value: float, trained: bool, seconds: float) -> None:
+        how = f"trained, {seconds:.1f} s" if trained else "stored"
+        print(f"  {study} seed {seed}: {metric} = {value:.4f} ({how})", flush=True)
+
+    return show
+
+
+def compare(args: argparse.Namespace) -> int:
+    names = arm_names(args)
+    studies = reruns.open_arms(args.storage, names)  # all refusals come before any training
+    metric = reruns.test_metric(studies[0])
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    arms = [reruns.rerun_best(s, seeds, args.overrides, on_done=shower(metric)) for s in studies]
+    reference = arms[names.index(args.reference)]
+    comparison = report.Comparison(arms, reference, metric, contrasts(arms, reference, metric),
+                                   list(args.overrides))
     default = "_".join(n for n in names if n != args.reference) + f"_vs_{args.reference}"
-    out = Path("runs/reports") / (args.name or default)
-    md, html = report.write(out, comparison, report.title_of(names, args.reference))
+    md, html = report.write(REPORTS / (args.name or default), comparison,
+                            report.title_of(names, args.reference), args.single_file)
     print("\n" + "\n".join(comparison.sentences()) + f"\nreport: {md}\n        {html}")
     return 0
+
+
+def swept(args: argparse.Namespace) -> int:
+    names = arm_names(args)
+    over = sweep.parse_over(args.over)
+    search = (tuple(o for o in sweep.SEARCH if sweep.key_of(o) != sweep.key_of(over.key))
+              if args.search is None else tuple(args.search))  # sweeping epochs drops the default
+    n_trials = sweep.N_TRIALS if args.n_trials is None else args.n_trials
+    seeds = tuple(range(args.first_seed, args.first_seed + args.seeds))
+    plan = sweep.plan(over, names, args.reference, search, args.overrides, seeds, n_trials, args.storage)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per study, not Optuna's own
+    print(f"sweep of {over.key} over {', '.join(over.values)}: {len(names)} arms, "
+          f"{len(plan.cells)} studies of {n_trials} trials ({' '.join(search)}), "
+          f"{len(plan.cells) * len(seeds)} re-runs", flush=True)
+    start = time.monotonic()
+    arms, tally = sweep.run(plan, args.storage, progress=sys.stderr.isatty(),
+                            on_done=shower(plan.metric))
+    result = sweep_report.analyse(over, plan.points, arms, args.reference, plan.metric)
+    default = "_".join(n for n in names if n != args.reference) + f"_vs_{args.reference}_over_{over.short}"
+    setup = sweep_report.describe(result, n_trials, search, args.overrides, plan.full)
+    md, html = sweep_report.write(REPORTS / (args.name or default), result, setup,
+                                  f"{report.title_of(names, args.reference)}, over {over.key}",
+                                  args.single_file)
+    print("\n" + document.to_text(sweep_report.table(result)))
+    print("\n" + "\n".join(sweep_report.sentence(result, i) for i in range(len(plan.points))))
+    print(f"\nsearch: {tally.searched} trials run now, {tally.stored_trials} stored; re-runs: "
+          f"{tally.trained} trained now ({tally.seconds:.0f} s of training), {tally.stored} stored; "
+          f"wall {time.monotonic() - start:.0f} s\nreport: {md}\n        {html}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    interrupted: list[int] = []
+
+    def on_sigint(signum: int, frame: object) -> None:
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    def work() -> int:
+        try:
+            return swept(args) if args.over is not None else compare(args)
+        except SystemExit:  # Lightning ends a Ctrl-C inside a fit with exit(1)
+            if interrupted:
+                raise KeyboardInterrupt from None
+            raise
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        return one_line_errors(work)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":

@@ -39,15 +39,20 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_mnist(tmp_path_factory.mktemp("tiny_mnist"))
 
 
+def tiny_for(data: Path, epochs: int = 2) -> list[str]:
+    """The one tiny-override list: any experiment or study becomes a seconds-long real fit on
+    the MNIST-layout files under `data`."""
+    return [f"data.data_dir={data}", "data.verify=false", "data.val_size=100", "data.batch_size=32",
+            f"trainer.max_epochs={epochs}"]
+
+
 @pytest.fixture
-def tiny_overrides(tiny_data: Path, tmp_path: Path) -> list[str]:
-    """Overrides that make any experiment a seconds-long real fit on the tiny dataset."""
-    return [
-        f"data.data_dir={tiny_data}",
-        "data.verify=false",
-        "data.val_size=100",
-        "data.batch_size=32",
-        "trainer.max_epochs=2",
-        "trainer.enable_progress_bar=false",
-        f"paths.output_dir={tmp_path / 'run'}",
-    ]
+def tiny(tiny_data: Path) -> list[str]:
+    """Study-level tiny overrides (each trial writes to its own folder)."""
+    return tiny_for(tiny_data)
+
+
+@pytest.fixture
+def tiny_overrides(tiny: list[str], tmp_path: Path) -> list[str]:
+    """Tiny overrides for one training run, writing to `tmp_path/run`."""
+    return [*tiny, "trainer.enable_progress_bar=false", f"paths.output_dir={tmp_path / 'run'}"]

@@ -18,6 +18,8 @@ from mhtrain.study import __main__ as study_main
 from mhtrain.study import cli
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow  # the bad-input battery: a finished study per case
+
 TINY = ["data.verify=false", "data.val_size=100", "trainer.max_epochs=1"]
 
 

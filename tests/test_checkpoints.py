@@ -1,5 +1,6 @@
 """--keep-checkpoints: trials' best-epoch weights as Optuna artifacts beside the storage."""
 
+import copy
 from pathlib import Path
 
 import lightning as L
@@ -12,19 +13,19 @@ from optuna.trial import TrialState
 
 from mhtrain import ConfigError
 from mhtrain.config import build_model, compose
+from mhtrain.population.check import population_size
 from mhtrain.study import runner, space
 from mhtrain.study.checkpoints import ARTIFACT_DIR, CHECKPOINT
 from mhtrain.study.export import export_checkpoint
-from mhtrain.study.population import population_size
-from mhtrain.study.storage import artifact_dir
+from mhtrain.study.storage import artifact_dir, open_storage
 from mhtrain.study.summary import summary
+from mhtrain.study.trials import search_base
+from tests.conftest import tiny_for
 
 
 def run(tiny_data: Path, tmp_path: Path, keep: str, n_trials: int, pruner: str = "none") -> optuna.Study:
-    study = space.load("lr", n_trials=n_trials, name=f"keep_{keep}", pruner=pruner, extra_overrides=[
-        f"data.data_dir={tiny_data}", "data.verify=false", "data.val_size=100", "trainer.max_epochs=2",
-        "callbacks.early_stopping=null"])
-    study.keep_checkpoints = keep
+    study = space.load("lr", keep_checkpoints=keep, n_trials=n_trials, name=f"keep_{keep}", pruner=pruner,
+                       extra_overrides=[*tiny_for(tiny_data), "callbacks.early_stopping=null"])
     ostudy, _ = runner.run(study, f"sqlite:///{tmp_path / 'optuna.db'}", progress=False)
     return ostudy
 
@@ -37,7 +38,7 @@ def test_keep_all_stores_each_trial_and_export_hands_over_weights_that_score_the
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     assert ostudy.user_attrs[ARTIFACT_DIR] == str(tmp_path / "optuna-artifacts")
     for t in trials:
-        (meta,) = get_all_artifact_meta(t, storage=ostudy._storage)
+        (meta,) = get_all_artifact_meta(t, storage=open_storage(f"sqlite:///{tmp_path / 'optuna.db'}"))
         assert meta.artifact_id == t.user_attrs[CHECKPOINT]
         assert (tmp_path / "optuna-artifacts" / meta.artifact_id).is_file()
     assert not list((tmp_path / "runs").rglob("*.ckpt"))  # the store holds the only copy
@@ -78,14 +79,14 @@ def test_no_checkpoint_unless_asked_and_export_says_none(tiny_data, tmp_path, mo
     assert export_checkpoint("keep_none", f"sqlite:///{tmp_path / 'optuna.db'}", tmp_path / "b.ckpt") is None
 
 
-def test_a_population_cannot_keep_checkpoints(tiny_data):
-    study = space.load("lr", population=2,
-                       extra_overrides=[f"data.data_dir={tiny_data}", "data.verify=false"])
-    study.keep_checkpoints = "best"
-    with pytest.raises(ConfigError, match="--keep-checkpoints best keeps solo trials' weights"):
-        population_size(study)
-    study.population = "auto"
-    assert population_size(study, "cuda") == 1  # auto falls back to solo trials
+def test_a_population_cannot_keep_checkpoints(tiny):
+    with pytest.raises(ConfigError, match="keep"):
+        space.load("lr", keep_checkpoints="best", population=2, extra_overrides=tiny)
+    # auto falls back to solo trials, even where it would stack (a GPU's base config)
+    base = copy.deepcopy(search_base("multihead_cnn_mnist", tuple(tiny)))  # the cached one is shared
+    base.trainer.accelerator = "cuda"
+    k, why = population_size("auto", base, ["model.optimizer.lr"], keep_checkpoints=True)
+    assert k == 1 and "keep" in why
 
 
 @pytest.mark.parametrize(("url", "folder"), [

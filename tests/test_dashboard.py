@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from mhtrain.study import runner, space
-from tests.conftest import ROOT
+from tests.conftest import ROOT, tiny_for
+
+pytestmark = pytest.mark.slow  # a real dashboard server and headless Chromium
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -55,9 +57,8 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path):
     """A two-trial study made by the harness (checkpoints kept), served by optuna-dashboard."""
     folder = tmp_path_factory.mktemp("dash")
     storage = f"sqlite:///{folder / 'optuna.db'}"
-    study = space.load("lr", n_trials=2, name="dash_study", extra_overrides=[
-        f"data.data_dir={tiny_data}", "data.verify=false", "data.val_size=100", "trainer.max_epochs=2"])
-    study.keep_checkpoints = "all"
+    study = space.load("lr", keep_checkpoints="all", n_trials=2, name="dash_study",
+                       extra_overrides=tiny_for(tiny_data))
     cwd = Path.cwd()
     os.chdir(folder)
     try:
@@ -99,8 +100,7 @@ def test_dashboard_reads_a_study_while_workers_write(tmp_path: Path, tiny_data: 
     workers = subprocess.Popen(
         [sys.executable, str(ROOT / "studies" / "lr.py"), "--no-progress", "--storage", storage,
          "--study-name", "live", "--n-trials", "6", "--workers", "2", "--pruner", "none",
-         f"data.data_dir={tiny_data}", "data.verify=false", "data.val_size=100",
-         "trainer.max_epochs=3"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+         *tiny_for(tiny_data, epochs=3)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     seen = []
     try:
         for _ in range(600):

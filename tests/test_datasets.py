@@ -14,25 +14,26 @@ from mhtrain.config import compose, heads_of
 from mhtrain.data import cifar100mh
 from mhtrain.study import runner, space
 from mhtrain.train import fit
-from tests.conftest import ROOT
+from tests.conftest import ROOT, tiny_for
 
 
 def quick(tmp_path: Path, *extra: str) -> list[str]:
+    """A one-epoch run without test, on whatever data the caller names."""
     return ["data.val_size=100", "data.batch_size=32", "trainer.max_epochs=1", "test=false",
             "trainer.enable_progress_bar=false", f"paths.output_dir={tmp_path / 'run'}", *extra]
 
 
 def test_fourth_head_is_config_only(tiny_data, tmp_path, monkeypatch):
-    overrides = [f"data.data_dir={tiny_data}", "data.verify=false"]
+    overrides = tiny_for(tiny_data, epochs=1)
     cfg = compose("multihead_cnn_mnist", ["data=multihead_mnist_orientation", *overrides,
                                           *quick(tmp_path, "++model.loss_weights.orientation=0.7")])
     assert heads_of(cfg)["orientation"] == 4
     result = fit(cfg)
-    assert "val/orientation_acc" in result["best"] and result["params"] == 422_866 + 516
+    assert "val/orientation_acc" in result.best and result.params == 422_866 + 516
 
     monkeypatch.chdir(tmp_path)
     study = space.load("orientation_weights", n_trials=1,
-                       extra_overrides=[*overrides, "data.val_size=100", "trainer.max_epochs=1"])
+                       extra_overrides=overrides)
     ostudy, _ = runner.run(study, f"sqlite:///{tmp_path / 'o.db'}", progress=False)
     assert "model.loss_weights.orientation" in ostudy.trials[0].params
     assert "best_val/orientation_acc" in ostudy.trials[0].user_attrs
@@ -64,8 +65,8 @@ def test_cifar10_multihead_fits_one_epoch_through_torchvision(tmp_path):
     cfg = compose("multihead_cnn_cifar10",
                   [f"data.data_dir={root}", "data.verify=false", *quick(tmp_path)])
     result = fit(cfg)
-    assert result["heads"] == ["class", "domain", "mobility", "size"]
-    assert {"val/class_acc", "val/domain_acc", "val/mobility_acc", "val/size_acc"} <= set(result["best"])
+    assert list(result.heads) == ["class", "domain", "mobility", "size"]
+    assert {"val/class_acc", "val/domain_acc", "val/mobility_acc", "val/size_acc"} <= set(result.best)
     assert cfg.optimized_metric == "val/class_acc"
 
 
@@ -111,7 +112,7 @@ def test_heads_come_from_the_metadata(built, tmp_path):
 
 def test_one_epoch_fit_and_a_two_trial_study(built, tmp_path, monkeypatch):
     result = fit(compose("multihead_cnn_cifar100mh", [f"data.root={built}", *quick(tmp_path)]))
-    assert {"val/digit_acc", "val/thickness_acc", "val/smoothness_acc"} <= set(result["best"])
+    assert {"val/digit_acc", "val/thickness_acc", "val/smoothness_acc"} <= set(result.best)
     monkeypatch.chdir(tmp_path)
     proc = subprocess.run([sys.executable, "-m", "mhtrain.study", "run", "cifar100mh_loss_weights",
                            "--n-trials", "2", "--no-progress", "--storage", f"sqlite:///{tmp_path / 'mh.db'}",

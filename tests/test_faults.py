@@ -14,12 +14,12 @@ from optuna.trial import TrialState
 
 from bench.faults import children, inject, wait_gone
 from mhtrain.study import ledger
-from mhtrain.study.ledger import alive
-from mhtrain.study.objective import owner
+from mhtrain.study.ledger import alive, owner
 from mhtrain.study.storage import open_storage
 from tests.test_workers import assert_intact, study_args, trials, wait_for_running
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_a_killed_worker_is_replaced_and_the_command_ends_0(tiny_data, kind, name, tmp_path):
     storage = {"sqlite": f"sqlite:///{tmp_path / 'k.db'}", "journal": str(tmp_path / "k.journal")}[kind]
@@ -64,6 +64,7 @@ def test_a_zombie_or_a_recycled_pid_is_not_alive():
     assert not alive({**me, "started": str(int(me["started"]) + 1)})  # same pid, another process
 
 
+@pytest.mark.slow
 def test_studies_of_one_name_in_two_storages_keep_their_own_folders(tiny_data, tmp_path):
     dirs = []
     for db in ("a.db", "b.db"):
@@ -79,6 +80,7 @@ def test_studies_of_one_name_in_two_storages_keep_their_own_folders(tiny_data, t
     assert not list(tmp_path.rglob("*.ckpt"))  # search trials keep no checkpoints
 
 
+@pytest.mark.slow
 def test_a_torn_journal_is_repaired_and_keeps_every_finished_trial(tiny_data, name, tmp_path):
     journal = tmp_path / "t.journal"
     first = subprocess.run(study_args(tiny_data, str(journal), name, 2, 1), cwd=tmp_path,
@@ -96,6 +98,7 @@ def test_a_torn_journal_is_repaired_and_keeps_every_finished_trial(tiny_data, na
     assert_intact(ts, 3)
 
 
+@pytest.mark.slow
 def test_a_file_that_is_not_a_database_is_one_line_and_untouched(tiny_data, tmp_path):
     bad = tmp_path / "notes.db"
     bad.write_text("my notes, not a database\n")
@@ -107,6 +110,7 @@ def test_a_file_that_is_not_a_database_is_one_line_and_untouched(tiny_data, tmp_
     assert bad.read_text() == "my notes, not a database\n"
 
 
+@pytest.mark.slow
 def test_killed_runner_takes_its_workers_down(tiny_data, name, tmp_path):
     storage = f"sqlite:///{tmp_path / 'r.db'}"
     proc = subprocess.Popen(study_args(tiny_data, storage, name, 4, 20, "--workers", "2"), cwd=tmp_path,
@@ -119,6 +123,7 @@ def test_killed_runner_takes_its_workers_down(tiny_data, name, tmp_path):
     assert not [t for t in trials(storage, name) if t.state == TrialState.RUNNING]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [11])
 def test_random_sigkills_lose_nothing(tiny_data, storage, seed, tmp_path):
     """The short form of `bench/faults.py --kills 100`: 3 seeded kills per storage."""
@@ -144,6 +149,7 @@ def storage(request, tmp_path: Path) -> str:
 
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_a_killed_population_worker_is_rerun_member_by_member(tiny_data, kind, name, tmp_path):
     storage = {"sqlite": f"sqlite:///{tmp_path / 'p.db'}", "journal": str(tmp_path / "p.journal")}[kind]

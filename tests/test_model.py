@@ -3,7 +3,8 @@ import torch
 
 from mhtrain import ConfigError
 from mhtrain.config import build_model, compose
-from mhtrain.models import MultiheadLitModule, SimpleCNN, metric_names
+from mhtrain.contract import metric_names
+from mhtrain.models import MultiheadLitModule, SimpleCNN
 
 
 def build(experiment: str, *overrides: str) -> MultiheadLitModule:
@@ -67,6 +68,10 @@ def test_criterion_by_target():
       "model.loss_weights.smoothness=0"], "all zero"),
     (["optimized_metric=val/colour_acc"], "optimized_metric=val/colour_acc is not logged"),
     (["data.heads.thickness.classes=2"], "outside"),
+    # what torch and Lightning refuse when the objects are built, refused when composing
+    (["model.net.dropout=1.5"], "model cannot be built.*dropout probability"),
+    (["trainer.accelerator=quantum"], "trainer cannot be built.*quantum"),
+    (["+trainer.gradient_clip_algorithm=sideways"], "trainer cannot be built.*sideways"),
 ])
 def test_rejected_at_composition(overrides, message):
     with pytest.raises(ConfigError, match=message):

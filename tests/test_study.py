@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,17 +12,11 @@ from mhtrain import ConfigError
 from mhtrain.config import compose
 from mhtrain.study import runner, space
 from mhtrain.study.export import export
-from mhtrain.study.objective import OUTPUT_ROOT, SEARCH_MODE, trial_config
+from mhtrain.study.params import parse_param
 from mhtrain.study.storage import open_storage
+from mhtrain.study.trials import OUTPUT_ROOT, SEARCH_MODE, trial_config
 from mhtrain.train import fit
 from tests.conftest import ROOT
-
-
-@pytest.fixture
-def tiny(tiny_data: Path) -> list[str]:
-    """Study-level overrides for seconds-long trials on the tiny dataset."""
-    return [f"data.data_dir={tiny_data}", "data.verify=false", "data.val_size=100",
-            "data.batch_size=32", "trainer.max_epochs=2"]
 
 
 @pytest.fixture
@@ -104,7 +99,8 @@ STUDY_CONFIGS = sorted(p.stem for p in (ROOT / "conf" / "study").glob("*.yaml")
                        if not p.stem.startswith("zz_test"))
 
 
-@pytest.mark.parametrize("config", STUDY_CONFIGS)
+@pytest.mark.parametrize("config", [c if c == "lr" else pytest.param(c, marks=pytest.mark.slow)
+                                    for c in STUDY_CONFIGS])
 def test_export_reproduces_the_best_trial_of_every_shipped_study(config, tiny, tiny_data, storage,
                                                                  monkeypatch, tmp_path):
     """The exported experiment trains exactly the best trial: group choices (data=…) included."""
@@ -119,15 +115,45 @@ def test_export_reproduces_the_best_trial_of_every_shipped_study(config, tiny, t
         tiny = []
     name = f"export_{config}"
     ostudy, _ = runner.run(load(config, tiny, *extra, n_trials=1, name=name), storage, progress=False)
-    path = export(name, storage, conf_dir=ROOT / "conf")
+    path, _ = export(name, storage, conf_dir=ROOT / "conf", as_searched=True)
     try:
         cfg = compose(f"best_{name}", ["test=false", f"paths.output_dir={tmp_path / 'rerun'}"])
         for key, value in ostudy.best_params.items():
             assert OmegaConf.select(cfg, key) == value
         result = fit(cfg)
-        assert result["best"][ostudy.metric_names[0]] == pytest.approx(ostudy.best_value, abs=1e-6)
+        assert result.best[ostudy.metric_names[0]] == pytest.approx(ostudy.best_value, abs=1e-6)
     finally:
         path.unlink()
+
+
+@pytest.mark.slow
+def test_export_then_final_training_as_a_user_types_it(tiny, storage, tmp_path):
+    """The export trains at the experiment's own fidelity (the search's epochs, subset and seed
+    left out and said so), and its checkpoint is what a further run goes on from."""
+    search = [*tiny, "trainer.max_epochs=2", "data.train_subset=300", "callbacks.early_stopping=null"]
+    assert cli("lr.py", "--n-trials", "1", "--study-name", "fin", "--storage", storage,
+               "--keep-checkpoints", "best", *search, cwd=tmp_path).returncode == 0
+    out = subprocess.run([sys.executable, "-m", "mhtrain.study", "export", "fin", "--storage", storage],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    path = ROOT / "conf" / "experiment" / "best_fin.yaml"
+    try:
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "without the search's" in out.stdout and "data.train_subset=300" in out.stdout
+        cfg = compose("best_fin")
+        assert cfg.trainer.max_epochs == compose("multihead_cnn_mnist").trainer.max_epochs
+        assert cfg.data.train_subset is None and cfg.data.data_dir == str(tiny[0].split("=", 1)[1])
+        ckpt = tmp_path / "runs" / "best_fin.ckpt"
+        assert f"ckpt_path={ckpt.relative_to(tmp_path)}" in out.stdout
+        final = subprocess.run([sys.executable, "-m", "mhtrain.train", "experiment=best_fin",
+                                f"ckpt_path={ckpt}", "trainer.max_epochs=3",
+                                f"paths.output_dir={tmp_path / 'final'}"],
+                               cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert final.returncode == 0, final.stderr[-2000:]
+        # it went on from the best epoch's checkpoint (1 or 2 of the search's 2), not from scratch
+        assert re.search(r"^[12] epochs in", final.stdout, re.M), final.stdout[-500:]
+        assert "test acc" in final.stdout
+    finally:
+        path.unlink(missing_ok=True)
 
 
 @pytest.mark.parametrize("config", [c for c in STUDY_CONFIGS if "cifar100mh" not in c])
@@ -156,7 +182,7 @@ def test_a_trial_gets_the_config_its_recorded_overrides_compose(config, tiny, tm
 ])
 def test_bad_search_space_entries(spec, message):
     with pytest.raises(ConfigError, match=message):
-        space.parse_param("model.optimizer.lr", spec)
+        parse_param("model.optimizer.lr", spec)
 
 
 def test_negative_loss_weight_range_is_refused(tiny, tmp_path, monkeypatch):
@@ -169,11 +195,50 @@ def test_negative_loss_weight_range_is_refused(tiny, tmp_path, monkeypatch):
         space.load("neg", extra_overrides=tiny)
 
 
-def test_search_key_must_exist_and_metric_must_be_logged(tiny):
-    with pytest.raises(ConfigError, match="baseline_lr|not logged"):
+def test_metric_must_be_logged_and_the_study_config_exist(tiny):
+    with pytest.raises(ConfigError, match="not logged by a model with heads \\['digit'\\]"):
         load("baseline_lr", tiny, metric="val/thickness_acc")
     with pytest.raises(ConfigError, match="no study config"):
         space.load("nope")
+
+
+def test_a_search_key_that_does_not_exist_is_refused(tiny, tmp_path, monkeypatch):
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "typo.yaml").write_text(
+        "experiment: multihead_cnn_mnist\nsearch_space:\n"
+        "  model.optimizer.learning_rate: {type: float, low: 0.001, high: 0.01}\n")
+    monkeypatch.setattr(space, "CONF_DIR", tmp_path)
+    with pytest.raises(ConfigError, match="search_space key model.optimizer.learning_rate does not exist"):
+        space.load("typo", extra_overrides=tiny)
+
+
+def test_a_loaded_study_is_frozen_and_keeps_every_bound(tiny):
+    study = load("loss_weights", tiny)
+    with pytest.raises(AttributeError):
+        study.population = 4  # type: ignore[misc]
+    stored = study.to_dict()["search_space"]
+    assert stored["model.loss_weights.thickness"] == {"type": "float", "low": 0.0, "high": 2.0}
+    assert stored["model.optimizer.lr"]["log"] is True
+
+
+def test_resume_diffs_name_only_what_changed(tiny, storage, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    runner.open_study(load("lr", tiny, n_trials=1), storage)
+    with pytest.raises(ConfigError) as e:
+        runner.open_study(load("lr", tiny, "trainer.max_epochs=1", n_trials=1), storage)
+    assert "overrides: now with ['trainer.max_epochs=1']" in str(e.value) and "without" not in str(e.value)
+    # allowed once, the study is now the new one: resuming it needs no flag again
+    runner.open_study(load("lr", tiny, "trainer.max_epochs=1"), storage, allow_changes=True)
+    ostudy = runner.open_study(load("lr", tiny, "trainer.max_epochs=1"), storage)
+    assert ostudy.user_attrs[runner.EARLIER][0]["overrides"] == tiny
+
+
+def test_a_study_name_hydra_would_misparse_still_gets_a_folder(tiny, storage, monkeypatch, tmp_path):
+    """A swept comparison names its studies `arm@key:value`; a user may type `=` too."""
+    monkeypatch.chdir(tmp_path)
+    ostudy, _ = runner.run(load("lr", tiny, "trainer.max_epochs=1", n_trials=1, name="lr@x=1"), storage,
+                           progress=False)
+    assert [t.state for t in ostudy.get_trials()] == [TrialState.COMPLETE]
 
 
 def test_existing_study_with_another_metric_is_refused(tiny, storage, monkeypatch, tmp_path):
@@ -189,6 +254,7 @@ def cli(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
                           cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("script", "study", "params"), [
     ("lr.py", "lr", {"model.optimizer.lr"}),
     ("baselines.py", "baseline_lr", {"model.optimizer.lr"}),
@@ -200,11 +266,15 @@ def test_cli_end_to_end(script, study, params, tiny, storage, tmp_path):
                cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"study {study}: 2 trials (2 complete)" in proc.stdout
+    # how it trains, at the start and again at the end
+    how = f"{study}: budget 2 trials, 1 worker(s), population 1 per worker (auto -> 1 on the CPU"
+    assert proc.stdout.count(how) == 2, proc.stdout
     assert "optuna-dashboard" in proc.stdout
     trials = optuna.load_study(study_name=study, storage=open_storage(storage)).trials
     assert len(trials) == 2 and all(set(t.params) == params for t in trials)
 
 
+@pytest.mark.slow
 def test_cli_help_explains_each_option(tmp_path):
     proc = cli("loss_weights.py", "--help", cwd=tmp_path)
     assert proc.returncode == 0
@@ -221,6 +291,7 @@ def test_the_dashboard_command_starts_without_importing_torch(tmp_path):
     assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_a_timeout_says_it_stopped_the_study(tiny, tmp_path):
     proc = cli("lr.py", "--storage", f"sqlite:///{tmp_path / 't.db'}", "--timeout", "0.001",
                "--n-trials", "3", *tiny, "trainer.max_epochs=1", cwd=tmp_path)

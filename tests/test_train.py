@@ -5,36 +5,42 @@ from pathlib import Path
 
 import pytest
 
+from mhtrain import DataError
 from mhtrain.config import compose
+from mhtrain.contract import metric_names
 from mhtrain.data import mnist
-from mhtrain.models import metric_names
 from mhtrain.train import fit
-from tests.conftest import ROOT, needs_real_data
+from tests.conftest import ROOT, needs_real_data, tiny_for, write_tiny_mnist
 
 
 def test_fit_on_tiny_data_logs_the_metric_contract(tiny_overrides, tmp_path: Path):
     cfg = compose("multihead_cnn_mnist", [*tiny_overrides, "model.optimizer.lr=0.003"])
     result = fit(cfg)
-    assert result["epochs"] == 2 and len(result["history"]) == 2
-    assert result["params"] == 422_866
-    assert 0.0 <= result["best"]["val/digit_acc"] <= 1.0
-    assert result["best"]["val/acc_best"] == max(e["val/digit_acc"] for e in result["history"])
+    assert result.epochs == 2 and len(result.history) == 2
+    assert result.params == 422_866
+    assert 0.0 <= result.best["val/digit_acc"] <= 1.0
+    assert result.best["val/acc_best"] == max(e["val/digit_acc"] for e in result.history)
     # the tiny digits are drawn to be learnable: a working model beats chance clearly
-    assert result["best"]["val/digit_acc"] > 0.3
+    assert result.best["val/digit_acc"] > 0.3
     with open(tmp_path / "run" / "csv" / "metrics.csv") as f:
         columns = set(csv.DictReader(f).fieldnames)
     assert set(metric_names(["digit", "thickness", "smoothness"])) <= columns
-    assert set(result["test"]) >= {"test/digit_acc", "test/avg_acc", "test/weighted_acc"}
+    assert set(result.test) >= {"test/digit_acc", "test/avg_acc", "test/weighted_acc"}
     assert (tmp_path / "run" / "config.yaml").exists()
     assert list((tmp_path / "run" / "checkpoints").glob("*.ckpt"))
 
 
-def test_fit_without_test_never_loads_the_test_split(tiny_overrides):
-    before = set(mnist._cache)
-    result = fit(compose("cnn_mnist", [*tiny_overrides, "test=false", "trainer.max_epochs=1"]))
-    assert result["test"] == {} and result["params"] == 421_834
-    loaded = [key for key in set(mnist._cache) - before]
-    assert not any("t10k" in path for key in loaded for path, *_ in key)
+def test_fit_without_test_never_reads_the_test_split(tmp_path: Path):
+    """A search must never read the test split: here it is a damaged file, which reading fails on
+    (checked with test=true), in a dataset no earlier test could have cached."""
+    root = write_tiny_mnist(tmp_path / "data", seed=7)
+    for name in mnist.SPLIT_FILES["test"]:
+        (mnist.raw_dir(root) / name).write_bytes(b"not an IDX file")
+    overrides = [*tiny_for(root, epochs=1), f"paths.output_dir={tmp_path / 'run'}"]
+    result = fit(compose("cnn_mnist", [*overrides, "test=false"]))
+    assert result.test == {} and result.params == 421_834
+    with pytest.raises(DataError):
+        fit(compose("cnn_mnist", [*overrides, "test=true"]))
 
 
 def run_cli(*args: str, **kw) -> subprocess.CompletedProcess:
@@ -42,6 +48,7 @@ def run_cli(*args: str, **kw) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300, **kw)
 
 
+@pytest.mark.slow
 def test_cli_bad_config_is_one_line_and_exit_2(tmp_path: Path):
     proc = run_cli("experiment=multihead_cnn_mnist", "model.loss_weights.digit=-2",
                    f"paths.output_dir={tmp_path}")
@@ -51,6 +58,7 @@ def test_cli_bad_config_is_one_line_and_exit_2(tmp_path: Path):
 
 
 @needs_real_data
+@pytest.mark.slow
 @pytest.mark.parametrize(("experiment", "heads"), [
     ("multihead_cnn_mnist", ["digit", "thickness", "smoothness"]),
     ("cnn_mnist", ["digit"]),
@@ -64,6 +72,7 @@ def test_fast_dev_run_on_real_files(experiment, heads, tmp_path: Path):
     assert ("val/thickness_acc" in proc.stdout) == ("thickness" in heads)
 
 
+@pytest.mark.slow
 def test_ctrl_c_of_a_training_run_exits_130(tiny_data: Path, tmp_path: Path):
     import signal
     import time

@@ -8,7 +8,8 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from mhtrain import ConfigError
-from mhtrain.study.warmstart import load_source, parse_warm_start, warm_start, warm_started
+from mhtrain.study.summary import summary
+from mhtrain.study.warmstart import ATTR, load_source, parse_warm_start, warm_start
 
 LR = FloatDistribution(1e-4, 1e-1, log=True)
 OLD = FloatDistribution(0.0, 1.0)
@@ -60,7 +61,7 @@ def test_enqueues_the_best_k_once_even_on_resume(tmp_path, direction):
     resumed = optuna.load_study(study_name="loss_weights", storage=url)
     assert warm_start(resumed, src, 3, SPACE, DEFAULTS) == 0
     assert len(waiting(resumed)) == 3
-    assert warm_started(resumed) == {"lr": [1, 3, 5]}
+    assert resumed.user_attrs[ATTR] == {"lr": [1, 3, 5]}
     assert [p["model.optimizer.lr"] for p in run_waiting(resumed)] == [0.001, 0.002, 0.005]
     # a larger K tops up to K from the same source, never repeating one
     assert warm_start(resumed, src, 4, SPACE, DEFAULTS) == 1
@@ -80,6 +81,14 @@ def test_takes_only_the_new_space_keys_and_fills_defaults(tmp_path):
     assert ran[0]["model.loss_weights.thickness"] == 0.5  # the new study's default
     assert 0.0 <= ran[0]["model.loss_weights.smoothness"] <= 2.0  # sampled
     assert "old.knob" not in trial.params  # the source's key the new space lacks is dropped
+
+
+def test_the_summary_names_the_warm_start_source(tmp_path):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    new = optuna.create_study(study_name="new", storage=url, direction="maximize")
+    warm_start(new, source_study(url), 2, SPACE, DEFAULTS)
+    run_waiting(new)
+    assert "warm-started: 2 trial(s) enqueued from lr" in summary(new, 1, url)
 
 
 def test_k_beyond_the_complete_trials_takes_what_there_is(tmp_path):

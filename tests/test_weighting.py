@@ -12,6 +12,7 @@ from mhtrain import ConfigError
 from mhtrain.config import build_model, compose
 from mhtrain.models import MultiheadLitModule, SimpleCNN
 from mhtrain.train import fit
+from tests.conftest import tiny_for
 
 HEADS = ("digit", "thickness", "smoothness")
 
@@ -39,8 +40,7 @@ def trained(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[
     """A short real fit under uncertainty weighting (no test, the last epoch's checkpoint kept)."""
     run = tmp_path_factory.mktemp("uncertainty") / "run"
     cfg = compose("multihead_cnn_mnist", [
-        f"data.data_dir={tiny_data}", "data.verify=false", "data.val_size=100", "data.batch_size=32",
-        "trainer.max_epochs=2", "trainer.enable_progress_bar=false", f"paths.output_dir={run}",
+        *tiny_for(tiny_data), "trainer.enable_progress_bar=false", f"paths.output_dir={run}",
         "model.weighting=uncertainty", "model.optimizer.lr=0.01", "test=false",
         # no monitor: the checkpoint is the last epoch's, the state the fit ends with
         "callbacks.model_checkpoint.monitor=null", "callbacks.early_stopping=null"])

@@ -12,8 +12,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from mhtrain.study.lifecycle import FAIL_REASON
 from mhtrain.study.storage import open_storage
-from tests.conftest import ROOT
+from tests.conftest import ROOT, tiny_for
+
+pytestmark = pytest.mark.slow  # real worker processes, killed and interrupted
 
 POSTGRES = os.environ.get("MHTRAIN_TEST_POSTGRES")
 STORAGES = [
@@ -39,8 +42,7 @@ def name() -> str:
 def study_args(tiny_data: Path, storage: str, name: str, n: int, epochs: int, *extra: str) -> list[str]:
     return [sys.executable, str(ROOT / "studies" / "lr.py"), "--no-progress", "--storage", storage,
             "--study-name", name, "--n-trials", str(n), "--pruner", "none", "--heartbeat", "1",
-            *extra, f"data.data_dir={tiny_data}", "data.verify=false", "data.val_size=100",
-            f"trainer.max_epochs={epochs}", "callbacks.early_stopping=null"]
+            *extra, *tiny_for(tiny_data, epochs), "callbacks.early_stopping=null"]
 
 
 def trials(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
@@ -119,6 +121,7 @@ def test_sigint_fails_the_running_trial_then_resumes(tiny_data, storage, name, t
     assert f"study {name}" in out and "interrupted" in out
     ts = trials(storage, name)
     assert [t.state for t in ts] == [TrialState.FAIL]
+    assert ts[0].user_attrs[FAIL_REASON].startswith("interrupted")
 
     again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]

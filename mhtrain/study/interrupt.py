@@ -15,8 +15,6 @@ import signal
 import time
 from typing import Any
 
-from lightning.pytorch.callbacks import Callback
-
 
 class StudyInterrupted(Exception):
     """SIGINT/SIGTERM during a study: running trials end FAIL, the summary still prints."""
@@ -82,16 +80,3 @@ def die_with_parent(parent: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the parent died before prctl took effect
         request()
-
-
-class StopOnRequest(Callback):
-    """Ends a trial's training at the next batch once a stop was asked for."""
-
-    def on_train_batch_end(self, *_: Any) -> None:
-        check()
-
-    def on_validation_batch_end(self, *_: Any) -> None:
-        check()
-
-    def on_train_epoch_start(self, *_: Any) -> None:
-        check()

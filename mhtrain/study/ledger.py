@@ -1,24 +1,43 @@
-"""The study as a runner sees it: trials by state, the progress bar, and the running trials
-of dead workers, failed and enqueued again. Solo and population workers share it."""
+"""The study as a runner sees it: trials by state, who runs each, the progress bar, and the
+running trials of dead workers, failed and enqueued again. Imports no torch or Lightning."""
 
 from __future__ import annotations
 
 import datetime
+import os
+import socket
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from mhtrain.study.objective import FINISHED, owner, process_start
-
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_RETRIES = 3  # re-runs of a trial whose worker died, before it is left FAIL
 POLL_S = 2.0
 # A RUNNING trial with no owner after this long lost its process between `ask` and the owner
 # record (milliseconds apart); without a reaper it would hold a budget slot for ever.
 ORPHAN_S = 60.0
+
+
+def process_start(pid: int) -> str | None:
+    """When the process started (clock ticks since boot, Linux): a pid is reused, this is not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def owner() -> dict[str, Any]:
+    """Who runs a trial: host, pid and the pid's start time, so a reaper never mistakes a
+    recycled pid for the worker that started the trial; and the GPU the worker was given."""
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "started": process_start(pid),
+            "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 
 def counts(ostudy: optuna.Study) -> Counter:

@@ -6,41 +6,35 @@ from __future__ import annotations
 import hashlib
 import multiprocessing as mp
 import os
+import re
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 import optuna
 from omegaconf import OmegaConf
-from optuna.trial import TrialState
 from tqdm import tqdm
 
-from mhtrain import ConfigError
+from mhtrain import ConfigError, quiet
 from mhtrain.study import interrupt
 from mhtrain.study.checkpoints import remember_store
+from mhtrain.study.engines import engine
 from mhtrain.study.interrupt import StudyInterrupted
 from mhtrain.study.ledger import POLL_S, counts, finished, n_done, reap, show
-from mhtrain.study.objective import OUTPUT_ROOT, fail, run_trial
-from mhtrain.study.population import population_size, work_population
+from mhtrain.study.lifecycle import Lifecycle
 from mhtrain.study.pruners import build_pruner
 from mhtrain.study.samplers import make_sampler
 from mhtrain.study.space import StudyConfig, base_config
 from mhtrain.study.storage import HEARTBEAT_S, Heartbeat, open_storage
+from mhtrain.study.trials import OUTPUT_ROOT
 from mhtrain.study.warmstart import warm_start
+from mhtrain.study.workers import Outcome, Pool, supervise, visible_gpus
 
-MAX_FAILURES = 3  # failed trials in one process before the run gives up
+MAX_FAILURES = 3  # failed engine runs (a trial, or a population) in one worker before it gives up
 RUNS_ROOT = Path("runs/studies")
+EARLIER = "earlier_configs"  # study user attribute: what it was before each --allow-changes
 IDENTITY = ("experiment", "metric", "direction", "search_space", "overrides")
-
-
-@dataclass
-class Outcome:
-    """How a run ended, for a summary that tells the truth."""
-
-    interrupted: bool = False
-    timed_out: bool = False
-    deaths: list[str] = field(default_factory=list)
 
 
 def identity_changes(stored: dict, study: StudyConfig) -> list[str]:
@@ -52,7 +46,8 @@ def identity_changes(stored: dict, study: StudyConfig) -> list[str]:
             continue
         if isinstance(old, list) and isinstance(new, list):
             gone, added = [o for o in old if o not in new], [o for o in new if o not in old]
-            changes.append(f"{key}: now without {gone} and with {added}" if gone or added
+            parts = [f"without {gone}"] * bool(gone) + [f"with {added}"] * bool(added)
+            changes.append(f"{key}: now {' and '.join(parts)}" if parts
                            else f"{key}: same items in another order")
         elif isinstance(old, dict) and isinstance(new, dict):
             keys = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
@@ -77,11 +72,15 @@ def open_study(study: StudyConfig, storage_url: str, heartbeat: int = HEARTBEAT_
     except KeyError:
         existing = None
     if existing is not None:
-        changes = identity_changes(existing.user_attrs.get("config", {}), study)
+        stored = existing.user_attrs.get("config", {})
+        changes = identity_changes(stored, study)
         if changes and not allow_changes:
             raise ConfigError(f"study {study.name} in {storage_url} was made differently "
                               f"({'; '.join(changes)}); use another --study-name, or "
                               "--allow-changes to mix them anyway")
+        if changes:  # allowed: the study is now this one, so later resumes need no flag
+            existing.set_user_attr(EARLIER, [*existing.user_attrs.get(EARLIER, []), stored])
+            existing.set_user_attr("config", study.to_dict())
     created = False
     if existing is None:
         try:
@@ -90,7 +89,8 @@ def open_study(study: StudyConfig, storage_url: str, heartbeat: int = HEARTBEAT_
         except optuna.exceptions.DuplicatedStudyError:
             pass  # another process created it a moment ago
     seed = study.seed if created and reproducible else int.from_bytes(os.urandom(4), "little")
-    ostudy = optuna.load_study(study_name=study.name, storage=storage, sampler=make_sampler(study, seed),
+    sampler = make_sampler(study.sampler, study.search_space, study.n_trials, seed)
+    ostudy = optuna.load_study(study_name=study.name, storage=storage, sampler=sampler,
                                pruner=build_pruner(study.pruner, study.max_epochs))
     if created:
         ostudy.set_metric_names([study.metric])
@@ -104,41 +104,42 @@ def output_root(name: str, storage_url: str, study_id: int) -> Path:
     """A folder only this study (in this storage) writes to; a re-created study whose id repeats
     gets a fresh one rather than the old study's files."""
     digest = hashlib.sha1(f"{storage_url}|{study_id}".encode()).hexdigest()[:8]
-    root = RUNS_ROOT / f"{name}-{digest}"
+    # a folder name Hydra's override parser takes unquoted (a study may be named `lr@x=1`)
+    root = RUNS_ROOT / f"{re.sub(r'[^A-Za-z0-9._@:-]', '_', name)}-{digest}"
     return root if not root.exists() else RUNS_ROOT / f"{name}-{digest}-{uuid.uuid4().hex[:6]}"
 
 
 def work(study: StudyConfig, ostudy: optuna.Study, timeout: float | None = None,
          bar: tqdm | None = None) -> Outcome:
-    """One worker: run trials until the study holds `n_trials` finished (complete or pruned).
+    """One worker: train trials with the study's engine (solo, or a population of K) until the
+    study holds `n_trials` finished ones (complete or pruned), or `timeout` seconds pass.
 
     Trials other workers are running count toward the budget, so K workers do not overshoot;
     a worker waits for them (they may be dead and get re-run) rather than start one too many.
     """
-    if isinstance(study.population, int) and study.population > 1:
-        work_population(study, ostudy, study.population, timeout, bar)
-        return Outcome(timed_out=timeout is not None and finished(ostudy) < study.n_trials)
-    start, failures, outcome = time.monotonic(), 0, Outcome()
+    trainer = engine(study.population)
+    deadline = time.monotonic() + timeout if timeout else None
+    failures, outcome = 0, Outcome()
     with Heartbeat(ostudy._storage) as heartbeat:
+        life = Lifecycle(study, ostudy, heartbeat, bar, deadline)
         while True:
             interrupt.check()
             reap(ostudy)
             state = counts(ostudy)
-            done = n_done(state)
             show(bar, ostudy, state, study.n_trials)
-            if done >= study.n_trials:
+            if n_done(state) >= study.n_trials:
                 break
-            if timeout and time.monotonic() - start > timeout:
+            if life.past_deadline():
                 outcome.timed_out = True
                 break
-            if done + state[TrialState.RUNNING] >= study.n_trials and not state[TrialState.WAITING]:
+            if not life.room():
                 interrupt.wait(POLL_S)
                 continue
             try:
-                run_trial(study, ostudy, heartbeat)
+                trainer.run(life)
             except (ConfigError, StudyInterrupted, optuna.exceptions.StorageInternalError):
                 raise
-            except Exception as e:  # noqa: BLE001 - one odd trial (already marked FAIL) is survivable
+            except Exception as e:  # noqa: BLE001 - odd trials (already FAIL, with reason) are survivable
                 failures += 1
                 tqdm.write(f"trial failed: {type(e).__name__}: {e}")
                 if failures >= MAX_FAILURES:
@@ -146,32 +147,17 @@ def work(study: StudyConfig, ostudy: optuna.Study, timeout: float | None = None,
     return outcome
 
 
-def _worker(study: StudyConfig, storage_url: str, timeout: float | None, threads: int,
-            heartbeat: int, stop: mp.synchronize.Event, parent: int) -> None:
-    interrupt.install(shared=stop, ignore_sigint=True)
-    interrupt.die_with_parent(parent)
-    import torch
-
-    torch.set_num_threads(threads)
-    try:
-        interrupt.check()
-        ostudy = open_study(study, storage_url, heartbeat, reproducible=False, allow_changes=True)
-        work(study, ostudy, timeout)
-    except StudyInterrupted:
-        os._exit(130)
-
-
 def run(study: StudyConfig, storage_url: str, timeout: float | None = None, progress: bool = True,
         workers: int = 1, heartbeat: int = HEARTBEAT_S,
-        allow_changes: bool = False,
-        warm: tuple[optuna.Study, int] | None = None) -> tuple[optuna.Study, Outcome]:
+        allow_changes: bool = False, warm: tuple[optuna.Study, int] | None = None,
+        gpus: Sequence[str] | None = None) -> tuple[optuna.Study, Outcome]:
     """Run the study with `workers` processes; returns the study and how the run ended.
 
     `warm` = (another study, K): its best K trials are enqueued first (once, even on resume).
-    The population size K (`study.population`, `auto` resolved for this device) is settled
-    first: a study that cannot train stacked is refused before anything is written.
+    With several workers, worker i sees only GPU `gpus[i % len(gpus)]` (default: this
+    machine's visible GPUs; none on a CPU machine).
     """
-    study.population = population_size(study)
+    quiet()
     ostudy = open_study(study, storage_url, heartbeat, reproducible=workers == 1,
                         allow_changes=allow_changes)  # fails here, once, before any worker starts
     if study.keep_checkpoints != "none":
@@ -190,7 +176,8 @@ def run(study: StudyConfig, storage_url: str, timeout: float | None = None, prog
         if workers == 1:
             outcome = work(study, ostudy, timeout, bar)
         else:
-            outcome = _supervise(study, storage_url, ostudy, timeout, workers, heartbeat, bar, ctx, stop)
+            outcome = supervise(study, storage_url, ostudy, Pool(ctx, stop, workers, visible_gpus(gpus)),
+                                timeout, heartbeat, bar)
     except StudyInterrupted:
         outcome = Outcome(interrupted=True)
     finally:
@@ -199,54 +186,4 @@ def run(study: StudyConfig, storage_url: str, timeout: float | None = None, prog
     return ostudy, outcome
 
 
-def _supervise(study: StudyConfig, storage_url: str, ostudy: optuna.Study, timeout: float | None,
-               workers: int, heartbeat: int, bar: tqdm, ctx, stop) -> Outcome:
-    """Start the workers, watch every one, replace the dead (re-running their trials), and on a
-    stop wait for all of them to fail their running trials and exit."""
-    threads = max(1, (os.cpu_count() or 1) // workers)
-
-    def start() -> mp.Process:
-        p = ctx.Process(target=_worker, args=(study, storage_url, timeout, threads, heartbeat,
-                                              stop, os.getpid()))
-        p.start()
-        return p
-
-    outcome, replacements = Outcome(), 0
-    procs = [start() for _ in range(workers)]
-    try:
-        while procs:
-            for p in [p for p in procs if p.exitcode is not None]:
-                procs.remove(p)
-                p.join()
-                if p.exitcode == 0 or (p.exitcode == 130 and interrupt.requested()):
-                    continue
-                held = reap(ostudy, dead_pid=p.pid)
-                how = f"signal {-p.exitcode}" if p.exitcode < 0 else f"exit code {p.exitcode}"
-                line = (f"worker pid {p.pid} died ({how}) holding trial(s) "
-                        f"{', '.join(map(str, held)) or 'none'}; they will be re-run")
-                tqdm.write(line)
-                outcome.deaths.append(line)
-                state = counts(ostudy)
-                if n_done(state) < study.n_trials:
-                    if replacements >= 3 * workers:
-                        raise RuntimeError(f"{replacements} workers replaced already; giving up")
-                    replacements += 1
-                    procs.append(start())
-            show(bar, ostudy, counts(ostudy), study.n_trials)
-            if procs and interrupt.wait(POLL_S):
-                interrupt.check()
-    except StudyInterrupted:
-        outcome.interrupted = True
-        stop.set()
-        for p in procs:
-            p.join(timeout=60)
-            if p.is_alive():
-                p.kill()
-                p.join()
-            reap(ostudy, dead_pid=p.pid)
-        return outcome  # the killed workers' retries stay enqueued for the next run
-    outcome.timed_out = timeout is not None and finished(ostudy) < study.n_trials
-    return outcome
-
-
-__all__ = ["Outcome", "fail", "open_study", "run", "work"]
+__all__ = ["Outcome", "open_study", "run", "work"]

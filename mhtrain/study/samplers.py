@@ -2,31 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
 
 import optuna
 
-if TYPE_CHECKING:
-    from mhtrain.study.space import StudyConfig
+from mhtrain.study.params import Param
+
+Factory = Callable[[Sequence[Param], int, int], optuna.samplers.BaseSampler]
 
 
-def _tpe(study: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
+def _tpe(space: Sequence[Param], n_trials: int, seed: int) -> optuna.samplers.BaseSampler:
     # constant_liar: processes sharing a study see each other's running trials
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
-                                      n_startup_trials=min(10, max(2, study.n_trials // 3)))
+                                      n_startup_trials=min(10, max(2, n_trials // 3)))
 
 
-def _grid(study: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.GridSampler({p.key: p.grid() for p in study.search_space}, seed=seed)
+def _grid(space: Sequence[Param], n_trials: int, seed: int) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.GridSampler({p.key: p.grid() for p in space}, seed=seed)
 
 
-SAMPLERS: dict[str, Callable[[StudyConfig, int], optuna.samplers.BaseSampler]] = {
+SAMPLERS: dict[str, Factory] = {
     "tpe": _tpe,
-    "random": lambda study, seed: optuna.samplers.RandomSampler(seed=seed),
+    "random": lambda space, n_trials, seed: optuna.samplers.RandomSampler(seed=seed),
     "grid": _grid,
 }
 
 
-def make_sampler(study: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
-    return SAMPLERS[study.sampler](study, seed)
+def make_sampler(name: str, space: Sequence[Param], n_trials: int, seed: int) -> optuna.samplers.BaseSampler:
+    return SAMPLERS[name](space, n_trials, seed)

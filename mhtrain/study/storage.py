@@ -9,7 +9,6 @@ import os
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -18,11 +17,6 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
 
 from mhtrain import ConfigError
-
-# heartbeats and metric names are stable in practice; optuna still labels them experimental
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-# trials run with ask/tell here, and `Heartbeat` below beats for them
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with")
 
 DEFAULT_STORAGE = "sqlite:///runs/optuna.db"
 HEARTBEAT_S = 10

@@ -8,8 +8,19 @@ from collections import Counter
 import optuna
 
 from mhtrain.study.checkpoints import ARTIFACT_DIR, CHECKPOINT
-from mhtrain.study.objective import FINISHED, OVER_BUDGET
+from mhtrain.study.ledger import FINISHED
+from mhtrain.study.lifecycle import OVER_BUDGET
 from mhtrain.study.warmstart import ATTR as WARM
+
+
+def _cold(first: optuna.trial.FrozenTrial) -> str:
+    """The first trial of a fresh process also loads the data and builds what later trials
+    reuse; say how much of the time to the best trial that one-off start-up was."""
+    trained = first.user_attrs.get("seconds")
+    if trained is None or first.datetime_complete is None:
+        return ""
+    start_up = (first.datetime_complete - first.datetime_start).total_seconds() - trained
+    return f" ({start_up:.0f} s of it the first trial's start-up)" if start_up >= 1 else ""
 
 
 def summary(ostudy: optuna.Study, max_epochs: int, storage_url: str) -> str:
@@ -31,16 +42,17 @@ def summary(ostudy: optuna.Study, max_epochs: int, storage_url: str) -> str:
         lines.append(f"best {metric} = {best.value:.4f} (trial {best.number})")
         lines += [f"  {k} = {v:.6g}" if isinstance(v, float) else f"  {k} = {v}"
                   for k, v in best.params.items()]
-        starts = [t.datetime_start for t in trials if t.datetime_start]
-        if best.datetime_complete and starts:
-            seconds = (best.datetime_complete - min(starts)).total_seconds()
-            lines.append(f"time to the best trial: {seconds:.0f} s of searching")
+        started = sorted((t for t in trials if t.datetime_start), key=lambda t: t.datetime_start)
+        if best.datetime_complete and started:
+            seconds = (best.datetime_complete - started[0].datetime_start).total_seconds()
+            lines.append(f"time to the best trial: {seconds:.0f} s of searching{_cold(started[0])}")
     if full:
         lines.append(f"epochs used: {epochs} of {full} an unpruned search would run "
                      f"({100 * epochs / full:.0f}%)")
-    warm = sum(1 for t in trials if WARM in t.user_attrs)
-    if warm:
-        lines.append(f"warm-started: {warm} trial(s) enqueued from another study")
+    sources = sorted({str(t.user_attrs[WARM]).rpartition("#")[0] for t in trials if WARM in t.user_attrs})
+    if sources:
+        warm = sum(1 for t in trials if WARM in t.user_attrs)
+        lines.append(f"warm-started: {warm} trial(s) enqueued from {', '.join(sources)}")
     artifacts = ostudy.user_attrs.get(ARTIFACT_DIR)
     kept = sum(1 for t in trials if CHECKPOINT in t.user_attrs)
     if kept:

@@ -78,8 +78,3 @@ def warm_start(ostudy: optuna.Study, source: optuna.Study, k: int, space_keys: I
                   if key in t.params or key in defaults}
         ostudy.enqueue_trial(params, user_attrs={ATTR: f"{source.study_name}#{t.number}"})
     return len(todo)
-
-
-def warm_started(ostudy: optuna.Study) -> dict[str, list[int]]:
-    """Source study name → its trial numbers this study was warm-started with."""
-    return dict(ostudy.user_attrs.get(ATTR, {}))

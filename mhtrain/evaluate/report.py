@@ -1,0 +1,130 @@
+"""The comparison report: the same tables and verdicts in Markdown (to quote) and in one HTML page
+with the Plotly figures (to explore)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from optuna.trial import TrialState
+
+from mhtrain.evaluate import document as doc
+from mhtrain.evaluate.document import Block, Bullets, Heading, Para, Table, TableBlock
+from mhtrain.evaluate.figures import comparison_figures
+from mhtrain.evaluate.reruns import Arm
+from mhtrain.evaluate.stats import INTERVAL, LEVEL, Contrast, mean_ci, p_text, reference_sentence
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Everything a report shows: the re-trained arms, the reference and the contrasts."""
+
+    arms: list[Arm]
+    reference: Arm
+    metric: str
+    contrasts: list[Contrast]
+    extra: list[str] = field(default_factory=list)  # the re-runs' fidelity overrides
+
+    def sentences(self) -> list[str]:
+        return [c.sentence() for c in self.contrasts] + [reference_sentence(self.reference, self.metric)]
+
+
+def duration(seconds: float) -> str:
+    """Seconds below two minutes, minutes above."""
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def pct(v: float) -> str:
+    """An accuracy in percent, as every table shows it."""
+    return f"{100 * v:.2f}"
+
+
+def with_ci(values: Sequence[float]) -> str:
+    """A mean accuracy and its interval in percent: `98.75 [98.53, 98.97]`."""
+    mean, low, high = mean_ci(values)
+    return f"{pct(mean)} [{pct(low)}, {pct(high)}]"
+
+
+def accuracy_table(c: Comparison) -> Table:
+    """Arm by arm, the mean test accuracy of every head with its confidence interval."""
+    heads = list(dict.fromkeys(h for a in c.arms for h in a.heads))
+    rows = [["arm", "seeds", *(f"test {h} acc (%)" for h in heads)]]
+    for a in c.arms:
+        cells = [with_ci(a.values(f"test/{h}_acc")) if h in a.heads else "–" for h in heads]
+        rows.append([a.name + (" (reference)" if a is c.reference else ""), str(len(a.records)), *cells])
+    return rows
+
+
+def contrast_table(c: Comparison) -> Table:
+    """Every arm minus the reference: difference, Welch interval, raw and Holm-adjusted p."""
+    rows = [["arm", "difference (pp)", f"{100 * LEVEL:.0f}% CI (pp)", "Welch p", "Holm-adjusted p"]]
+    for x in c.contrasts:
+        rows.append([x.arm, f"{100 * x.diff:+.2f}", f"{100 * x.low:+.2f} to {100 * x.high:+.2f}",
+                     p_text(x.p), p_text(x.p_holm)])
+    return rows
+
+
+def seed_table(c: Comparison) -> Table:
+    """The primary metric seed by seed, so a reader can redo any statistic."""
+    rows = [["seed", *(a.name for a in c.arms)]]
+    for i, seed in enumerate(c.reference.seeds):
+        rows.append([str(seed), *(pct(a.values(c.metric)[i]) for a in c.arms)])
+    return rows
+
+
+def study_items(a: Arm) -> list[str]:
+    """One arm's study, best configuration (searched values, then what was fixed) and re-runs."""
+    trials = a.study.get_trials(deepcopy=False)
+    states = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    best = a.study.best_trial
+    search_s = sum(t.user_attrs.get("seconds", 0) for t in trials)
+    rerun_s = sum(r.get("seconds", 0) for r in a.records)
+    items = [f"experiment: `{best.user_attrs.get('experiment')}`",
+             f"trials: {', '.join(f'{n} {s}' for s, n in states.items() if n)}; "
+             f"training time {duration(search_s)}",
+             f"best val value: {best.value:.4f} (trial {best.number})"]
+    items += [f"`{k}` = {v:.6g}" if isinstance(v, float) else f"`{k}` = {v}" for k, v in best.params.items()]
+    fixed = [o for o in best.user_attrs.get("overrides", [])  # the searched values are listed above
+             if ("loss_weights" in o or "weighting" in o) and o.lstrip("+~").split("=")[0] not in best.params]
+    if fixed:
+        items.append(f"fixed: {', '.join(f'`{o}`' for o in fixed)}")
+    items.append(f"re-runs: {len(a.records)} seeds, {duration(rerun_s)} training, "
+                 f"{sum(r.get('epochs', 0) for r in a.records) / len(a.records):.1f} epochs on average")
+    return items
+
+
+def setup_text(seeds: Sequence[int], extra: Sequence[str],
+               what: str = "Each arm's best configuration",
+               family: str = "all the arms compared with the reference") -> str:
+    """How the numbers were made, both kinds of interval named."""
+    fidelity = "".join(f" `{o}`" for o in extra)
+    return (f"{what} re-trained for seeds {seeds[0]}–{seeds[-1]} ({len(seeds)} seeds) with its best "
+            f"trial's settings{' and' + fidelity if extra else ''}, then tested once on the full test "
+            f"split. Accuracy intervals: {100 * LEVEL:.0f}% {INTERVAL}. Differences: Welch's "
+            f"{100 * LEVEL:.0f}% interval in percentage points; Holm adjusts the p-values over {family}.")
+
+
+def blocks(c: Comparison) -> list[Block]:
+    """The whole report in order: setup, verdicts, tables, best configurations, figures."""
+    out: list[Block] = [Para(setup_text(c.reference.seeds, c.extra)), Heading("Verdicts"),
+                        Bullets(c.sentences())]
+    for heading, t in [("Test accuracy (mean over seeds, [95% CI])", accuracy_table(c)),
+                       (f"Against {c.reference.name}: {c.metric}", contrast_table(c)),
+                       (f"{c.metric} per seed (%)", seed_table(c))]:
+        out += [Heading(heading), TableBlock(t)]
+    out.append(Heading("Best configurations"))
+    for a in c.arms:
+        out += [Heading(a.name, 3), Bullets(study_items(a))]
+    out.append(Heading("Figures"))
+    return out + list(comparison_figures(c.arms, c.metric))
+
+
+def write(out_dir: Path, c: Comparison, title: str, inline_js: bool = False) -> tuple[Path, Path]:
+    """Write report.md and report.html into `out_dir`; return both paths."""
+    return doc.write(out_dir, title, blocks(c), inline_js)
+
+
+def title_of(arms: Sequence[str], reference: str) -> str:
+    """`a, b vs reference`."""
+    return f"{', '.join(a for a in arms if a != reference)} vs {reference}"

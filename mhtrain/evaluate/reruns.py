@@ -1,0 +1,136 @@
+"""Re-runs after a search: each study's best configuration re-trained for K seeds and tested once
+on the official test split. Every re-run is stored on its study, so a comparison (or a sweep)
+run again re-trains nothing and an interrupted one resumes where it stopped."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig
+
+from mhtrain import ConfigError
+from mhtrain.config import compose
+from mhtrain.contract import metric_key
+from mhtrain.result import FitResult
+from mhtrain.study.storage import open_storage
+from mhtrain.train import fit
+
+RERUNS = "reruns"  # study user attribute: {"trial<n>|seed<s>|<extra overrides>": rerun record}
+RERUN_MODE = ["test=true", "trainer.enable_progress_bar=false"]
+RERUN_ROOT = "runs/compare"
+
+# on_done(study name, seed, value of the test metric, trained now (False: stored), seconds)
+OnDone = Callable[[str, int, float, bool, float], None]
+
+
+def rerun_key(trial: optuna.trial.FrozenTrial, seed: int, extra: Sequence[str]) -> str:
+    """Where a re-run is stored on its study: the best trial, the seed and the fidelity, so a
+    new best trial or other overrides re-train and anything else is found stored."""
+    return "|".join([f"trial{trial.number}", f"seed{seed}", *extra])
+
+
+def test_metric(ostudy: optuna.Study) -> str:
+    """The test counterpart of the study's val metric (val/digit_acc -> test/digit_acc)."""
+    metric = (ostudy.metric_names or [None])[0] or ostudy.user_attrs["config"]["metric"]
+    return "test/" + metric.removeprefix("val/")
+
+
+def open_arms(storage_url: str, names: Sequence[str]) -> list[optuna.Study]:
+    """Load every arm's study, refusing (before any training) a missing or unfinished one and
+    arms that optimize different metrics."""
+    storage = open_storage(storage_url, must_exist=True)  # a mistyped path creates nothing
+    studies = []
+    for name in names:
+        try:
+            ostudy = optuna.load_study(study_name=name, storage=storage)
+        except KeyError:
+            raise ConfigError(f"no study {name} in {storage_url}; run it first") from None
+        try:
+            ostudy.best_trial  # noqa: B018 - raises when no trial has completed
+        except ValueError:
+            raise ConfigError(f"study {name} has no completed trial; run it first") from None
+        studies.append(ostudy)
+    metrics = {s.study_name: test_metric(s) for s in studies}
+    if len(set(metrics.values())) > 1:
+        raise ConfigError(f"the arms optimize different metrics {metrics}: nothing to compare")
+    return studies
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One study's best configuration re-trained once per seed: one stored record per seed
+    (test metrics, `train/weight_<head>` per epoch, seconds, epochs). `label` names the arm in
+    tables when its study's name says more (a sweep's `loss_weights@train_subset:500`)."""
+
+    study: optuna.Study
+    seeds: list[int]
+    records: list[dict[str, Any]]
+    label: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.label or self.study.study_name
+
+    @property
+    def heads(self) -> list[str]:
+        accs = [k.removeprefix("test/").removesuffix("_acc") for k in self.records[0]
+                if k.startswith("test/") and k.endswith("_acc")]
+        return [h for h in accs if h not in ("avg", "weighted")]
+
+    def values(self, metric: str) -> list[float]:
+        return [r[metric] for r in self.records]
+
+    def weights(self, head: str) -> list[list[float]]:
+        """The head's loss weight after each epoch, per seed (empty for runs stored without)."""
+        return [r.get(metric_key("train", head, "weight"), []) for r in self.records]
+
+
+def _folder(name: str) -> str:
+    """A study name as one folder name that a Hydra override value can carry."""
+    return re.sub(r"[^A-Za-z0-9_.@:+-]", "_", name)
+
+
+def rerun_config(ostudy: optuna.Study, seed: int, extra: Sequence[str] = ()) -> DictConfig:
+    """The composed config that re-trains the study's best trial with `seed` and `extra` on top
+    (checked, like every composed config, before anything trains)."""
+    best = ostudy.best_trial
+    kept = [o for o in best.user_attrs["overrides"] if not o.startswith("seed=")]
+    fidelity = f"_{hashlib.sha1('|'.join(extra).encode()).hexdigest()[:8]}" if extra else ""
+    folder = f"{RERUN_ROOT}/{_folder(ostudy.study_name)}/trial{best.number}_seed{seed}{fidelity}"
+    out = f"paths.output_dir={folder}"
+    return compose(best.user_attrs["experiment"], [*kept, f"seed={seed}", *extra, *RERUN_MODE, out])
+
+
+def record_of(result: FitResult) -> dict[str, Any]:
+    """What a re-run stores: its test metrics, time, epochs and each head's weight per epoch."""
+    record: dict[str, Any] = {**result.test, "seconds": round(result.seconds, 2), "epochs": result.epochs}
+    for h in result.heads:
+        key = metric_key("train", h, "weight")
+        record[key] = [e[key] for e in result.train_history if key in e]
+    return record
+
+
+def rerun_best(ostudy: optuna.Study, seeds: Sequence[int], extra: Sequence[str] = (),
+               on_done: OnDone = lambda *_: None, label: str | None = None) -> Arm:
+    """Re-train the best trial with each seed and test it; stored runs are not repeated."""
+    best = ostudy.best_trial
+    metric = test_metric(ostudy)
+    records = []
+    for seed in seeds:
+        key = rerun_key(best, seed, extra)
+        stored = ostudy.user_attrs.get(RERUNS, {})
+        trained = key not in stored
+        if trained:
+            record = record_of(fit(rerun_config(ostudy, seed, extra)))
+            # re-read before writing: another compare may have stored other seeds meanwhile
+            stored = {**ostudy.user_attrs.get(RERUNS, {}), key: record}
+            ostudy.set_user_attr(RERUNS, stored)
+        records.append(stored[key])
+        on_done(ostudy.study_name, seed, records[-1][metric], trained,
+                records[-1].get("seconds", 0.0))
+    return Arm(ostudy, list(seeds), records, label)

@@ -1,0 +1,197 @@
+"""The swept comparison's numbers and report: at every value, each arm's mean test accuracy with
+its interval and its difference from the reference (Welch), Holm-adjusted over all the
+comparisons of the sweep (arms x values) as one family; one sentence per value to quote; the
+accuracy against the swept value as a figure."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import plotly.graph_objects as go
+from optuna.trial import TrialState
+
+from mhtrain.evaluate import document as doc
+from mhtrain.evaluate.document import Block, Bullets, Figure, Heading, Para, Table, TableBlock
+from mhtrain.evaluate.report import pct, setup_text
+from mhtrain.evaluate.reruns import Arm
+from mhtrain.evaluate.stats import LEVEL, Contrast, adjust, contrast, mean_ci, p_text, plural, pp
+from mhtrain.evaluate.sweep import Over, Point
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """A sweep's re-trained arms at every value and their contrasts, Holm over the sweep."""
+
+    over: Over
+    points: list[Point]
+    arms: list[list[Arm]]  # per point, every arm (the reference among them)
+    reference: str
+    metric: str
+    contrasts: list[list[Contrast]]  # per point, every other arm against the reference
+
+    @property
+    def family(self) -> int:
+        return max((c.family for cs in self.contrasts for c in cs), default=0)
+
+    def arm(self, i: int, name: str) -> Arm:
+        return next(a for a in self.arms[i] if a.name == name)
+
+    def names(self) -> list[str]:
+        return [a.name for a in self.arms[0]]
+
+
+def analyse(over: Over, points: Sequence[Point], arms: Sequence[Sequence[Arm]], reference: str,
+            metric: str) -> SweepResult:
+    """Every arm against the reference at every value; Holm over all of them at once, so a
+    difference found at one value out of many is judged as one of many."""
+    family = []
+    for point_arms in arms:
+        ref = next(a for a in point_arms if a.name == reference)
+        family += [contrast(a.name, a.values(metric), ref.name, ref.values(metric), metric)
+                   for a in point_arms if a.name != reference]
+    adjusted, per_point = adjust(family), len(arms[0]) - 1
+    split = [adjusted[i * per_point:(i + 1) * per_point] for i in range(len(arms))]
+    return SweepResult(over, list(points), [list(a) for a in arms], reference, metric, split)
+
+
+def where(r: SweepResult, point: Point) -> str:
+    """How a sentence names the value: by its training images for a subset, else the setting."""
+    if r.over.is_subset:
+        return f"With {point.label.replace(' (all)', '')} training images (`{r.over.override(point.value)}`)"
+    return f"At `{r.over.override(point.value)}`"
+
+
+def sentence(r: SweepResult, i: int) -> str:
+    """One quotable sentence per value: every arm against the reference, with the Holm family."""
+    point, ref = r.points[i], r.arm(i, r.reference)
+    parts = []
+    for c in r.contrasts[i]:
+        mean = 100 * sum(c.arm_values) / len(c.arm_values)
+        if math.isnan(c.p):
+            parts.append(f"{c.arm} {mean:.2f}%, {pp(c.diff)} (cannot be judged: no spread over the seeds)")
+            continue
+        parts.append(f"{c.arm} {mean:.2f}%, {pp(c.diff)} ({100 * LEVEL:.0f}% CI {pp(c.low)} to "
+                     f"{pp(c.high)}, Holm-adjusted p = {c.p_holm:.3g}: {c.verdict()})")
+    seeds = len(ref.records)
+    return (f"{where(r, point)}, against {r.reference} at {100 * sum(ref.values(r.metric)) / seeds:.2f}% "
+            f"{r.metric}: {'; '.join(parts)}; Holm over {'all ' * (r.family > 1)}"
+            f"{plural(r.family, 'comparison')} of the "
+            f"sweep, {seeds} seeds per arm.")
+
+
+def table(r: SweepResult) -> Table:
+    """Value by value, arm by arm: mean with interval, difference with interval, both p-values."""
+    rows = [[r.over.short, "arm", f"{r.metric} (%) [{100 * LEVEL:.0f}% CI]",
+             f"vs {r.reference} (pp) [{100 * LEVEL:.0f}% CI]", "Welch p", "Holm-adjusted p"]]
+    for i, point in enumerate(r.points):
+        by_arm = {c.arm: c for c in r.contrasts[i]}
+        for a in r.arms[i]:
+            mean, low, high = mean_ci(a.values(r.metric))
+            cells = [point.label, a.name, f"{pct(mean)} [{pct(low)}, {pct(high)}]"]
+            c = by_arm.get(a.name)
+            cells += (["reference", "", ""] if c is None else
+                      [f"{100 * c.diff:+.2f} [{100 * c.low:+.2f}, {100 * c.high:+.2f}]",
+                       p_text(c.p), p_text(c.p_holm)])
+            rows.append(cells)
+    return rows
+
+
+def _count(trials: Sequence, state: TrialState) -> int:
+    return sum(t.state == state for t in trials)
+
+
+def best_table(r: SweepResult) -> Table:
+    """Each arm's best configuration at each value, and what its search cost."""
+    rows = [[r.over.short, "arm", "trials (complete / pruned)", "best val", "searched values"]]
+    for i, point in enumerate(r.points):
+        for a in r.arms[i]:
+            trials = a.study.get_trials(deepcopy=False)
+            best = a.study.best_trial
+            values = ", ".join(f"`{k.rsplit('.', 1)[-1]}` {v:.3g}" if isinstance(v, float) else f"`{k}` {v}"
+                               for k, v in best.params.items())
+            states = f"{_count(trials, TrialState.COMPLETE)} / {_count(trials, TrialState.PRUNED)}"
+            rows.append([point.label, a.name, states, f"{best.value:.4f} (trial {best.number})", values])
+    return rows
+
+
+def _axis(r: SweepResult) -> tuple[list, dict]:
+    numeric = all(p.x is not None for p in r.points)
+    if not numeric:
+        return [p.label for p in r.points], {"type": "category"}
+    xs = [p.x for p in r.points]
+    log = r.over.is_subset or (min(xs) > 0 and max(xs) / min(xs) >= 100)
+    return xs, {"type": "log" if log else "linear", "tickvals": xs, "ticktext": [p.label for p in r.points]}
+
+
+def _dodge(xs: list, axis: dict, k: int, n: int) -> list:
+    """Shift the k-th of n lines a little sideways, so their error bars do not hide each other."""
+    if axis["type"] == "category":
+        return xs
+    shift = 0.012 * (k - (n - 1) / 2)
+    if axis["type"] == "log":
+        return [x * 10 ** shift for x in xs]
+    span = (max(xs) - min(xs)) or 1.0
+    return [x + shift * span for x in xs]
+
+
+def figures(r: SweepResult) -> list[Figure]:
+    """Test accuracy against the value (one line per arm) and each difference from the
+    reference against it; log x for a training subset, `null` placed at its size."""
+    xs, axis = _axis(r)
+    title = f"{r.over.short}" + (" (training images, log scale)" if r.over.is_subset else "")
+    acc, diff = go.Figure(), go.Figure()
+    names = r.names()
+    for k, name in enumerate(names):
+        cis = [[100 * v for v in mean_ci(r.arm(i, name).values(r.metric))] for i in range(len(r.points))]
+        acc.add_trace(go.Scatter(
+            x=_dodge(xs, axis, k, len(names)), y=[m for m, _, _ in cis], name=name, mode="lines+markers",
+            error_y={"type": "data", "symmetric": False, "array": [h - m for m, _, h in cis],
+                     "arrayminus": [m - lo for m, lo, _ in cis]}))
+        if name == r.reference:
+            continue
+        cs = [next(c for c in r.contrasts[i] if c.arm == name) for i in range(len(r.points))]
+        diff.add_trace(go.Scatter(
+            x=_dodge(xs, axis, k, len(names)), y=[100 * c.diff for c in cs], name=name, mode="lines+markers",
+            error_y={"type": "data", "symmetric": False, "array": [100 * (c.high - c.diff) for c in cs],
+                     "arrayminus": [100 * (c.diff - c.low) for c in cs]}))
+    acc.update_layout(xaxis={"title": title, **axis}, yaxis_title=f"{r.metric} (%), mean over seeds")
+    diff.add_hline(y=0, line_dash="dot")
+    diff.update_layout(xaxis={"title": title, **axis}, yaxis_title=f"difference from {r.reference} (pp)")
+    return [Figure(f"{r.metric} against {r.over.key} ({100 * LEVEL:.0f}% CI per point)", acc),
+            Figure(f"Difference from {r.reference} against {r.over.key} (Welch {100 * LEVEL:.0f}% CI)", diff)]
+
+
+def describe(r: SweepResult, n_trials: int, search: Sequence[str], rerun: Sequence[str],
+             full: int | None) -> list[str]:
+    """How the numbers were made: budget, fidelities, intervals, the family, what `null` means."""
+    seeds = r.arms[0][0].seeds
+    lines = [f"At every value of `{r.over.key}` ({', '.join(p.value for p in r.points)}) each arm's "
+             f"study was searched on its own: {n_trials} trials with its config's pruner, search "
+             f"fidelity {' '.join(f'`{o}`' for o in search) or 'the study defaults'}, the same for "
+             "every arm.",
+             setup_text(seeds, [*rerun, f"{r.over.key}=<value>"], "Then each arm's best configuration was",
+                        f"all {plural(r.family, 'comparison')} of the sweep at once "
+                        f"({plural(len(r.names()) - 1, 'arm')} x {plural(len(r.points), 'value')})")]
+    if r.over.is_subset and full is not None:
+        lines.append(f"`null` means the full training set: {full:,} images (the training split less "
+                     "the validation set). Every value trains for the same epochs, so a smaller set "
+                     "also takes fewer optimizer steps.")
+    return lines
+
+
+def blocks(r: SweepResult, setup: Sequence[str]) -> list[Block]:
+    """The whole report in order: setup, one verdict per value, table, figures, configurations."""
+    return [*(Para(s) for s in setup), Heading("Verdicts"),
+            Bullets([sentence(r, i) for i in range(len(r.points))]),
+            Heading(f"{r.metric} against {r.over.key}"), TableBlock(table(r)), *figures(r),
+            Heading("Best configuration per value"), TableBlock(best_table(r))]
+
+
+def write(out_dir: Path, r: SweepResult, setup: Sequence[str], title: str,
+          inline_js: bool = False) -> tuple[Path, Path]:
+    """Write report.md and report.html into `out_dir`; return both paths."""
+    return doc.write(out_dir, title, blocks(r, setup), inline_js)
+

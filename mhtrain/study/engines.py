@@ -1,0 +1,132 @@
+"""The two ways a worker trains trials, behind one call: `Solo` trains one trial with `fit`,
+`Population` trains up to K at once as one stacked model. Both start, report and end their
+trials through the `Lifecycle` and nothing else; this is the only study module that needs
+Lightning."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Protocol
+
+import lightning as L
+import optuna
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from mhtrain.population import Member
+from mhtrain.population.fit import fit_population, member_from_config
+from mhtrain.result import FitResult
+from mhtrain.study import interrupt
+from mhtrain.study.ledger import reap
+from mhtrain.study.lifecycle import Lifecycle
+from mhtrain.study.trials import search_base
+from mhtrain.train import fit
+
+
+class StopOnRequest(Callback):
+    """Ends a trial's training at the next batch once a stop was asked for."""
+
+    def on_train_batch_end(self, *_: Any) -> None:
+        interrupt.check()
+
+    def on_validation_batch_end(self, *_: Any) -> None:
+        interrupt.check()
+
+    def on_train_epoch_start(self, *_: Any) -> None:
+        interrupt.check()
+
+
+class PruningCallback(Callback):
+    """Reports each validation epoch's metrics through the lifecycle; stops training cleanly
+    when the pruner says so (`stop_reason` tells `fit` why it ended)."""
+
+    def __init__(self, life: Lifecycle, trial: optuna.Trial) -> None:
+        self.life, self.trial = life, trial
+        self.stop_reason: str | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if not self.life.report(self.trial, trainer.current_epoch, metrics):
+            self.stop_reason = "pruned"
+            trainer.should_stop = True
+
+
+def checkpoint_saver(life: Lifecycle, output_dir: str) -> list[Callback]:
+    """The callback that keeps the trial's best epoch, when the study keeps checkpoints."""
+    study = life.study
+    if study.keep_checkpoints == "none":
+        return []
+    return [ModelCheckpoint(dirpath=Path(output_dir) / "checkpoints", filename="best",
+                            monitor=study.metric, mode="min" if study.direction == "minimize" else "max",
+                            save_top_k=1, save_last=False)]
+
+
+class Engine(Protocol):
+    def run(self, life: Lifecycle) -> None:
+        """Train trials the lifecycle starts until it has no room (a solo engine: one)."""
+
+
+class Solo:
+    """One trial at a time, trained by `mhtrain.train.fit`."""
+
+    def run(self, life: Lifecycle) -> None:
+        started = life.start()
+        if started is None:
+            return
+        trial, cfg = started
+        callbacks = [PruningCallback(life, trial), StopOnRequest(),
+                     *checkpoint_saver(life, cfg.paths.output_dir)]
+        life.run(trial, lambda: fit(cfg, callbacks=callbacks))
+
+
+class TrialMembers:
+    """The population's member source backed by the lifecycle: members are started trials."""
+
+    def __init__(self, life: Lifecycle, base: Any) -> None:
+        self.life, self.base = life, base
+        self.cohort: dict[int, list[int]] = {}  # trial -> the trials training with it when it joined
+
+    def next(self, free: int) -> list[Member]:
+        life, members = self.life, []
+        if free > 0:
+            reap(life.ostudy)
+        while (len(members) < free and not interrupt.requested() and life.room()
+               and not life.past_deadline()):
+            started = life.start()
+            if started is None:
+                break
+            trial, cfg = started
+            members.append(member_from_config(cfg, trial, self.base))
+        for member in members:
+            self.cohort[member.key.number] = sorted(life.running)
+        return members
+
+    def report(self, member: Member, epoch: int, metrics: dict[str, float]) -> bool:
+        return self.life.report(member.key, epoch, metrics)
+
+    def finish(self, member: Member, result: FitResult) -> None:
+        # a member matches its solo run only up to floating-point order: say with whom it ran
+        cohort = {"cohort": self.cohort.pop(member.key.number, [])}
+        self.life.end(member.key, dataclasses.replace(
+            result, population={**(result.population or {}), **cohort}))
+
+
+class Population:
+    """Up to `k` trials at once as one stacked model; members join as others leave."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def run(self, life: Lifecycle) -> None:
+        base = search_base(life.study.experiment, life.study.overrides)
+        try:
+            fit_population(base, TrialMembers(life, base), self.k, callbacks=[StopOnRequest()])
+        except BaseException as e:
+            life.fail_running(e)
+            raise
+
+
+def engine(population: int) -> Engine:
+    return Population(population) if population > 1 else Solo()

@@ -1,0 +1,144 @@
+"""One trial's life, the same for a solo run and a population member: ask (owner recorded),
+room in the budget, the over-budget step-back, report and prune, record, tell or fail.
+
+This is the only code that tells Optuna a trial's state: every outcome becomes one in `end`, as
+Optuna's own `_run_trial` maps them in one place. Engines call it; it imports no Lightning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+
+import optuna
+from omegaconf import DictConfig
+from optuna.trial import TrialState
+from tqdm import tqdm
+
+from mhtrain.result import FitResult
+from mhtrain.study import checkpoints
+from mhtrain.study.interrupt import StudyInterrupted
+from mhtrain.study.ledger import FINISHED, counts, n_done, owner, show
+from mhtrain.study.space import StudyConfig
+from mhtrain.study.storage import Heartbeat
+from mhtrain.study.trials import trial_config
+
+OVER_BUDGET = "over_budget"  # trial user attribute: asked in a race for the last slot, not run
+FAIL_REASON = "fail_reason"  # trial user attribute: why it failed, in one line
+
+
+def reason(error: BaseException) -> str:
+    if isinstance(error, StudyInterrupted | KeyboardInterrupt):
+        return "interrupted (Ctrl-C or SIGTERM); re-run the command to resume"
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"[:500]
+
+
+class Lifecycle:
+    """The trials one worker runs in one study: which are running, which a pruner stopped."""
+
+    def __init__(self, study: StudyConfig, ostudy: optuna.Study, heartbeat: Heartbeat,
+                 bar: tqdm | None = None, deadline: float | None = None) -> None:
+        self.study, self.ostudy, self.heartbeat, self.bar = study, ostudy, heartbeat, bar
+        self.deadline = deadline
+        self.running: dict[int, optuna.Trial] = {}
+        self.pruned: set[int] = set()
+
+    def room(self) -> bool:
+        """Whether the budget allows one more trial now: trials other workers are running count,
+        so K workers do not overshoot; enqueued ones (retries, warm starts) always may start."""
+        state = counts(self.ostudy)
+        return (n_done(state) + state[TrialState.RUNNING] < self.study.n_trials
+                or state[TrialState.WAITING] > 0)
+
+    def past_deadline(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def _over_budget(self, number: int) -> bool:
+        """Processes that asked at the same moment each saw room for one more; the
+        later-numbered ones step back (FAIL, marked, never trained)."""
+        ahead = [t for t in self.ostudy.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+                 if t.number <= number]
+        return len(ahead) > self.study.n_trials
+
+    def start(self) -> tuple[optuna.Trial, DictConfig] | None:
+        """Ask a trial and give it its config; None when it was one too many (it steps back)."""
+        trial = self.ostudy.ask()
+        trial.set_user_attr("owner", owner())  # at once: the reaper judges a trial by its owner
+        if self._over_budget(trial.number):
+            trial.set_user_attr(OVER_BUDGET, True)
+            self._tell(trial, TrialState.FAIL)
+            return None
+        self.running[trial.number] = trial
+        self.heartbeat.add([trial._trial_id])
+        try:
+            return trial, trial_config(self.study, trial)
+        except BaseException as e:
+            self.end(trial, error=e)
+            raise
+
+    def run(self, trial: optuna.Trial, train: Callable[[], FitResult]) -> TrialState:
+        """Train a started trial and end it, whatever happens."""
+        try:
+            result = train()
+        except BaseException as e:
+            self.end(trial, error=e)
+            raise
+        return self.end(trial, result)
+
+    def report(self, trial: optuna.Trial, epoch: int, metrics: Mapping[str, float]) -> bool:
+        """Report the metric after `epoch` (from 0); False when the pruner stops the trial. The
+        step is the number of epochs trained, so a pruner's resources are epochs, as
+        bench/pruning.py measured them."""
+        trial.report(float(metrics[self.study.metric]), step=epoch + 1)
+        if trial.should_prune():
+            self.pruned.add(trial.number)
+            return False
+        return True
+
+    def end(self, trial: optuna.Trial, result: FitResult | None = None,
+            error: BaseException | None = None) -> TrialState:
+        """Every outcome to a state: an error is FAIL (its reason recorded), a pruner's stop
+        PRUNED, anything else COMPLETE with the best value over epochs."""
+        state, value = TrialState.FAIL, None
+        try:
+            if error is not None or result is None:
+                with contextlib.suppress(Exception):  # the storage itself may be what failed
+                    trial.set_user_attr(FAIL_REASON, reason(error or RuntimeError("no result")))
+            else:
+                value = self._record(trial, result)
+                state = TrialState.PRUNED if trial.number in self.pruned else TrialState.COMPLETE
+                checkpoints.keep(self.study, trial, result.checkpoint,
+                                 value if state == TrialState.COMPLETE else None)
+        finally:
+            self.heartbeat.remove([trial._trial_id])
+            self.running.pop(trial.number, None)
+            self.pruned.discard(trial.number)
+            self._tell(trial, state, value if state == TrialState.COMPLETE else None)
+            show(self.bar, self.ostudy, counts(self.ostudy), self.study.n_trials)
+        return state
+
+    def fail_running(self, error: BaseException) -> None:
+        """End every trial still running here as failed (an engine broke under all of them)."""
+        for trial in list(self.running.values()):
+            self.end(trial, error=error)
+
+    def _record(self, trial: optuna.Trial, result: FitResult) -> float:
+        """Store what the run measured on its trial; return the objective value."""
+        for key, value in result.best.items():
+            if key.endswith("_acc") or key == self.study.metric:
+                trial.set_user_attr(f"best_{key}", value)
+        for key, value in (("epochs", result.epochs), ("seconds", round(result.seconds, 2)),
+                           ("params", result.params), ("stopped", result.stopped),
+                           ("population", result.population)):
+            if value is not None:
+                trial.set_user_attr(key, value)
+        return result.best[self.study.metric]
+
+    def _tell(self, trial: optuna.Trial, state: TrialState, value: float | None = None) -> None:
+        if state != TrialState.FAIL:
+            self.ostudy.tell(trial, value, state=state)
+            return
+        # a reaper (another worker, or the heartbeat) may have failed it first
+        with contextlib.suppress(RuntimeError, ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            self.ostudy.tell(trial, state=TrialState.FAIL)

@@ -1,0 +1,88 @@
+"""One searched config key and its distribution, checked when a study config is read."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from mhtrain import ConfigError
+
+TYPES = ("float", "int", "categorical")
+PARAM_KEYS = ("type", "low", "high", "log", "step", "choices")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched config key and its distribution."""
+
+    key: str
+    type: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple | None = None
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        if self.type == "categorical":
+            return trial.suggest_categorical(self.key, list(self.choices))
+        if self.type == "int":
+            return trial.suggest_int(self.key, int(self.low), int(self.high),
+                                     step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
+
+    def grid(self) -> list:
+        """The values a grid search tries: the choices, or every step of a stepped range."""
+        if self.type == "categorical":
+            return list(self.choices)
+        if self.step is None and self.type == "float":
+            raise ConfigError(f"search_space.{self.key}: a grid search needs `step` or `choices`")
+        step = self.step or 1
+        n = int(round((self.high - self.low) / step))
+        return [self.low + i * step for i in range(n + 1)]
+
+
+def parse_param(key: str, spec: Mapping) -> Param:
+    where = f"search_space.{key}"
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"{where}={spec!r}: must be a mapping like {{type: float, low: 0, high: 1}}")
+    unknown = sorted(set(spec) - set(PARAM_KEYS))
+    if unknown:
+        raise ConfigError(f"{where} has unknown keys {unknown}; known: {', '.join(PARAM_KEYS)}")
+    kind = spec.get("type")
+    if kind not in TYPES:
+        raise ConfigError(f"{where}.type={kind!r}: must be one of {', '.join(TYPES)}")
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not choices:
+            raise ConfigError(f"{where}: categorical needs a non-empty `choices` list")
+        return Param(key, kind, choices=tuple(choices))
+    low, high, log, step = spec.get("low"), spec.get("high"), bool(spec.get("log", False)), spec.get("step")
+    if low is None or high is None:
+        raise ConfigError(f"{where}: {kind} needs `low` and `high`")
+    if low >= high:
+        raise ConfigError(f"{where}: low={low} >= high={high}; the range is empty or inverted")
+    if log and low <= 0:
+        raise ConfigError(f"{where}: log=true needs low > 0 (got low={low})")
+    if log and step is not None:
+        raise ConfigError(f"{where}: `step` and `log` cannot be combined")
+    if step is not None and step <= 0:
+        raise ConfigError(f"{where}: step={step} must be > 0")
+    return Param(key, kind, float(low), float(high), log, step)
+
+
+def stored(p: Param) -> dict[str, Any]:
+    """The distribution as stored on a study (JSON values): every bound kept, `low: 0.0`
+    included; `log` and `step` only when set."""
+    out: dict[str, Any] = {"type": p.type}
+    if p.type == "categorical":
+        return {**out, "choices": list(p.choices or ())}
+    out |= {"low": p.low, "high": p.high}
+    if p.log:
+        out["log"] = True
+    if p.step is not None:
+        out["step"] = p.step
+    return out

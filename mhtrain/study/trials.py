@@ -1,0 +1,72 @@
+"""A trial's config: the study's experiment and fixed overrides, composed once per process in
+search mode, with the trial's suggested values and seed applied (what re-runs it is recorded)."""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mhtrain import ConfigError
+from mhtrain.config import compose
+
+if TYPE_CHECKING:
+    from mhtrain.study.space import StudyConfig
+
+# How a trial runs, not what it trains: never the test split, no checkpoints, no epoch bars.
+SEARCH_MODE = ("test=false", "callbacks.model_checkpoint=null", "++trainer.enable_checkpointing=false",
+               "trainer.enable_progress_bar=false")
+OUTPUT_ROOT = "output_root"  # study user attribute: the folder that holds this study's trials
+
+
+@functools.lru_cache(maxsize=8)
+def search_base(experiment: str, overrides: tuple[str, ...]) -> DictConfig:
+    """What every trial's config starts from: the experiment, the study's fixed overrides and
+    search mode, composed once per process (Hydra's compose is most of a trial's start-up)."""
+    return compose(experiment, [*overrides, *SEARCH_MODE])
+
+
+@functools.cache
+def _parser() -> OverridesParser:
+    return OverridesParser.create()  # builds a grammar: once per process, not per trial
+
+
+def with_values(base: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """A copy of `base` with value overrides (`key=v`, `++key=v`) applied as Hydra's compose
+    applies them: the same parser gives the same typed values; `fit` then checks the result."""
+    cfg = copy.deepcopy(base)
+    try:
+        for o in _parser().parse_overrides(list(overrides)):
+            OmegaConf.update(cfg, o.key_or_group, o.value(), merge=True, force_add=True)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(" ".join(str(e).split())) from None
+    return cfg
+
+
+def trial_values(study: StudyConfig, trial: optuna.Trial) -> list[str]:
+    """What differs from trial to trial: the suggested values, the seed, the metric."""
+    suggested = [f"++{p.key}={p.suggest(trial)}" for p in study.search_space]
+    return [*suggested, f"seed={study.seed + trial.number}", f"optimized_metric={study.metric}"]
+
+
+def trial_config(study: StudyConfig, trial: optuna.Trial) -> DictConfig:
+    """Suggest the trial's values, record on it all that re-runs it, and return its search-mode
+    config, writing to the trial's own folder inside its study's folder."""
+    values = trial_values(study, trial)
+    output_dir = (Path(trial.study.user_attrs[OUTPUT_ROOT]) / f"trial_{trial.number:04d}").resolve()
+    keeping = ["++trainer.enable_checkpointing=true"] if study.keep_checkpoints != "none" else []
+    cfg = with_values(search_base(study.experiment, study.overrides),
+                      [*values, f"paths.output_dir={output_dir}", *keeping])
+    for key, value in (("experiment", study.experiment), ("overrides", [*study.overrides, *values]),
+                       ("seed", study.seed + trial.number), ("output_dir", str(output_dir)),
+                       ("max_epochs", cfg.trainer.max_epochs)):
+        trial.set_user_attr(key, value)
+    return cfg

@@ -1,0 +1,136 @@
+"""Many worker processes on one machine: each trains its own trials (or population) of the
+study, sees one GPU (worker i: GPU i mod G, set before it imports torch), and is replaced when
+it dies, its running trials failed and re-run."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from tqdm import tqdm
+
+from mhtrain.study import interrupt
+from mhtrain.study.interrupt import StudyInterrupted
+from mhtrain.study.ledger import POLL_S, counts, finished, n_done, reap, show
+from mhtrain.study.space import StudyConfig
+
+GPU_ENV = "CUDA_VISIBLE_DEVICES"
+
+
+@dataclass
+class Outcome:
+    """How a run ended, for a summary that tells the truth."""
+
+    interrupted: bool = False
+    timed_out: bool = False
+    deaths: list[str] = field(default_factory=list)
+
+
+def visible_gpus(gpus: Sequence[str] | None = None) -> list[str]:
+    """The GPUs workers are spread over: `gpus` if given, else this process's visible ones."""
+    if gpus is not None:
+        return list(gpus)
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    listed = [d.strip() for d in os.environ.get(GPU_ENV, "").split(",") if d.strip()]
+    return listed or [str(i) for i in range(torch.cuda.device_count())]
+
+
+def auto_workers() -> int:
+    """`--workers auto`: one worker per GPU, one on a machine without."""
+    return max(1, len(visible_gpus()))
+
+
+@dataclass
+class Pool:
+    """How workers start: the multiprocessing context, the shared stop, their number and GPUs."""
+
+    ctx: Any
+    stop: Any
+    size: int
+    gpus: list[str]
+
+    def gpu(self, slot: int) -> str | None:
+        return self.gpus[slot % len(self.gpus)] if self.gpus else None
+
+    def start(self, slot: int, args: tuple) -> mp.Process:
+        """Start worker `slot`; a spawned child takes the environment as it is at `start`, so
+        its GPU is set there (torch reads it when the child imports it) and restored after."""
+        gpu, saved = self.gpu(slot), os.environ.get(GPU_ENV)
+        if gpu is not None:
+            os.environ[GPU_ENV] = gpu
+        try:
+            p = self.ctx.Process(target=_worker, args=(*args, self.stop, os.getpid()))
+            p.start()
+        finally:
+            if saved is None:
+                os.environ.pop(GPU_ENV, None)
+            else:
+                os.environ[GPU_ENV] = saved
+        return p
+
+
+def _worker(study: StudyConfig, storage_url: str, timeout: float | None, threads: int,
+            heartbeat: int, stop: Any, parent: int) -> None:
+    interrupt.install(shared=stop, ignore_sigint=True)
+    interrupt.die_with_parent(parent)
+    import torch
+
+    from mhtrain.study.runner import open_study, work
+
+    torch.set_num_threads(threads)
+    try:
+        interrupt.check()
+        ostudy = open_study(study, storage_url, heartbeat, reproducible=False, allow_changes=True)
+        work(study, ostudy, timeout)
+    except StudyInterrupted:
+        os._exit(130)
+
+
+def supervise(study: StudyConfig, storage_url: str, ostudy: optuna.Study, pool: Pool,
+              timeout: float | None, heartbeat: int, bar: tqdm) -> Outcome:
+    """Start the workers, watch every one, replace the dead (re-running their trials) in the
+    same slot and GPU, and on a stop wait for all of them to fail their running trials and exit."""
+    threads = max(1, (os.cpu_count() or 1) // pool.size)
+    args = (study, storage_url, timeout, threads, heartbeat)
+    outcome, replacements = Outcome(), 0
+    procs = {slot: pool.start(slot, args) for slot in range(pool.size)}
+    try:
+        while procs:
+            for slot, p in [(s, p) for s, p in procs.items() if p.exitcode is not None]:
+                del procs[slot]
+                p.join()
+                if p.exitcode == 0 or (p.exitcode == 130 and interrupt.requested()):
+                    continue
+                held = reap(ostudy, dead_pid=p.pid)
+                how = f"signal {-p.exitcode}" if p.exitcode < 0 else f"exit code {p.exitcode}"
+                line = (f"worker pid {p.pid} died ({how}) holding trial(s) "
+                        f"{', '.join(map(str, held)) or 'none'}; they will be re-run")
+                tqdm.write(line)
+                outcome.deaths.append(line)
+                if n_done(counts(ostudy)) < study.n_trials:
+                    if replacements >= 3 * pool.size:
+                        raise RuntimeError(f"{replacements} workers replaced already; giving up")
+                    replacements += 1
+                    procs[slot] = pool.start(slot, args)
+            show(bar, ostudy, counts(ostudy), study.n_trials)
+            if procs and interrupt.wait(POLL_S):
+                interrupt.check()
+    except StudyInterrupted:
+        outcome.interrupted = True
+        pool.stop.set()
+        for p in procs.values():
+            p.join(timeout=60)
+            if p.is_alive():
+                p.kill()
+                p.join()
+            reap(ostudy, dead_pid=p.pid)
+        return outcome  # the killed workers' retries stay enqueued for the next run
+    outcome.timed_out = timeout is not None and finished(ostudy) < study.n_trials
+    return outcome

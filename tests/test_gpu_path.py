@@ -1,0 +1,392 @@
+"""The population's GPU path, checked on the CPU (fast tier) and again on CUDA where there is one.
+
+Needs torch and Lightning only (no Hydra, no Optuna), so it also runs on a bare GPU machine:
+`python -m pytest -q tests/test_gpu_path.py`. Every test marked with DEVICES runs on the CPU and,
+when CUDA is present, on the GPU; float64 makes the solo comparisons exact to rounding on both
+(TF32 never applies to float64).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from mhtrain import ConfigError
+from mhtrain.data.datamodule import MNISTDataModule
+from mhtrain.models import MultiheadLitModule, SimpleCNN
+from mhtrain.population import Member, train_population
+from mhtrain.population.optim import adam_args
+from mhtrain.population.stack import StackedNets
+from mhtrain.population.stacked import Stack
+
+ROOT = Path(__file__).resolve().parent.parent
+HEADS = {"digit": 10, "thickness": 5, "smoothness": 3}
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+# SimpleCNN's layers at a tenth of the width: the same code paths, seconds less per test
+SMALL = partial(SimpleCNN, channels=(4, 8), hidden=16)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tensors this small train faster on one thread; on a busy 2-core machine the second
+    thread's spinning made a test 50x slower (7.5 s instead of 0.15 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def lit(seed: int, dtype: torch.dtype = torch.float32, dropout: float = 0.0,
+        optimizer: type = torch.optim.Adam, weights: dict | None = None, **opt) -> MultiheadLitModule:
+    """A member's model with the initial weights its solo run gets for `seed`."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        model = MultiheadLitModule(net=partial(SMALL, dropout=dropout), heads=HEADS,
+                                   optimizer=partial(optimizer, **{"lr": 1e-3, **opt}), loss_weights=weights)
+    return model.to(dtype)
+
+
+def joining(stack: Stack, models: list, seeds: list[int]) -> list:
+    """What `restack` takes for new members: rows assembled on the host, Adam arguments."""
+    dummy = [torch.zeros(1, requires_grad=True)]
+    return [(stack.member_rows(m, s), adam_args(m.optimizer_factory(params=dummy)))
+            for m, s in zip(models, seeds, strict=True)]
+
+
+def batch(g: torch.Generator, k: int | None, b: int, dtype: torch.dtype, device: str) -> tuple:
+    lead = (b,) if k is None else (k, b)
+    x = torch.randn(*lead, 1, 28, 28, generator=g, dtype=dtype).to(device)
+    return x, {h: torch.randint(0, c, lead, generator=g).to(device) for h, c in HEADS.items()}
+
+
+class OnlyOn(TorchDispatchMode):
+    """Fails any operation that reads or makes a tensor anywhere but on `device` (a 0-dim CPU
+    tensor too, which torch itself would let into a CUDA operation). Python numbers may become
+    tensors on the host on their way to the device (`torch.tensor(...)` then a copy)."""
+
+    HOST_TO_DEVICE = ("aten.lift_fresh", "aten.lift_fresh_copy", "aten._to_copy")
+
+    def __init__(self, device: str) -> None:
+        super().__init__()
+        self.device, self.ops = device, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.ops += 1
+        seen = out if str(func.overloadpacket) in self.HOST_TO_DEVICE else (args, kwargs, out)
+        if func.namespace == "prim" or (str(func.overloadpacket) != "aten._to_copy" and seen is out):
+            return out  # metadata, or a Python value made a host tensor: only its use is judged
+        for t in tree_leaves(seen):
+            if isinstance(t, torch.Tensor) and t.device.type != self.device:
+                raise AssertionError(f"{func} touched a tensor on {t.device}")
+        return out
+
+
+def test_only_on_catches_a_cpu_scalar_in_a_cuda_operation():
+    fake, guard = FakeTensorMode(allow_non_fake_inputs=True), OnlyOn("cuda")
+    with fake, guard, pytest.raises(AssertionError, match="cpu"):
+        torch.ones(2, device="cuda") * torch.tensor(2.0)
+
+
+def test_a_population_on_fake_cuda_keeps_every_tensor_on_the_gpu():
+    # No GPU here and no Lightning Trainer on fake tensors (its CUDA accelerator counts real
+    # devices), so the stacked steps the PopulationModule calls are driven directly; autograd's
+    # engine asks the CUDA driver about every CUDA tensor it meets, so the backward pass is
+    # checked on the meta device (next test) and here gradients are made by hand.
+    models = [lit(1, dropout=0.25, weight_decay=0.01), lit(2, dropout=0.25), lit(3)]
+    stack = Stack(models[0])
+    first, later = joining(stack, models[:2], [1, 2]), joining(stack, models[2:], [3])
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        stack.to("cuda")
+        g = torch.Generator().manual_seed(0)
+        train, val = batch(g, 2, 8, torch.float32, "cpu"), batch(g, None, 8, torch.float32, "cpu")
+        train, val = [(x.to("cuda"), {h: y.to("cuda") for h, y in t.items()}) for x, t in (train, val)]
+        with OnlyOn("cuda") as guard:
+            for keep, lrs, new in (([], [], first), ([1], [5e-4], later)):  # fit start; one leaves, one joins
+                stack.restack(keep, lrs, new)
+                stack.train(True)
+                params = stack.rows["params"]
+                stack.train_step(*train, backward=lambda _, p=params: setattr(p, "grad", torch.ones_like(p)))
+                stack.train(False)
+                stack.val_step(*val)
+                for split in ("train", "val"):
+                    assert all(v.shape == (2,) for v in stack.epoch_metrics(split).values())
+        assert guard.ops > 200
+        assert all(v.device.type == "cuda" for v in [*stack.rows.values(), *stack.cols.values()])
+
+
+def test_a_full_training_step_with_its_backward_stays_on_its_device():
+    models = [lit(1, dropout=0.25), lit(2, weight_decay=0.1, optimizer=torch.optim.AdamW)]
+    stack = Stack(models[0]).to("meta")
+    stack.restack([], [], joining(stack, models, [1, 2]))
+    x, targets = batch(torch.Generator().manual_seed(0), 2, 8, torch.float32, "cpu")
+    x, targets = x.to("meta"), {h: y.to("meta") for h, y in targets.items()}
+    stack.train(True)
+    with OnlyOn("meta"):
+        stack.train_step(x, targets)  # forward, one criterion call per head, backward, Adam
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_n_steps_match_solo_loops(device):
+    # BatchNorm running stats, weights (weight decay: Adam's L2 and AdamW's decoupled), Adam
+    # moments: each member after N steps is its solo run after N steps
+    dt = torch.float64
+    models = [lit(1, dt, weights={"thickness": 0.5}), lit(2, dt, lr=3e-3, weight_decay=0.1),
+              lit(3, dt, optimizer=torch.optim.AdamW, lr=2e-3, weight_decay=0.05, betas=(0.8, 0.95))]
+    solo = [copy.deepcopy(m).to(device) for m in models]
+    stack = Stack(models[0]).to(device)
+    stack.restack([], [], joining(stack, models, [1, 2, 3]))
+    stack.train(True)
+    g = torch.Generator().manual_seed(0)
+    batches = [batch(g, 3, 8, dt, device) for _ in range(5)]
+    losses = torch.stack([stack.train_step(x, t) for x, t in batches])
+    for k, model in enumerate(solo):
+        opt = model.optimizer_factory(params=model.parameters())
+        model.train()
+        for step, (x, t) in enumerate(batches):
+            loss = model.training_step((x[k], {h: y[k] for h, y in t.items()}), step)
+            torch.testing.assert_close(loss.detach(), losses[step, k], rtol=1e-10, atol=0)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        row = torch.cat([p.detach().reshape(-1) for p in model.net.parameters()])
+        # atol: conv biases before BatchNorm have rounding noise for a gradient, which Adam
+        # scales up to ~1e-9 here (a wrong mask, lr or decay moves weights by ~1e-3)
+        torch.testing.assert_close(stack.rows["params"][k].detach(), row, rtol=1e-9, atol=1e-8)
+        for name, buf in model.net.named_buffers():
+            torch.testing.assert_close(stack.buffers[name][k], buf, rtol=1e-9, atol=1e-10)
+        state = opt.state[next(iter(model.net.parameters()))]
+        torch.testing.assert_close(stack.rows["exp_avg"][k, :state["exp_avg"].numel()],
+                                   state["exp_avg"].reshape(-1), rtol=1e-9, atol=1e-15)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_one_criterion_call_per_head_gives_each_members_mean(device):
+    crit = {"digit": nn.CrossEntropyLoss(weight=torch.rand(10) + 0.5, label_smoothing=0.1),
+            "thickness": nn.CrossEntropyLoss(ignore_index=2), "smoothness": nn.CrossEntropyLoss()}
+    with torch.random.fork_rng(devices=[]):
+        model = MultiheadLitModule(net=SMALL, heads=HEADS, optimizer=torch.optim.Adam, criteria=crit)
+    stack = Stack(model).to(device)
+    g = torch.Generator().manual_seed(0)
+    logits = {h: torch.randn(3, 16, c, generator=g).to(device) for h, c in HEADS.items()}
+    targets = {h: torch.randint(0, c, (3, 16), generator=g).to(device) for h, c in HEADS.items()}
+    losses, correct = stack.losses(logits, targets)
+    for i, h in enumerate(HEADS):
+        for k in range(3):
+            expected = model.criteria[h].to(device)(logits[h][k], targets[h][k])
+            torch.testing.assert_close(losses[k, i], expected, rtol=1e-6, atol=1e-7)
+            assert correct[k, i] == (logits[h][k].argmax(-1) == targets[h][k]).sum()
+
+
+def test_a_joining_member_starts_fresh_and_the_survivors_rows_stay_put():
+    a, b, c = lit(1, dropout=0.3), lit(2, dropout=0.3, weight_decay=0.1), lit(3, dropout=0.3)
+    stack = Stack(a)
+    stack.restack([], [], joining(stack, [a, b], [1, 2]))
+    stack.train(True)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        stack.train_step(*batch(g, 2, 8, torch.float32, "cpu"))
+    before = {k: v[0].detach().clone() for k, v in stack.rows.items() if k != "lr"}
+    stack.restack([0], [1e-3], joining(stack, [c], [3]))  # b leaves, c joins
+    for key, value in before.items():
+        assert torch.equal(stack.rows[key][0], value), key
+    fresh = {key: v[1] for key, v in stack.rows.items()}
+    assert torch.equal(fresh["params"], torch.cat([p.detach().reshape(-1) for p in c.net.parameters()]))
+    assert fresh["step"] == 0 and not fresh["exp_avg"].any() and not fresh["exp_avg_sq"].any()
+    for name, buf in c.net.named_buffers():
+        assert torch.equal(stack.buffers[name][1], buf), name
+    assert [v[1] for k, v in stack.rows.items() if k.endswith(".draws")] == [0]  # no masks drawn yet
+    assert stack.rows["weight_decay"].tolist() == [0.0, 0.0] and stack.rows["step"].tolist() == [3.0, 0.0]
+
+
+def test_dropout_masks_do_not_depend_on_who_trains_beside():
+    # member 1 alone, or beside member 2 who leaves for member 3: its masks, so its weights,
+    # are the same (a shared random stream, or a reseeding on join, would change them)
+    dt, g = torch.float64, torch.Generator().manual_seed(0)
+    batches = [batch(g, 2, 8, dt, "cpu") for _ in range(4)]
+    one, two = (Stack(lit(1, dt, dropout=0.5)) for _ in range(2))
+    one.restack([], [], joining(one, [lit(1, dt, dropout=0.5)], [1]))
+    two.restack([], [], joining(two, [lit(1, dt, dropout=0.5), lit(2, dt, dropout=0.5)], [1, 2]))
+    for s in (one, two):
+        s.train(True)
+    for step, (x, t) in enumerate(batches):
+        if step == 1:
+            two.restack([0], [1e-3], joining(two, [lit(3, dt, dropout=0.5)], [3]))
+        one.train_step(x[:1], {h: y[:1] for h, y in t.items()})
+        two.train_step(x, t)
+    # atol: rounding noise in the conv biases' gradients, scaled up by Adam (other masks: ~1e-2)
+    torch.testing.assert_close(two.rows["params"][0], one.rows["params"][0], rtol=1e-9, atol=1e-8)
+
+
+def test_each_member_draws_its_own_masks_at_its_own_rate():
+    nets = [nn.Sequential(nn.Flatten(), nn.Dropout(p)) for p in (0.2, 0.6, 0.2)]
+    stacked = StackedNets(nets[0])
+    rows = [stacked.row(n, seed) for n, seed in zip(nets, (1, 2, 3), strict=True)]
+    buffers = {name: torch.stack([r[1][name] for r in rows]) for name in rows[0][1]}
+    stacked.train(True)
+    out = stacked.forward(torch.zeros(3, 0), buffers, torch.ones(3, 100, 100))
+    dropped = (out == 0).float().mean((1, 2))
+    torch.testing.assert_close(dropped, torch.tensor([0.2, 0.6, 0.2]), atol=0.02, rtol=0)
+    assert (out[0] != out[2]).any()  # same rate, other seed: other masks
+    torch.testing.assert_close(out[1][out[1] != 0], torch.full_like(out[1][out[1] != 0], 2.5))
+    stacked.train(False)
+    assert torch.equal(stacked.forward(torch.zeros(3, 0), buffers, torch.ones(3, 4, 4)), torch.ones(3, 4, 4))
+
+
+def test_batchnorm_takes_a_bf16_input_under_vmap():
+    # under CUDA's bf16 autocast the convolution before it hands BatchNorm a bf16 tensor while
+    # its running stats stay float32: functorch's batching rule refused the mix
+    bns = [nn.BatchNorm2d(4) for _ in range(2)]
+    stacked = StackedNets(nn.Sequential(*bns[:1]))
+    rows = [stacked.row(nn.Sequential(bn), 0) for bn in bns]
+    flat = torch.stack([r[0] for r in rows])
+    buffers = {name: torch.stack([r[1][name] for r in rows]) for name in rows[0][1]}
+    x = torch.randn(2, 8, 4, 5, 5, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    stacked.train(True)
+    out = stacked.forward(flat, buffers, x)
+    assert out.dtype == torch.bfloat16 and buffers["0.running_mean"].dtype == torch.float32
+    for k, bn in enumerate(bns):
+        solo = bn(x[k].float())
+        torch.testing.assert_close(out[k].float(), solo, rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(buffers["0.running_mean"][k], bn.running_mean)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_bf16_autocast_step_trains(device):
+    stack = Stack(lit(1)).to(device)
+    stack.restack([], [], joining(stack, [lit(1), lit(2)], [1, 2]))
+    stack.train(True)
+    before = stack.rows["params"].detach().clone()
+    with torch.autocast(device, dtype=torch.bfloat16):
+        loss = stack.train_step(*batch(torch.Generator().manual_seed(0), 2, 8, torch.float32, device))
+    assert torch.isfinite(loss).all() and not torch.equal(before, stack.rows["params"])
+
+
+def test_bench_gpu_exits_2_with_one_line_without_a_gpu(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "bench" / "gpu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with pytest.raises(SystemExit) as e:
+        bench.main([])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "GPU" in err
+
+
+# -- a real population fit on this machine's device: no host sync inside a step, lrs that a
+# scheduler moves reach the member rows
+
+SYNCS = ("aten._local_scalar_dense", "aten.item", "aten.nonzero", "aten.is_nonzero")
+
+
+class SyncGuard(TorchDispatchMode):
+    """Fails an operation that reads a device value back to the host inside a training step (a
+    scalar read, `nonzero`, a copy to the CPU); counts those outside steps (epoch boundaries)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_step, self.outside = False, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        to_host = str(func.overloadpacket) in ("aten._to_copy", "aten.copy_") and any(
+            t.device.type != "cpu" for t in tree_leaves(args) if isinstance(t, torch.Tensor)) and (
+            isinstance(out, torch.Tensor) and out.device.type == "cpu")
+        if str(func.overloadpacket) in SYNCS or to_host:
+            if self.in_step:
+                raise AssertionError(f"{func} inside a training step")
+            self.outside += 1
+        return out
+
+
+class Window(Callback):
+    """Marks the training steps for a SyncGuard and records the member rows' lrs per epoch."""
+
+    def __init__(self, guard: SyncGuard) -> None:
+        self.guard, self.lrs = guard, []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.lrs.append(pl_module.stack.rows["lr"].tolist())
+
+    def on_train_batch_start(self, *_) -> None:
+        self.guard.in_step = True
+
+    def on_train_batch_end(self, *_) -> None:
+        self.guard.in_step = False
+
+
+class Listed:
+    """A MemberSource over fixed members, each running to its end."""
+
+    def __init__(self, members: list[Member]) -> None:
+        self.todo, self.results = list(members), {}
+
+    def next(self, free: int) -> list[Member]:
+        taken, self.todo = self.todo[:free], self.todo[free:]
+        return taken
+
+    def report(self, member, epoch, metrics) -> bool:
+        return True
+
+    def finish(self, member, result) -> None:
+        self.results[member.key] = result
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_data):
+    from torch.optim.lr_scheduler import StepLR
+
+    def member(seed: int, lr: float) -> Member:
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            model = MultiheadLitModule(net=partial(SMALL, dropout=0.25), heads=HEADS,
+                                       optimizer=partial(torch.optim.Adam, lr=lr),
+                                       scheduler=partial(StepLR, step_size=1, gamma=0.5))
+        return Member(key=seed, model=model, seed=seed, max_epochs=2)
+
+    heads = yaml.safe_load((ROOT / "conf/data/multihead_mnist.yaml").read_text())["heads"]
+    data = MNISTDataModule(str(tiny_data), heads=heads, verify=False, val_size=32, batch_size=32,
+                           train_subset=64)
+    guard = SyncGuard()
+    window, source = Window(guard), Listed([member(1, 1e-3), member(2, 4e-3)])
+    with guard:
+        train_population(data, source, 2, {"accelerator": DEVICES[-1]}, callbacks=[window])
+    return guard, window, source
+
+
+def test_no_host_sync_inside_a_training_step(fitted):
+    guard, _, source = fitted
+    assert sorted(source.results) == [1, 2]
+    assert guard.outside > 0  # the epoch boundaries read metrics back, and are counted
+    guard.in_step = True
+    with guard, pytest.raises(AssertionError, match="inside a training step"):
+        torch.ones(1).item()
+
+
+def test_a_schedulers_lr_reaches_the_member_rows(fitted):
+    _, window, source = fitted
+    assert window.lrs == [[1e-3, 4e-3], [5e-4, 2e-3]]
+    assert all(r.epochs == 2 and r.stopped == "max_epochs" for r in source.results.values())
+    first = source.results[1]
+    assert len(first.train_history) == 2 and "train/weight_digit" in first.train_history[0]
+
+
+def test_a_member_of_another_shape_is_refused():
+    stack = Stack(lit(1))
+    with torch.random.fork_rng(devices=[]):
+        wider = MultiheadLitModule(net=partial(SMALL, hidden=32), heads=HEADS, optimizer=torch.optim.Adam)
+    with pytest.raises(ConfigError, match="differs in shape"):
+        stack.member_rows(wider, 2)
