@@ -36,10 +36,11 @@ class BatchClock(Callback):
 
     def __init__(self) -> None:
         self.t = {"built": time.time(), "batches": 0.0, "n": 0}
-        FITS.append(self.t)
         self._start = 0.0
 
     def on_fit_start(self, trainer, pl_module) -> None:
+        # recorded from here: the config check also builds this callback once, and never fits
+        FITS.append(self.t)
         self.t["fit_start"] = time.time()
 
     def _begin(self) -> None:

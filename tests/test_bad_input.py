@@ -100,7 +100,7 @@ def test_resuming_at_another_fidelity_is_refused_unless_asked(workdir, tiny_data
             f"data.data_dir={tiny_data}", *TINY, "data.train_subset=300"]
     before = tree(workdir)
     assert cli.main("lr", "", args) == 2
-    one_error_line(capsys.readouterr().err, "overrides: now without [] and with ['data.train_subset=300']")
+    one_error_line(capsys.readouterr().err, "overrides: now with ['data.train_subset=300']")
     assert tree(workdir) == before
     assert cli.main("lr", "", ["--allow-changes", *args]) == 0
     out = capsys.readouterr().out

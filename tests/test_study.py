@@ -283,10 +283,13 @@ def test_cli_help_explains_each_option(tmp_path):
         assert flag in proc.stdout
 
 
-def test_the_dashboard_command_starts_without_importing_torch(tmp_path):
-    """`python -m mhtrain.study dashboard` should answer at once, not after seconds of imports."""
-    code = ("import sys; import mhtrain.study.__main__; "
-            "print(sorted({'torch', 'lightning'} & set(sys.modules)))")
+@pytest.mark.parametrize("modules", [
+    "mhtrain.study.__main__",  # `dashboard` answers at once, not after seconds of imports
+    # the lifecycle, the ledger and the study config sit below the engines: no trainer in them
+    "mhtrain.study.lifecycle, mhtrain.study.ledger, mhtrain.study.space, mhtrain.result",
+])
+def test_the_lower_layers_import_no_torch_or_lightning(modules, tmp_path):
+    code = f"import sys; import {modules}; print(sorted({{'torch', 'lightning'}} & set(sys.modules)))"
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr[-2000:]
 

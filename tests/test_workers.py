@@ -12,8 +12,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from mhtrain.study import runner, space
 from mhtrain.study.lifecycle import FAIL_REASON
 from mhtrain.study.storage import open_storage
+from mhtrain.study.workers import auto_workers
 from tests.conftest import ROOT, tiny_for
 
 pytestmark = pytest.mark.slow  # real worker processes, killed and interrupted
@@ -189,3 +191,17 @@ def test_ctrl_c_with_workers_stops_everything_at_any_moment(tiny_data, name, tmp
     assert not late, f"trials {late} started after the Ctrl-C"
     if proc.returncode == 130:
         assert "interrupted" in out + err  # the summary, or a stop while it was still starting
+
+
+def test_each_worker_sees_one_gpu_of_the_machine(tiny, tmp_path, monkeypatch):
+    """Worker i gets GPU i mod G in CUDA_VISIBLE_DEVICES before it imports torch (a replacement
+    takes its slot's GPU); checked on the CPU through the environment each worker records."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "parent's own")
+    study = space.load("lr", n_trials=4, pruner="none", extra_overrides=[*tiny, "trainer.max_epochs=1"])
+    ostudy, _ = runner.run(study, f"sqlite:///{tmp_path / 'g.db'}", progress=False, workers=2,
+                           gpus=["3", "5"])
+    seen = {t.user_attrs["owner"]["pid"]: t.user_attrs["owner"]["gpu"] for t in ostudy.get_trials()}
+    assert set(seen.values()) == {"3", "5"} and len(seen) == 2, seen
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "parent's own"  # restored after each start
+    assert auto_workers() == 1  # no GPU here: `--workers auto` is one worker

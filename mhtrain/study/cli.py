@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from mhtrain import ConfigError, one_line_errors
+from mhtrain import ConfigError, one_line_errors, quiet
 from mhtrain.config import prepare_data
 from mhtrain.study import runner, space
 from mhtrain.study.checkpoints import KEEP
@@ -102,6 +102,7 @@ def main(study_name: str, description: str, argv: Sequence[str] | None = None,
     args = parser(prog or f"studies/{study_name}.py", description).parse_args(argv)
 
     def run() -> int:
+        quiet()
         check_args(args)
         workers = count_arg("--workers", args.workers)
         study = space.load(study_name, keep_checkpoints=args.keep_checkpoints, name=args.study_name,
