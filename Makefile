@@ -13,7 +13,8 @@ WORKERS ?= 1
 
 .PHONY: help install data test test-all lint train emhcm exp-multihead-cnn-mnist ecm exp-cnn-mnist \
 	emhcc10 exp-multihead-cnn-cifar10 \
-	study-lr study-loss-weights study-baselines compare compare-weighting data-efficiency dashboard
+	study-lr study-loss-weights study-baselines compare compare-weighting data-efficiency dashboard \
+	tensorboard mlflow
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_ -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-36s %s\n", $$1, $$2}'
@@ -22,7 +23,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[dev,postgres]'
+	$(PY) -m pip install -q -e '.[dev,postgres,mlflow]'
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the project (editable) with torch 2.14.1
@@ -95,3 +96,14 @@ data-efficiency: data ## extra heads vs digit-only at 500 / 2,000 / 10,000 / all
 
 dashboard: $(STAMP) ## optuna-dashboard on http://127.0.0.1:8080 for the default storage
 	$(PY) -m mhtrain.study dashboard --storage $(STORAGE)
+
+LOGDIR ?= runs/studies
+MLFLOW_PORT ?= 5000
+
+tensorboard: $(STAMP) ## TensorBoard on http://127.0.0.1:6006 over every study's trials (logger=tensorboard)
+	$(VENV)/bin/tensorboard --logdir $(LOGDIR) --host 127.0.0.1
+
+mlflow: $(STAMP) ## MLflow on http://127.0.0.1:5000 over runs/mlflow.db (logger=mlflow)
+	mkdir -p runs
+	$(VENV)/bin/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) --backend-store-uri sqlite:///runs/mlflow.db \
+		--default-artifact-root runs/mlartifacts

@@ -18,7 +18,6 @@ convolutions may use it, matmuls do not); every run sees the same settings.
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
 import statistics
 import subprocess
@@ -34,6 +33,7 @@ from lightning.pytorch.callbacks import Callback
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from population import TRAINER, build, datamodule, heads_of, measure, parser, sample_trials  # noqa: E402
 
+from mhtrain import quiet  # noqa: E402
 from mhtrain.data import mnist  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cpu-smoke", action="store_true",
                     help="run this script's code on the CPU at the sizes given (its numbers mean nothing)")
     args = ap.parse_args(argv)
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    quiet()
     if not torch.cuda.is_available() and not args.cpu_smoke:
         print("error: no CUDA GPU here; bench/gpu.py measures the GPU path (bench/population.py runs "
               "on any device)", file=sys.stderr)

@@ -23,7 +23,6 @@ Lightning only: it drives the population engine directly (no Optuna, no Hydra).
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import os
 import resource
@@ -37,6 +36,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
+from mhtrain import quiet
 from mhtrain.data.datamodule import MNISTDataModule
 from mhtrain.models import MultiheadLitModule, SimpleCNN
 from mhtrain.population import Member, train_population
@@ -219,7 +219,7 @@ def measure(args: argparse.Namespace, device: torch.device) -> list[dict]:
 
 def main() -> None:
     args = parser().parse_args()
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # one line per fit otherwise
+    quiet()  # one line per fit and a pytree warning otherwise
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = (torch.cuda.get_device_name() if device.type == "cuda"
             else f"cpu, {torch.get_num_threads()} threads")

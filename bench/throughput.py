@@ -3,8 +3,11 @@
 Both train the same multihead model on the same tensor batches with the same thread count, in
 this one process, alternating round by round so machine noise hits both alike; the medians are
 compared. Targets: ratio >= 0.95; second-fit overhead (call to first training step) < 0.5 s.
+Then the cost of each tracking logger: a whole fit() (call to return, validation and logging
+included) with `logger=<name>` against `logger=csv`, alternating, medians. Target <= 1.03. MLflow
+logs to a SQLite store under runs/bench/ unless MLFLOW_TRACKING_URI names a server.
 
-    python bench/throughput.py [--train-subset 20000] [--rounds 3]
+    python bench/throughput.py [--train-subset 20000] [--rounds 3] [--loggers tensorboard,mlflow]
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from lightning.pytorch.callbacks import Callback
 
 from mhtrain.config import compose
 from mhtrain.train import build, fit
+
+OUT = "runs/bench/throughput"
 
 
 class Clock(Callback):
@@ -58,11 +63,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train-subset", type=int, default=20000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--loggers", default="tensorboard,mlflow",
+                    help="tracking loggers whose cost against csv is measured ('' for none)")
     args = ap.parse_args()
-    cfg = compose("multihead_cnn_mnist", [
-        f"data.train_subset={args.train_subset}", "data.val_subset=500", "trainer.max_epochs=1",
-        "test=false", "trainer.enable_progress_bar=false", "callbacks.model_checkpoint=null",
-        "callbacks.early_stopping=null", "paths.output_dir=runs/bench/throughput"])
+    common = [f"data.train_subset={args.train_subset}", "data.val_subset=500", "trainer.max_epochs=1",
+              "test=false", "trainer.enable_progress_bar=false", "callbacks.model_checkpoint=null",
+              "callbacks.early_stopping=null"]
+    cfg = compose("multihead_cnn_mnist", [*common, f"paths.output_dir={OUT}"])
     n = args.train_subset
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} "
           f"threads, cpu; batch {cfg.data.batch_size}, {n} training images, {args.rounds} rounds")
@@ -90,6 +97,32 @@ def main() -> None:
     print(f"first fit(): call -> first training step {first_overhead:.3f} s (warm-up; data already cached)")
     print(f"later fit(): call -> first training step {statistics.median(overhead):.3f} s "
           f"median (target < 0.5 s)")
+    if args.loggers:
+        logger_costs(common, [n for n in args.loggers.split(",") if n], args.rounds)
+
+
+def logger_costs(common: list[str], loggers: list[str], rounds: int) -> None:
+    """Seconds of a whole fit() with each logger against csv (alternating rounds, medians)."""
+    mlflow = [] if os.environ.get("MLFLOW_TRACKING_URI") else [
+        "logger.mlflow.tracking_uri=sqlite:///runs/bench/mlflow.db"]
+    cfgs = {name: compose("multihead_cnn_mnist", [
+        *common, f"logger={name}", f"paths.output_dir={OUT}/{name}",
+        *(mlflow + ["logger.mlflow.experiment_name=bench_throughput"] if name == "mlflow" else [])])
+        for name in ["csv", *loggers]}
+    seconds: dict[str, list[float]] = {name: [] for name in cfgs}
+    for r in range(rounds + 1):  # round 0 warms up (MLflow creates its store)
+        for name, c in cfgs.items():
+            start = time.perf_counter()
+            fit(c)
+            if r:
+                seconds[name].append(time.perf_counter() - start)
+    base = statistics.median(seconds["csv"])
+    print(f"fit() with logger=csv: {base:.2f} s median (rounds: "
+          f"{', '.join(f'{v:.2f}' for v in seconds['csv'])})")
+    for name in loggers:
+        t = statistics.median(seconds[name])
+        print(f"ratio fit(logger={name})/fit(logger=csv): {t / base:6.3f}  ({t:.2f} s median; rounds: "
+              f"{', '.join(f'{v:.2f}' for v in seconds[name])}; target <= 1.03)")
 
 
 if __name__ == "__main__":

@@ -152,3 +152,6 @@ def check(cfg: DictConfig, build: bool = False) -> None:
         )
     if build:
         check_builds(cfg)
+        from mhtrain.tracking import check as check_tracking
+
+        check_tracking(cfg)  # an MLflow server that does not answer: one line, before any work

@@ -13,6 +13,7 @@ import lightning as L
 import optuna
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from mhtrain import tracking
 from mhtrain.population import Member
 from mhtrain.population.fit import fit_population, member_from_config
 from mhtrain.result import FitResult
@@ -76,9 +77,15 @@ class Solo:
         if started is None:
             return
         trial, cfg = started
+        run = tracking.TrialRun(trial.number, dict(trial.params), life.study.metric)
         callbacks = [PruningCallback(life, trial), StopOnRequest(),
-                     *checkpoint_saver(life, cfg.paths.output_dir)]
-        life.run(trial, lambda: fit(cfg, callbacks=callbacks))
+                     *checkpoint_saver(life, cfg.paths.output_dir), run.callback()]
+        try:
+            state = life.run(trial, lambda: run.keep(fit(cfg, callbacks=callbacks)))
+        except BaseException:
+            run.end("FAIL")
+            raise
+        run.end(state.name)  # its tracking runs end as the trial did
 
 
 class TrialMembers:
@@ -87,6 +94,7 @@ class TrialMembers:
     def __init__(self, life: Lifecycle, base: Any) -> None:
         self.life, self.base = life, base
         self.cohort: dict[int, list[int]] = {}  # trial -> the trials training with it when it joined
+        self.runs: dict[int, tracking.TrialRun] = {}  # trial -> its tracking runs, while it trains
 
     def next(self, free: int) -> list[Member]:
         life, members = self.life, []
@@ -98,7 +106,9 @@ class TrialMembers:
             if started is None:
                 break
             trial, cfg = started
-            members.append(member_from_config(cfg, trial, self.base))
+            members.append(member := member_from_config(cfg, trial, self.base))
+            self.runs[trial.number] = tracking.TrialRun(trial.number, dict(trial.params),
+                                                        life.study.metric, loggers=member.loggers)
         for member in members:
             self.cohort[member.key.number] = sorted(life.running)
         return members
@@ -109,8 +119,22 @@ class TrialMembers:
     def finish(self, member: Member, result: FitResult) -> None:
         # a member matches its solo run only up to floating-point order: say with whom it ran
         cohort = {"cohort": self.cohort.pop(member.key.number, [])}
-        self.life.end(member.key, dataclasses.replace(
-            result, population={**(result.population or {}), **cohort}))
+        run = self.runs.pop(member.key.number, None)
+        try:
+            state = self.life.end(member.key, dataclasses.replace(
+                result, population={**(result.population or {}), **cohort}))
+        except BaseException:
+            if run is not None:
+                run.end("FAIL", result)
+            raise
+        if run is not None:
+            run.end(state.name, result)
+
+    def fail(self) -> None:
+        """End the tracking runs of the members still training as failed."""
+        for run in self.runs.values():
+            run.end("FAIL")
+        self.runs.clear()
 
 
 class Population:
@@ -121,10 +145,12 @@ class Population:
 
     def run(self, life: Lifecycle) -> None:
         base = search_base(life.study.experiment, life.study.overrides)
+        members = TrialMembers(life, base)
         try:
-            fit_population(base, TrialMembers(life, base), self.k, callbacks=[StopOnRequest()])
+            fit_population(base, members, self.k, callbacks=[StopOnRequest()])
         except BaseException as e:
             life.fail_running(e)
+            members.fail()
             raise
 
 

@@ -11,6 +11,7 @@ from mhtrain.study.checkpoints import ARTIFACT_DIR, CHECKPOINT
 from mhtrain.study.ledger import FINISHED
 from mhtrain.study.lifecycle import OVER_BUDGET
 from mhtrain.study.warmstart import ATTR as WARM
+from mhtrain.tracking import curves
 
 
 def _cold(first: optuna.trial.FrozenTrial) -> str:
@@ -58,6 +59,7 @@ def summary(ostudy: optuna.Study, max_epochs: int, storage_url: str) -> str:
     if kept:
         lines.append(f"checkpoints: {kept} kept in {artifacts}; `python -m mhtrain.study export "
                      f"{ostudy.study_name}` hands over the best")
+    lines += curves(trials, ostudy.study_name)  # TensorBoard / MLflow, when a trial logged there
     lines.append(f"dashboard: optuna-dashboard {storage_url}"
                  + (f" --artifact-dir {artifacts}" if artifacts else "") + "  (or `make dashboard`)")
     return "\n".join(lines)

@@ -15,7 +15,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mhtrain import ConfigError
+from mhtrain import ConfigError, tracking
 from mhtrain.config import compose
 
 if TYPE_CHECKING:
@@ -65,8 +65,10 @@ def trial_config(study: StudyConfig, trial: optuna.Trial) -> DictConfig:
     keeping = ["++trainer.enable_checkpointing=true"] if study.keep_checkpoints != "none" else []
     cfg = with_values(search_base(study.experiment, study.overrides),
                       [*values, f"paths.output_dir={output_dir}", *keeping])
+    curves = tracking.for_trial(cfg, study.name, trial.number, trial.params)  # its own runs
     for key, value in (("experiment", study.experiment), ("overrides", [*study.overrides, *values]),
                        ("seed", study.seed + trial.number), ("output_dir", str(output_dir)),
-                       ("max_epochs", cfg.trainer.max_epochs)):
-        trial.set_user_attr(key, value)
+                       ("max_epochs", cfg.trainer.max_epochs), (tracking.TRACKING, curves)):
+        if value or key != tracking.TRACKING:
+            trial.set_user_attr(key, value)
     return cfg

@@ -1,0 +1,228 @@
+"""TensorBoard and MLflow runs per trial: read back with TensorBoard's own reader and, against a
+real `mlflow server`, with MlflowClient."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from optuna.pruners import ThresholdPruner
+from optuna.trial import TrialState
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata as hp_metadata
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from mhtrain.study import cli, runner, space
+from mhtrain.study.summary import summary
+from mhtrain.train import precheck
+
+LRS = (3e-3, 3e-3, 1e-7)  # two good trials, then one a threshold pruner stops after an epoch
+
+
+def run_study(tmp_path: Path, tiny_data: Path, *extra: str, name: str = "lr", population: int = 1,
+              lrs: tuple[float, ...] = LRS, storage: str | None = None):
+    """The lr study on tiny data with the trials' learning rates enqueued, trained by one worker
+    here; returns (study config, Optuna study)."""
+    study = space.load("lr", name=name, n_trials=len(lrs), population=population, extra_overrides=[
+        f"data.data_dir={tiny_data}", "data.verify=false", "data.val_size=100", "data.batch_size=32",
+        "trainer.max_epochs=2", "callbacks.early_stopping=null", *extra])
+    ostudy = runner.open_study(study, storage or f"sqlite:///{tmp_path / 'optuna.db'}")
+    ostudy.pruner = ThresholdPruner(lower=0.5)  # a chance-level epoch is pruned at once
+    for lr in lrs[len(ostudy.trials):]:
+        ostudy.enqueue_trial({"model.optimizer.lr": lr})
+    runner.work(study, ostudy)
+    return study, ostudy
+
+
+def scalars(run_dir: Path) -> dict[str, list[int]]:
+    """tag -> steps of a TensorBoard run, read with TensorBoard's own reader."""
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def hparams(run_dir: Path) -> dict[str, object]:
+    """The hyperparameters a run's HPARAMS session holds (as TensorBoard's plugin reads them)."""
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    content = acc.PluginTagToContent(hp_metadata.PLUGIN_NAME)[hp_metadata.SESSION_START_INFO_TAG]
+    start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    return {k: v.string_value or v.number_value for k, v in start.hparams.items()}
+
+
+def test_tensorboard_writes_a_run_per_trial_with_its_values_against_its_best(tiny_data, tmp_path,
+                                                                             monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    study, ostudy = run_study(tmp_path, tiny_data, "logger=[csv,tensorboard]")
+    trials = ostudy.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 + [TrialState.PRUNED]
+    root = Path(trials[0].user_attrs["output_dir"]).parent
+    assert sorted(p.parent.name for p in root.glob("*/events.out.tfevents.*")) == [
+        "trial_0000", "trial_0000", "trial_0001", "trial_0001", "trial_0002", "trial_0002"]  # fit, end
+    for t in trials:
+        run = root / f"trial_{t.number:04d}"
+        steps = scalars(run)
+        assert len(steps["val/digit_acc"]) == t.user_attrs["epochs"]  # one point per epoch trained
+        assert {"train/loss", "val/loss", "val/acc_best", "epoch"} <= set(steps)
+        acc = EventAccumulator(str(run))
+        acc.Reload()
+        assert acc.Scalars("best/val/digit_acc")[0].value == pytest.approx(
+            t.user_attrs["best_val/digit_acc"], abs=1e-6)
+        assert hparams(run) == {"model.optimizer.lr": pytest.approx(t.params["model.optimizer.lr"]),
+                                "trial": t.number, "state": t.state.name}
+        assert (run / "csv" / "metrics.csv").is_file()  # csv as well, as asked
+    text = summary(ostudy, study.max_epochs, "sqlite:///optuna.db")
+    assert f"curves: tensorboard --logdir {root.resolve()} --host 127.0.0.1" in text
+
+
+def test_a_population_member_logs_what_a_solo_trial_logs(tiny_data, tmp_path, monkeypatch):
+    roots = {}
+    for k in (1, 2):
+        (tmp_path / f"k{k}").mkdir()
+        monkeypatch.chdir(tmp_path / f"k{k}")
+        _, ostudy = run_study(tmp_path / f"k{k}", tiny_data, "logger=tensorboard", population=k)
+        assert [t.state for t in ostudy.get_trials()] == [TrialState.COMPLETE] * 2 + [TrialState.PRUNED]
+        assert all(("population" in t.user_attrs) == (k == 2) for t in ostudy.get_trials())
+        roots[k] = Path(ostudy.get_trials()[0].user_attrs["output_dir"]).parent
+    for number in range(len(LRS)):
+        solo, member = (scalars(roots[k] / f"trial_{number:04d}") for k in (1, 2))
+        assert "val/digit_acc" in solo and len(solo) > 10
+        assert member == solo  # the same keys at the same steps
+        assert hparams(roots[2] / f"trial_{number:04d}") == hparams(roots[1] / f"trial_{number:04d}")
+
+
+def test_an_unknown_logger_is_one_hydra_line_and_exit_2(capsys):
+    assert precheck(["logger=nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "logger" in err and "nope" in err
+    assert cli.main("lr", "lr", argv=["logger=nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nope" in err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_mlflow_uri_that_does_not_answer_is_refused_before_any_trial(tiny, tmp_path, monkeypatch,
+                                                                         capsys):
+    pytest.importorskip("mlflow")
+    monkeypatch.chdir(tmp_path)
+    uri = f"http://127.0.0.1:{free_port()}"
+    code = cli.main("lr", "lr", argv=["--storage", f"sqlite:///{tmp_path / 'o.db'}", "--no-progress",
+                                      *tiny, "logger=mlflow", f"logger.mlflow.tracking_uri={uri}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: logger.mlflow.tracking_uri={uri} does not answer")
+    assert not (tmp_path / "o.db").exists() and not (tmp_path / "runs").exists()  # nothing ran
+
+
+# ---- a real MLflow tracking server (slow tier) ----
+
+def start_mlflow(folder: Path) -> tuple[subprocess.Popen, str]:
+    """`mlflow server` on a loopback port, SQLite backend and a local artifact folder."""
+    port = free_port()
+    log = open(folder / "mlflow.log", "w")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+         "--default-artifact-root", str(folder / "artifacts"), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True)
+    uri, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(uri + "/health", timeout=2):
+                return proc, uri
+        except OSError:
+            assert proc.poll() is None, (folder / "mlflow.log").read_text()[-3000:]
+            time.sleep(0.5)
+    stop(proc)
+    raise AssertionError("no answer in 180 s: " + (folder / "mlflow.log").read_text()[-3000:])
+
+
+def stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, 15)  # the server and its uvicorn/gunicorn workers
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, str]]:
+    pytest.importorskip("mlflow")
+    (tmp_path / "server").mkdir()
+    proc, uri = start_mlflow(tmp_path / "server")
+    yield proc, uri
+    if proc.poll() is None:
+        stop(proc)
+
+
+@pytest.mark.slow
+def test_studies_log_a_run_per_trial_to_a_real_mlflow_server(mlflow_server, tiny_data, tmp_path,
+                                                             monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    _, uri = mlflow_server
+    monkeypatch.chdir(tmp_path)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    over = ["logger=[csv,mlflow]", f"logger.mlflow.tracking_uri={uri}"]
+    run_study(tmp_path, tiny_data, *over, name="solo", lrs=LRS[:2], storage=storage)
+    study, ostudy = run_study(tmp_path, tiny_data, *over, name="solo", storage=storage)  # resumed: +1
+    run_study(tmp_path, tiny_data, *over, name="pop", population=2, storage=storage)
+
+    client = MlflowClient(uri)
+    by_study = {}
+    for name in ("solo", "pop"):
+        experiment = client.get_experiment_by_name(name)  # one experiment per study
+        runs = client.search_runs([experiment.experiment_id], order_by=["attributes.run_name ASC"])
+        assert [r.info.run_name for r in runs] == ["trial_0000", "trial_0001", "trial_0002"]  # no duplicates
+        by_study[name] = runs
+    trials = ostudy.get_trials()
+    for t, r in zip(trials, by_study["solo"], strict=True):
+        assert r.data.params == {"model.optimizer.lr": str(t.params["model.optimizer.lr"])}
+        assert {k: r.data.tags[k] for k in ("study", "trial", "seed", "state")} == {
+            "study": "solo", "trial": str(t.number), "seed": str(study.seed + t.number),
+            "state": t.state.name}
+        assert r.info.status == ("FINISHED" if t.state == TrialState.COMPLETE else "KILLED")
+        assert r.data.metrics["best/val/digit_acc"] == pytest.approx(t.value if t.value is not None
+                                                                     else t.user_attrs["best_val/digit_acc"])
+        history = client.get_metric_history(r.info.run_id, "val/digit_acc")
+        assert len(history) == t.user_attrs["epochs"]  # per epoch, under the project's metric names
+    for solo, member in zip(by_study["solo"], by_study["pop"], strict=True):
+        assert set(member.data.metrics) == set(solo.data.metrics)  # a member logs what a solo trial logs
+        assert member.info.status == solo.info.status and member.data.tags["state"] == solo.data.tags["state"]
+    assert f"curves: MLflow experiment solo at {uri}" in summary(ostudy, study.max_epochs, storage)
+
+
+@pytest.mark.slow
+def test_a_tracking_server_that_dies_costs_a_warning_per_trial_not_the_trial(mlflow_server, tiny_data,
+                                                                             tmp_path, monkeypatch, capfd):
+    from mlflow.tracking import MlflowClient
+
+    proc, uri = mlflow_server
+    monkeypatch.chdir(tmp_path)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    over = ["trainer.max_epochs=1", "logger=mlflow", f"logger.mlflow.tracking_uri={uri}"]
+    run_study(tmp_path, tiny_data, *over, lrs=LRS[:1], storage=storage)  # the server answers
+    runs = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("lr").experiment_id])
+    assert [r.info.run_name for r in runs] == ["trial_0000"]
+    stop(proc)  # it dies mid-study: the same process goes on with the next trials
+    capfd.readouterr()
+    start = time.monotonic()
+    _, ostudy = run_study(tmp_path, tiny_data, *over, lrs=LRS, storage=storage)
+    assert [t.state for t in ostudy.get_trials()] == [TrialState.COMPLETE] * 2 + [TrialState.PRUNED]
+    warnings = [line for line in capfd.readouterr().err.splitlines() if line.startswith("warning: MLflow")]
+    assert len(warnings) == 2, warnings  # one line per trial
+    assert all("the study goes on without it" in w for w in warnings)
+    assert time.monotonic() - start < 120
