@@ -4,6 +4,7 @@ real `mlflow server`, with MlflowClient."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from mhtrain.study import cli, runner, space
 from mhtrain.study.summary import summary
 from mhtrain.train import precheck
+from tests.conftest import tiny_for
 
 LRS = (3e-3, 3e-3, 1e-7)  # two good trials, then one a threshold pruner stops after an epoch
 
@@ -31,8 +33,7 @@ def run_study(tmp_path: Path, tiny_data: Path, *extra: str, name: str = "lr", po
     """The lr study on tiny data with the trials' learning rates enqueued, trained by one worker
     here; returns (study config, Optuna study)."""
     study = space.load("lr", name=name, n_trials=len(lrs), population=population, extra_overrides=[
-        f"data.data_dir={tiny_data}", "data.verify=false", "data.val_size=100", "data.batch_size=32",
-        "trainer.max_epochs=2", "callbacks.early_stopping=null", *extra])
+        *tiny_for(tiny_data), "callbacks.early_stopping=null", *extra])
     ostudy = runner.open_study(study, storage or f"sqlite:///{tmp_path / 'optuna.db'}")
     ostudy.pruner = ThresholdPruner(lower=0.5)  # a chance-level epoch is pruned at once
     for lr in lrs[len(ostudy.trials):]:
@@ -226,3 +227,54 @@ def test_a_tracking_server_that_dies_costs_a_warning_per_trial_not_the_trial(mlf
     assert len(warnings) == 2, warnings  # one line per trial
     assert all("the study goes on without it" in w for w in warnings)
     assert time.monotonic() - start < 120
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def render(url: str, folder: Path, name: str) -> str:
+    """The page as headless Chromium renders it: a screenshot saved beside, the DOM returned."""
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--no-first-run", "--disable-sync",
+             f"--user-data-dir={folder / ('chrome-' + name)}", "--virtual-time-budget=20000",
+             "--window-size=1400,1000"]
+    shot = folder / f"{name}.png"
+    subprocess.run([*flags, f"--screenshot={shot}", url], capture_output=True, timeout=180)
+    assert shot.exists() and shot.stat().st_size > 5000, f"no screenshot of {url}"
+    return subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=180).stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_mlflow_and_tensorboard_pages_show_the_trials_in_chromium(mlflow_server, tiny_data, tmp_path,
+                                                                   monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    _, uri = mlflow_server
+    monkeypatch.chdir(tmp_path)
+    _, ostudy = run_study(tmp_path, tiny_data, "logger=[csv,tensorboard,mlflow]",
+                          f"logger.mlflow.tracking_uri={uri}", name="seen", lrs=LRS[:2])
+    experiment = MlflowClient(uri).get_experiment_by_name("seen")
+    dom = render(f"{uri}/#/experiments/{experiment.experiment_id}/runs", tmp_path, "mlflow")
+    assert "trial_0000" in dom and "trial_0001" in dom, dom[-2000:]
+
+    port = free_port()
+    board = subprocess.Popen(
+        [str(Path(sys.executable).parent / "tensorboard"), "--logdir",
+         str(Path(ostudy.user_attrs["output_root"]).resolve()), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        base, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(base + "/data/runs", timeout=2) as r:
+                    if b"trial_0001" in r.read():
+                        break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        dom = render(f"{base}/#timeseries", tmp_path, "tensorboard")
+        assert "trial_0000" in dom and "trial_0001" in dom, dom[-2000:]
+    finally:
+        os.killpg(board.pid, 15)
+        board.wait(timeout=30)
