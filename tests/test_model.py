@@ -35,7 +35,7 @@ def test_zero_weight_head_gets_no_gradient():
     x = torch.randn(8, 1, 28, 28)
     y = {"digit": torch.randint(0, 10, (8,)), "thickness": torch.randint(0, 5, (8,)),
          "smoothness": torch.randint(0, 3, (8,))}
-    model._step((x, y), "train").backward()
+    model.training_step((x, y), 0).backward()
     thickness = model.net.heads["thickness"].weight.grad
     assert thickness is None or not thickness.any()
     assert model.net.heads["smoothness"].weight.grad.abs().sum() > 0
@@ -50,7 +50,7 @@ def test_total_loss_is_the_weighted_sum():
     ce = torch.nn.functional.cross_entropy
     expected = (ce(logits["digit"], y["digit"]) + 0.5 * ce(logits["thickness"], y["thickness"])
                 + 2.0 * ce(logits["smoothness"], y["smoothness"]))
-    assert torch.allclose(model._step((x, y), "val"), expected)
+    assert torch.allclose(model.training_step((x, y), 0), expected)  # eval mode: no dropout
 
 
 def test_criterion_by_target():
