@@ -20,8 +20,7 @@ training set.
   studies/compare.py --arms loss_weights equal_lr baseline_lr --reference baseline_lr \\
       --over data.train_subset=500,2000,10000,null --seeds 5
       (3 arms x 4 sizes, 12 trials each, 3-epoch searches and re-runs, `make data-efficiency`:
-      the 500 / 2,000 / 10,000 points took 98 min on a 2-core CPU shared with other work;
-      the 55,000 point adds about 40 min more, estimated)
+      2 h 10 min on a 2-core CPU shared with other work)
 
 Bad input (a missing study, an --over key the config lacks, a value the config checks refuse, a
 training subset larger than the training set) exits 2 with one line before anything is trained."""
