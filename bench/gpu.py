@@ -31,6 +31,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plain import plain_epoch, sync  # noqa: E402
 from population import TRAINER, build, datamodule, heads_of, measure, parser, sample_trials  # noqa: E402
 
 from mhtrain import quiet  # noqa: E402
@@ -39,11 +40,6 @@ from mhtrain.data import mnist  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 STUDY_CMD = ["studies/loss_weights.py", "--n-trials", "50", "--population", "auto", "--no-progress",
              "trainer.max_epochs=3", "data.train_subset=10000"]
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 class Clock(Callback):
@@ -60,23 +56,6 @@ class Clock(Callback):
     def on_validation_start(self, trainer, pl_module) -> None:
         sync()
         self.end = time.perf_counter()
-
-
-def plain_epoch(net: torch.nn.Module, batches, weights: dict[str, float], lr: float) -> float:
-    """Seconds of one epoch of the same model, optimizer, batches and loss, without Lightning."""
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    ce = torch.nn.CrossEntropyLoss()
-    net.train()
-    sync()
-    start = time.perf_counter()
-    for x, ys in batches:
-        logits = net(x)
-        loss = sum(weights[h] * ce(logits[h], ys[h]) for h in logits)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    sync()
-    return time.perf_counter() - start
 
 
 def throughput(args, device: torch.device, rounds: int = 3) -> tuple[float, float]:

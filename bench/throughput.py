@@ -19,6 +19,7 @@ import time
 
 import torch
 from lightning.pytorch.callbacks import Callback
+from plain import plain_epoch
 
 from mhtrain.config import compose
 from mhtrain.train import build, fit
@@ -42,21 +43,6 @@ class Clock(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.end = time.perf_counter()
-
-
-def plain_epoch(net: torch.nn.Module, batches, weights: dict[str, float], lr: float) -> float:
-    """One epoch of the same model, optimizer, batches and weighted loss, without Lightning."""
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    ce = torch.nn.CrossEntropyLoss()
-    net.train()
-    start = time.perf_counter()
-    for x, ys in batches:
-        logits = net(x)
-        loss = sum(weights[h] * ce(logits[h], ys[h]) for h in logits)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return time.perf_counter() - start
 
 
 def main() -> None:
