@@ -3,6 +3,7 @@ real `mlflow server`, with MlflowClient."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import socket
@@ -215,13 +216,15 @@ def test_a_tracking_server_that_dies_costs_a_warning_per_trial_not_the_trial(mlf
     monkeypatch.chdir(tmp_path)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     over = ["trainer.max_epochs=1", "logger=mlflow", f"logger.mlflow.tracking_uri={uri}"]
-    run_study(tmp_path, tiny_data, *over, lrs=LRS[:1], storage=storage)  # the server answers
+    study, ostudy = run_study(tmp_path, tiny_data, *over, lrs=LRS[:1], storage=storage)  # it answers
     runs = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("lr").experiment_id])
     assert [r.info.run_name for r in runs] == ["trial_0000"]
-    stop(proc)  # it dies mid-study: the same process goes on with the next trials
+    stop(proc)  # it dies mid-study: the same process, config loaded once, goes on with the next trials
     capfd.readouterr()
     start = time.monotonic()
-    _, ostudy = run_study(tmp_path, tiny_data, *over, lrs=LRS, storage=storage)
+    for lr in LRS[1:]:
+        ostudy.enqueue_trial({"model.optimizer.lr": lr})
+    runner.work(dataclasses.replace(study, n_trials=len(LRS)), ostudy)
     assert [t.state for t in ostudy.get_trials()] == [TrialState.COMPLETE] * 2 + [TrialState.PRUNED]
     warnings = [line for line in capfd.readouterr().err.splitlines() if line.startswith("warning: MLflow")]
     assert len(warnings) == 2, warnings  # one line per trial
