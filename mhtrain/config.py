@@ -98,15 +98,18 @@ def check_data(cfg: DictConfig) -> None:
         raise ConfigError(f"data: {e}") from None
 
 
-def prepare_data(cfg: DictConfig) -> None:
+def prepare_data(cfg: DictConfig) -> int:
     """Make the training data present and readable now (acquiring it if need be), so a study
-    fails in one line before it writes anything, not inside its first trial."""
+    fails in one line before it writes anything, not inside its first trial. Returns the images
+    training may draw from (the training split less the validation set); a `data.train_subset`
+    beyond them is refused rather than quietly cut."""
     from hydra.utils import instantiate
 
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
-    if not cfg.data.get("verify", True):
-        datamodule.load("train")  # unverified files must still be there and readable
+    n = len(datamodule.load("train")[0])
+    datamodule.split_indices(n)  # refuses a validation set or a subset the data cannot give
+    return n - datamodule.val_size
 
 
 def check_builds(cfg: DictConfig) -> None:

@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from mhtrain import one_line_errors, quiet
-from mhtrain.config import build_model, check, compose
+from mhtrain.config import build_model, check, compose, prepare_data
 from mhtrain.result import FitResult
 
 
@@ -164,12 +164,12 @@ def report(cfg: DictConfig, result: FitResult) -> float | None:
 
 
 def precheck(argv: Sequence[str]) -> int:
-    """Compose and check the command line's config before Hydra creates the run folder, so a
-    bad value is one line and exit 2 with nothing written (Hydra's own flags are left to it)."""
+    """Compose and check the command line's config and its data before Hydra creates the run
+    folder, so a bad value is one line and exit 2 with nothing written (Hydra's own flags are left to it)."""
     overrides = [a for a in argv if not a.startswith("-") and not a.startswith("hydra.")]
     if len(overrides) != len(argv):
         return 0
-    return one_line_errors(lambda: compose(None, overrides) and 0)
+    return one_line_errors(lambda: prepare_data(compose(None, overrides)) and 0)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ STUDY_CASES = [  # (argv after the study name, what the error line must name)
     (["trainer.max_epochs=abc"], "trainer.max_epochs='abc'"),
     (["trainer.max_epochs=0"], "trainer.max_epochs=0"),
     (["data.train_subset=-5"], "data.train_subset=-5"),
+    (["data.train_subset=600"], "data.train_subset=600 is more than the 500 training images"),
     (["model.optimizer.lr=abc"], "'lr': 'abc'"),
     (["model.optimizer.lr=null"], "'lr': None"),
     (["model.loss_weights.colour=1.0"], "colour"),
@@ -189,6 +190,7 @@ def test_cifar100mh_validate(tiny_data, tmp_path, capsys, damage, named):
     ("trainer.max_epochs=0", "trainer.max_epochs=0"),
     ("model.optimizer.lr=abc", "'lr': 'abc'"),
     ("data.train_subset=-5", "data.train_subset=-5"),
+    ("data.train_subset=600", "data.train_subset=600 is more than the 500 training images"),
 ])
 def test_training_cli(tiny_data, tmp_path, override, named):
     proc = subprocess.run(

@@ -53,6 +53,15 @@ def test_split_sizes_disjoint_and_independent_of_trial_seed():
     sub = MNISTDataModule("unused", {"digit": {"classes": 10}}, train_subset=1000, val_subset=200)
     sub_train, sub_val = sub.split_indices(60_000)
     assert torch.equal(sub_train, train[:1000]) and torch.equal(sub_val, val[:200])
+    assert len(MNISTDataModule("unused", {"digit": {"classes": 10}}, train_subset=55_000)
+               .split_indices(60_000)[0]) == 55_000  # all of it, exactly
+
+
+def test_a_subset_larger_than_the_data_is_refused_not_cut():
+    big = MNISTDataModule("unused", {"digit": {"classes": 10}}, train_subset=55_001)
+    with pytest.raises(ConfigError, match=re.escape("data.train_subset=55001 is more than the 55,000 "
+                                                    "training images (60,000 in the training split")):
+        big.split_indices(60_000)
 
 
 def test_fit_stage_never_opens_the_test_split(tiny_data: Path, tmp_path: Path):

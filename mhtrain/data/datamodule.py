@@ -149,9 +149,15 @@ class TensorDataModule(L.LightningDataModule):
             self.acquire()
 
     def split_indices(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(train, val) indices into the training split; depends on split_seed only."""
+        """(train, val) indices into the training split; depends on split_seed only. A subset
+        larger than what is there is refused, not quietly cut to it."""
         if self.val_size >= n:
             raise ConfigError(f"data.val_size={self.val_size} leaves no training images of {n}")
+        available = n - self.val_size
+        if self.train_subset is not None and self.train_subset > available:
+            raise ConfigError(f"data.train_subset={self.train_subset} is more than the {available:,} "
+                              f"training images ({n:,} in the training split less data.val_size="
+                              f"{self.val_size}); use at most {available} or null for all of them")
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
         val, train = perm[: self.val_size], perm[self.val_size :]
         return train[: self.train_subset], val[: self.val_subset]
