@@ -206,6 +206,26 @@ class TrialRun:
                 _warn(f"trial {self.number}'s {type(logger).__name__} could not record its end", e)
 
 
+def end_abandoned(trial: Any, study: str) -> None:
+    """End FAILED the MLflow run of a trial whose worker died (the reaper failed the trial):
+    MLflow has no heartbeat, so the run would otherwise show RUNNING for ever. Never raises."""
+    uri = (trial.user_attrs.get(TRACKING) or {}).get("mlflow")
+    if uri is None:
+        return
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name(study)
+        runs = [] if experiment is None else client.search_runs(
+            [experiment.experiment_id], f"tags.trial = '{trial.number}' and attributes.status = 'RUNNING'")
+        for r in runs:
+            client.set_tag(r.info.run_id, "state", "FAIL")
+            client.set_terminated(r.info.run_id, "FAILED")
+    except Exception as e:  # noqa: BLE001 - the tracking server is not the study
+        _warn(f"trial {trial.number}'s MLflow run could not be ended", e)
+
+
 def curves(trials: list[Any], study: str) -> list[str]:
     """The commands that show the curves of these (frozen) trials, for the study's summary."""
     where: dict[str, set[str]] = {}

@@ -24,7 +24,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from mhtrain.study import cli, runner, space
 from mhtrain.study.summary import summary
 from mhtrain.train import precheck
-from tests.conftest import tiny_for
+from tests.conftest import ROOT, tiny_for
 
 LRS = (3e-3, 3e-3, 1e-7)  # two good trials, then one a threshold pruner stops after an epoch
 
@@ -230,6 +230,35 @@ def test_a_tracking_server_that_dies_costs_a_warning_per_trial_not_the_trial(mlf
     assert len(warnings) == 2, warnings  # one line per trial
     assert all("the study goes on without it" in w for w in warnings)
     assert time.monotonic() - start < 120
+
+
+@pytest.mark.slow
+def test_a_killed_workers_mlflow_run_is_ended_failed_when_its_trial_is_reaped(tiny_data, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    pytest.importorskip("mlflow")
+    uri, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
+    args = [sys.executable, str(ROOT / "studies" / "lr.py"), "--no-progress", "--storage", storage,
+            "--n-trials", "1", "--pruner", "none", *tiny_for(tiny_data, 30), "callbacks.early_stopping=null",
+            "logger=mlflow", f"logger.mlflow.tracking_uri={uri}"]
+    worker = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    client, deadline = MlflowClient(uri), time.monotonic() + 300
+    while not (tmp_path / "mlflow.db").exists() or not client.search_runs(
+            [e.experiment_id for e in client.search_experiments()], "metrics.`val/digit_acc` > 0"):
+        assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()[1][-2000:]
+        time.sleep(0.5)  # until the trial has logged an epoch
+    worker.kill()
+    worker.wait()
+    (killed,) = client.search_runs([client.get_experiment_by_name("lr").experiment_id])
+    assert killed.info.status == "RUNNING"  # MLflow has no heartbeat: nobody else would end it
+
+    again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    runs = {r.info.run_id: r for r in client.search_runs([client.get_experiment_by_name("lr").experiment_id])}
+    assert runs[killed.info.run_id].info.status == "FAILED"
+    assert runs[killed.info.run_id].data.tags["state"] == "FAIL"
+    (rerun,) = [r for r in runs.values() if r.info.run_id != killed.info.run_id]
+    assert rerun.info.status == "FINISHED" and rerun.data.tags["state"] == "COMPLETE"
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -15,6 +15,8 @@ from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 from tqdm import tqdm
 
+from mhtrain import tracking
+
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_RETRIES = 3  # re-runs of a trial whose worker died, before it is left FAIL
 POLL_S = 2.0
@@ -87,6 +89,7 @@ def reap(ostudy: optuna.Study, dead_pid: int | None = None) -> list[int]:
         except (RuntimeError, ValueError, optuna.exceptions.UpdateFinishedTrialError):
             continue  # another process reaped it first
         reaped.append(t.number)
+        tracking.end_abandoned(t, ostudy.study_name)
         retries = t.user_attrs.get("retries", 0)
         if retries < MAX_RETRIES:
             ostudy.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "retries": retries + 1})
