@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import optuna
 import pytest
 from optuna.pruners import ThresholdPruner
 from optuna.trial import TrialState
@@ -22,7 +23,10 @@ from tensorboard.plugins.hparams import metadata as hp_metadata
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from mhtrain.study import cli, runner, space
+from mhtrain.study.ledger import reap
+from mhtrain.study.storage import open_storage
 from mhtrain.study.summary import summary
+from mhtrain.tracking import TRACKING
 from mhtrain.train import precheck
 from tests.conftest import ROOT, tiny_for
 
@@ -259,6 +263,26 @@ def test_a_killed_workers_mlflow_run_is_ended_failed_when_its_trial_is_reaped(ti
     assert runs[killed.info.run_id].data.tags["state"] == "FAIL"
     (rerun,) = [r for r in runs.values() if r.info.run_id != killed.info.run_id]
     assert rerun.info.status == "FINISHED" and rerun.data.tags["state"] == "COMPLETE"
+
+
+@pytest.mark.slow
+def test_a_trial_whose_heartbeat_stopped_has_its_mlflow_run_ended_and_is_retried(tmp_path):
+    """A worker on another machine died: Optuna's heartbeat, not the local reaper, fails it."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("hb"), tags={"trial": "0"})
+    ostudy = optuna.create_study(study_name="hb", storage=open_storage(f"sqlite:///{tmp_path / 'o.db'}", 1))
+    trial = ostudy.ask()
+    trial.set_user_attr("owner", {"host": "another-machine", "pid": 1, "started": None})
+    trial.set_user_attr(TRACKING, {"mlflow": uri})
+    ostudy._storage.record_heartbeat(trial._trial_id)
+    time.sleep(4.5)  # past the grace period (3 heartbeats) with no beat
+    reap(ostudy)
+    assert [t.state for t in ostudy.get_trials()] == [TrialState.FAIL, TrialState.WAITING]
+    ended = client.get_run(run.info.run_id)
+    assert ended.info.status == "FAILED" and ended.data.tags["state"] == "FAIL"
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

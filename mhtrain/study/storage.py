@@ -16,7 +16,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
 
-from mhtrain import ConfigError
+from mhtrain import ConfigError, tracking
 
 DEFAULT_STORAGE = "sqlite:///runs/optuna.db"
 HEARTBEAT_S = 10
@@ -100,6 +100,15 @@ def repair_journal(path: Path) -> int:
         lock.release()
 
 
+class RetryStale(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a trial whose heartbeat stopped (a worker on another machine died),
+    which also ends the trial's MLflow run, as the local reaper does."""
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        tracking.end_abandoned(trial, study.study_name)
+        super().__call__(study, trial)
+
+
 def open_storage(url: str, heartbeat: int = HEARTBEAT_S,
                  must_exist: bool = False) -> optuna.storages.BaseStorage:
     """`*.journal` → Journal file; `sqlite:///…`, `postgresql…` → RDB with heartbeat."""
@@ -121,7 +130,7 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT_S,
             url,
             heartbeat_interval=heartbeat,
             grace_period=3 * heartbeat,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+            heartbeat_stale_trial_callback=RetryStale(max_retry=3),
             engine_kwargs={"pool_pre_ping": True} if url.startswith("postgresql") else None,
         )
     except Exception as e:  # noqa: BLE001 - any driver error becomes one clear line
