@@ -1,12 +1,6 @@
-"""Can these trials train stacked? The one answer, used by everything that asks: the study (how
-many at once), `fit_population` (the shared config and Trainer), each joining member (its
-config, model, criteria, optimizer, early stopping) and the stacked network (its layers).
-
-Each refusal is a `ConfigError` of one line naming the key, raised before any work. Stacking
-needs every member to share tensor shapes and the batch loop, and every per-member quantity to
-be one the population carries as a row (optimizer arguments, loss weights, dropout, seed,
-scheduler, early stopping, epochs).
-"""
+"""Can these trials train stacked? The one answer for the study, `fit_population`, each joining
+member and the stacked network: a one-line `ConfigError` naming the key, before any work. Members
+share tensor shapes and the batch loop; only quantities carried as per-member rows may vary."""
 
 from __future__ import annotations
 
@@ -30,25 +24,21 @@ VARYING = ("seed", "model.optimizer.", "model.loss_weights.", "model.net.dropout
            "model.scheduler.", "model.scheduler_monitor", "callbacks.early_stopping.",
            "trainer.max_epochs", "trainer.min_epochs", "optimized_metric", "paths.output_dir",
            "logger.", "tags", "task_name")
-# Trainer settings a population honours only at these values (when set): it validates every
-# epoch, steps every batch with the whole gradient, and runs in float32 or bf16 autocast on one
-# device
+# Trainer settings a population honours only at these values (when set): validate every epoch,
+# step every batch with the whole gradient, float32 or bf16 autocast, one device
 TRAINER_FIXED: dict[str, tuple[Any, ...]] = {
     "check_val_every_n_epoch": (1,), "val_check_interval": (None, 1, 1.0),
     "accumulate_grad_batches": (None, 1), "gradient_clip_val": (None, 0, 0.0),
     "fast_dev_run": (None, False, 0), "num_nodes": (None, 1), "strategy": (None, "auto"),
-    "max_steps": (None, -1),
-    "precision": (None, 32, "32", "32-true", "bf16-mixed")}
-# K for `auto` per device type, and why. CPU: a 2-member vmap step measured slower than two
-# plain steps on a 2-core CPU (bench/population.py prints the ratio on any machine); CUDA: 32,
-# where H100/H200 step timings put ~10x the samples/s of one model. Re-measure before changing.
+    "max_steps": (None, -1), "precision": (None, 32, "32", "32-true", "bf16-mixed")}
+# K for `auto` per device type and why (bench/population.py on a 2-core CPU and H100/H200;
+# re-measure before changing)
 AUTO_K = {"cpu": 1, "cuda": 32}
 AUTO_WHY = {"cpu": "a 2-member vmap step measured slower than two plain steps",
             "cuda": "H100/H200 step timings: ~10x the samples/s of one model"}
 # Layers whose randomness or state a stacked member cannot carry as a row
-RANDOM_LAYERS = (nn.AlphaDropout, nn.FeatureAlphaDropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
-                 nn.RReLU)
-CRITERIA = (nn.CrossEntropyLoss, nn.NLLLoss)
+RANDOM_LAYERS = (nn.AlphaDropout, nn.FeatureAlphaDropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.RReLU)
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 def vectorizable(key: str) -> bool:
@@ -56,29 +46,20 @@ def vectorizable(key: str) -> bool:
     return any(key == v.rstrip(".") or (v.endswith(".") and key.startswith(v)) for v in VARYING)
 
 
-def device_type(accelerator: Any) -> str:
-    """The device type a Trainer with this `accelerator` setting trains on."""
-    name = str(accelerator or "auto").lower()
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return "cuda" if name == "gpu" else name
-
-
 def population_size(requested: int | str, base: DictConfig, varying: Sequence[str],
                     keep_checkpoints: bool) -> tuple[int, str]:
-    """K for trials of `base` that differ in the keys `varying`, and a one-line reason.
-
-    An explicit K > 1 that cannot work raises ConfigError naming the key; `auto` picks the
-    measured default for `base.trainer.accelerator`'s device and falls back to 1 (saying why)
-    when that device does not pay or the trials cannot be stacked.
-    """
+    """K for trials of `base` differing in `varying`, and why: an explicit K > 1 that cannot work
+    is refused; `auto` takes the device's measured K, or 1 (saying why) where it cannot stack."""
     if requested != "auto":
         if not isinstance(requested, int) or isinstance(requested, bool) or requested < 1:
             raise ConfigError(f"population={requested!r}: must be auto or an integer >= 1")
         if requested > 1:
             check_config(base, varying, keep_checkpoints, k=requested)
         return requested, f"{requested} as asked"
-    device = device_type(base.trainer.get("accelerator"))
+    device = str(base.trainer.get("accelerator") or "auto").lower()  # the device type it trains on
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = "cuda" if device == "gpu" else device
     k = AUTO_K.get(device, 1)
     on = "the CPU" if device == "cpu" else device
     if k == 1:
@@ -103,6 +84,8 @@ def check_config(base: DictConfig, varying: Sequence[str] = (), keep_checkpoints
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from mhtrain.config import build_model
+
     trainer_args(OmegaConf.to_container(base.trainer, resolve=True))
     if base.model.get("weighting", "fixed") != "fixed":
         raise ConfigError(f"model.weighting={base.model.weighting}: a population trains fixed loss "
@@ -113,16 +96,13 @@ def check_config(base: DictConfig, varying: Sequence[str] = (), keep_checkpoints
                               f"(no checkpoints); set callbacks.{name}=null or {USE_ONE}")
     check_optimizer(instantiate(base.model.optimizer)(params=[torch.zeros(1, requires_grad=True)]))
     es = (base.get("callbacks") or {}).get("early_stopping")
-    from mhtrain.config import build_model
-
     with torch.random.fork_rng(devices=[]):  # initialising the weights draws; nobody else notices
         model = build_model(base)
     check_model(model, model.head_names, instantiate(es) if es is not None else None)
 
 
 def trainer_args(args: Mapping[str, Any]) -> dict[str, Any]:
-    """The population's Trainer arguments from the solo runs': refused where a population cannot
-    train as they would; `devices: auto` pinned to one device (a population is one process)."""
+    """The solo runs' Trainer arguments, checked, with `devices: auto` pinned to one device."""
     out = {k: v for k, v in args.items() if k != "_target_"}
     for key, allowed in TRAINER_FIXED.items():
         if key in out and out[key] not in allowed:
@@ -140,11 +120,9 @@ def trainer_args(args: Mapping[str, Any]) -> dict[str, Any]:
 
 def _one_device(devices: Any) -> bool:
     """Whether a Trainer `devices` value names exactly one device (1, "1", [3], "3,")."""
-    if isinstance(devices, list | tuple):
-        return len(devices) == 1
     if isinstance(devices, str) and "," in devices:
-        return len([d for d in devices.split(",") if d.strip()]) == 1
-    return devices in (1, "1")
+        devices = [d for d in devices.split(",") if d.strip()]
+    return len(devices) == 1 if isinstance(devices, list | tuple) else devices in (1, "1")
 
 
 def check_optimizer(optimizer: torch.optim.Optimizer) -> None:
@@ -161,7 +139,7 @@ def check_optimizer(optimizer: torch.optim.Optimizer) -> None:
 
 def check_criterion(head: str, criterion: nn.Module) -> None:
     """One stacked call per head needs a criterion whose per-sample losses give its mean."""
-    if type(criterion) not in CRITERIA:
+    if type(criterion) not in (nn.CrossEntropyLoss, nn.NLLLoss):
         raise ConfigError(f"model.criteria.{head} is {type(criterion).__name__}; a population trains "
                           f"CrossEntropyLoss or NLLLoss heads; {USE_ONE}")
     if criterion.reduction != "mean":
@@ -170,16 +148,15 @@ def check_criterion(head: str, criterion: nn.Module) -> None:
 
 
 def check_early_stopping(es: EarlyStopping) -> None:
-    """A member honours EarlyStopping's public settings (monitor, mode, patience, min_delta,
-    check_finite, stopping/divergence thresholds); a subclass may change more, so it is refused."""
+    """A member honours EarlyStopping's public settings; a subclass may change more: refused."""
     if type(es) is not EarlyStopping:
         raise ConfigError(f"callbacks.early_stopping is {type(es).__name__}; a population member runs "
                           f"lightning's EarlyStopping only; {USE_ONE}")
 
 
 def check_net(net: nn.Module) -> None:
-    """Layers a stacked member cannot carry: random layers other than Dropout, and BatchNorm with
-    a cumulative average (it reads its batch count on the host every step)."""
+    """Refuse random layers other than Dropout, and BatchNorm with a cumulative average (it reads
+    its batch count on the host every step)."""
     for name, m in net.named_modules():
         if isinstance(m, RANDOM_LAYERS) or (isinstance(m, nn.Dropout) and type(m) is not nn.Dropout):
             raise ConfigError(f"model.net layer {name} is {type(m).__name__}: a population draws "
@@ -187,7 +164,7 @@ def check_net(net: nn.Module) -> None:
         if isinstance(m, nn.SyncBatchNorm):
             raise ConfigError(f"model.net layer {name} is SyncBatchNorm: a population runs on one "
                               f"device; {USE_ONE}")
-        if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d) and m.momentum is None:
+        if isinstance(m, BATCH_NORMS) and m.momentum is None:
             raise ConfigError(f"model.net layer {name} is BatchNorm with momentum=None; give it a "
                               f"momentum or {USE_ONE}")
 
@@ -198,7 +175,7 @@ def layout(net: nn.Module) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
 
 
 def check_layout(population: list, member: list) -> None:
-    """A member's network must have the population's parameters and buffers, shape for shape."""
+    """A member's network must have the population's `layout`."""
     if member != population:
         raise ConfigError("a member's network differs in shape from the population's; only values "
                           f"that leave shapes alone may vary between members; {USE_ONE}")
@@ -215,9 +192,9 @@ def check_model(model: Any, heads: Sequence[str], early_stopping: EarlyStopping 
     for head, criterion in model.criteria.items():
         check_criterion(head, criterion)
     check_net(model.net)
-    names = metric_names(list(heads))
     if early_stopping is not None:
         check_early_stopping(early_stopping)
+    names = metric_names(list(heads))
     monitors = (("callbacks.early_stopping.monitor", early_stopping.monitor if early_stopping else None),
                 ("model.scheduler_monitor", model.scheduler_monitor if model.scheduler_factory else None))
     for what, key in monitors:
@@ -232,12 +209,10 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def check_member(base: DictConfig, cfg: DictConfig) -> None:
-    """Refuse a member whose config differs from the population's in a key that must not vary
-    (compared unresolved, so `${paths.output_dir}` and friends compare equal)."""
+    """Refuse a member differing from `base` in a key that must not vary (compared unresolved)."""
     from omegaconf import OmegaConf
 
-    ours = _flat(OmegaConf.to_container(base, resolve=False))
-    theirs = _flat(OmegaConf.to_container(cfg, resolve=False))
+    ours, theirs = (_flat(OmegaConf.to_container(c, resolve=False)) for c in (base, cfg))
     for key in sorted(set(ours) | set(theirs)):
         if ours.get(key) != theirs.get(key) and not vectorizable(key):
             raise ConfigError(f"{key} differs between members ({ours.get(key)!r} vs {theirs.get(key)!r}); "

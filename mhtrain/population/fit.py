@@ -1,6 +1,4 @@
-"""Populations from configs: a member built from its config exactly as `mhtrain.train.fit`
-builds a solo run, and `fit_population`. What may vary and what is refused is
-`mhtrain.population.check`'s to say."""
+"""Populations from configs: members built as `mhtrain.train.fit` builds solo runs, and `fit_population`."""
 
 from __future__ import annotations
 
@@ -20,26 +18,18 @@ from mhtrain.population.engine import train_population
 from mhtrain.population.members import Member, MemberSource
 
 
-def seeded_model(cfg: DictConfig) -> Any:
-    """`cfg`'s model with its solo run's initial weights: built with the CPU generator seeded as
-    `fit` seeds it, every global RNG stream (CPU and every CUDA device) left as it was, so the
-    members already training draw on undisturbed."""
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(cfg.seed)  # not torch.manual_seed: that reseeds CUDA
-        return build_model(cfg)
-
-
 def member_from_config(cfg: DictConfig, key: Any, base: DictConfig | None = None) -> Member:
-    """The member `cfg` describes, built as `fit(cfg)` builds its solo run: initial weights from
-    its seed, its own early stopping and loggers, `config.yaml` saved. With `base`, a key that
-    must not differ from it is refused (one line naming the key)."""
+    """The member `cfg` describes, built as `fit(cfg)` builds its solo run; checked against `base`."""
     if base is not None:
         check_member(base, cfg)
     stoppers = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     if any(not isinstance(s, EarlyStopping) for s in stoppers) or len(stoppers) > 1:
         raise ConfigError("a population member runs one early_stopping callback and nothing else; "
                           "set the others to null or use population=1")
-    model = seeded_model(cfg)
+    # its solo run's initial weights; every global RNG stream is left as it was for the others
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(cfg.seed)  # not torch.manual_seed: that reseeds CUDA
+        model = build_model(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
@@ -55,8 +45,7 @@ def member_from_config(cfg: DictConfig, key: Any, base: DictConfig | None = None
 
 def fit_population(base: DictConfig, source: MemberSource, k: int,
                    callbacks: Sequence[Callback] = ()) -> int:
-    """Train the members `source` supplies (built with `member_from_config`), up to `k` at once,
-    on `base`'s data and Trainer settings; returns how many were trained."""
+    """Train `source`'s members, up to `k` at once, on `base`'s data and Trainer settings."""
     check_config(base, k=k)
     trainer_args = OmegaConf.to_container(base.trainer, resolve=True)
     return train_population(instantiate(base.data), source, k, trainer_args, callbacks)

@@ -1,6 +1,4 @@
-"""What a population is made of: members (a solo run's pieces, built by whoever supplies them)
-and the protocol between the engine and that supplier. No Optuna here: a study is one supplier,
-a benchmark's random search another."""
+"""Members (a solo run's pieces) and the protocol of their supplier (a study, a random search)."""
 
 from __future__ import annotations
 
@@ -17,12 +15,8 @@ from mhtrain.result import FitResult
 
 @dataclass(eq=False)
 class Member:
-    """One run of the population, built exactly as its solo run would build it.
-
-    `model` must have been built with the CPU generator seeded as its solo run seeds it (its
-    initial weights are then the solo run's); `seed` seeds its batch order and its dropout
-    streams; the early stopping callback and the loggers are the solo run's.
-    """
+    """One run of the population, built as its solo run builds it (`model` with the CPU generator
+    seeded as there); `seed` seeds its batch order and dropout streams."""
 
     key: Any  # the supplier's handle for this run (an Optuna trial, a name)
     model: MultiheadLitModule
@@ -44,7 +38,5 @@ class MemberSource(Protocol):
         """A member's validation metrics after `epoch`; False stops it (pruned)."""
 
     def finish(self, member: Member, result: FitResult) -> None:
-        """A member has left: `result` is what `mhtrain.train.fit` returns for a solo run, with
-        `stopped` (max_epochs, early_stopping, pruned; `stopped` if the Trainer was stopped from
-        outside) and `population` ({"joined_epoch": …, "members": …}) set, `test` empty."""
-
+        """A member has left: `result` as `fit` returns it, `test` empty, `stopped` (max_epochs,
+        early_stopping, pruned or stopped) and `population` ({"joined_epoch", "members"}) set."""

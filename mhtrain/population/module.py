@@ -1,7 +1,4 @@
-"""PopulationModule: the Lightning side of a population. A Trainer drives it through epochs
-and batches; each step is the `Stack`'s (the stacked math), each epoch boundary the members'
-`MemberRun`s' (the bookkeeping): members report, leave, and newcomers take their rows.
-"""
+"""The Lightning side of a population: steps are the `Stack`'s, epoch boundaries the `MemberRun`s'."""
 
 from __future__ import annotations
 
@@ -18,14 +15,7 @@ from mhtrain.population.stacked import Stack
 
 
 class PopulationModule(L.LightningModule):
-    """Trains up to `k` members of one architecture at once on `datamodule`'s data.
-
-    Members come from `source` (first `first`, then more whenever one leaves); each reports its
-    val metrics to `source` after every epoch and leaves when pruned, early-stopped or at its
-    `max_epochs`. Optimization is manual: one backward through the stacked network and one
-    stacked Adam step per batch. The stacked network is no submodule (its template lives on the
-    meta device; the rows are the state), so the module itself has no parameters.
-    """
+    """Trains up to `k` members of `source` at once, manually; the stack is no submodule (no parameters)."""
 
     def __init__(self, datamodule: TensorDataModule, source: MemberSource, k: int,
                  first: list[Member]) -> None:
@@ -57,12 +47,10 @@ class PopulationModule(L.LightningModule):
 
     # -- steps: the stack's, nothing per member
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, targets = batch
-        return self.stack.train_step(x, targets, self.manual_backward)  # [K]: outputs["loss"]
+        return self.stack.train_step(*batch, backward=self.manual_backward)  # [K]: outputs["loss"]
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        x, targets = batch  # the same validation batch for every member
-        self.stack.val_step(x, targets)
+        self.stack.val_step(*batch)  # the same validation batch for every member
 
     def on_train_epoch_start(self) -> None:
         self.stack.train(True)
@@ -101,24 +89,23 @@ class PopulationModule(L.LightningModule):
             self.trainer.should_stop = True
 
     def on_train_end(self) -> None:
-        """Members still training when the Trainer stopped for another reason (a callback) end
-        as `stopped`."""
+        """Members still training when something else stopped the Trainer end as `stopped`."""
         for run in self.runs:
             self.source.finish(run.member, run.result(self.heads))
         self.runs = []
 
     def _restack(self, keep: list[int], new: list[Member]) -> None:
         """Survivors (in order, with their schedulers' lrs) followed by the newcomers."""
-        joining = []
+        runs, rows = [self.runs[i] for i in keep], []
         for member in new:
             check_model(member.model, self.heads, member.early_stopping)
             run, args = MemberRun.begin(member, self._epoch)
-            joining.append((run, (self.stack.member_rows(member.model, member.seed), args)))
-        self.stack.restack(keep, [self.runs[i].lr for i in keep], [rows for _, rows in joining])
-        self.runs = [self.runs[i] for i in keep] + [run for run, _ in joining]
-        self.admitted += len(joining)
-        for run, _ in joining:
-            run.size = len(self.runs)
+            runs.append(run)
+            rows.append((self.stack.member_rows(member.model, member.seed), args))
+        self.stack.restack(keep, [run.optimizer.param_groups[0]["lr"] for run in runs[:len(keep)]], rows)
+        for run in runs[len(keep):]:
+            run.size = len(runs)
+        self.runs, self.admitted = runs, self.admitted + len(new)
 
 
 def _lists(values: dict[str, torch.Tensor]) -> dict[str, list[float]]:

@@ -1,17 +1,6 @@
-"""Adam and AdamW for K members at once, each with its own arguments and state.
-
-Every quantity is a row per member: arguments [K] (float64, so bias corrections are computed
-in double as torch does with its Python floats), moments [K, P], the step count [K]. The update
-is torch.optim's single-tensor Adam, operation by operation (the same kernels: lerp, addcmul,
-addcdiv's order), with each per-member scalar applied where torch applies its Python scalar, so
-one member's update is, bit for bit on the CPU, the update `torch.optim.Adam` (or `AdamW`) makes
-for that member alone.
-
-Each operation is already one kernel over all K*P values (what `foreach` buys for many tensors);
-torch's fused kernel takes one lr for all tensors, so it cannot serve per-member lrs. What only
-changes at an epoch boundary (arguments, a scheduler's lr) is turned into [K, 1] columns there
-(`adam_columns`), so a step computes only its two bias corrections.
-"""
+"""Adam and AdamW for K members at once: arguments and step [K] (float64, as torch's Python floats),
+moments [K, P]. Torch's single-tensor Adam kernel by kernel, each over all K*P values (its fused
+kernel cannot take per-member lrs): bit for bit on the CPU what `torch.optim.Adam`/`AdamW` makes."""
 
 from __future__ import annotations
 
@@ -23,9 +12,7 @@ ARGS = ("lr", "beta1", "beta2", "eps", "weight_decay", "decoupled")
 
 
 def adam_args(optimizer: torch.optim.Optimizer) -> dict[str, float]:
-    """A member's arguments, read from the optimizer its solo run would build (so torch's own
-    defaults and the Adam/AdamW difference come from torch, not from a copy here), after its
-    scheduler (if any) has set the starting lr."""
+    """A member's arguments, read from the optimizer its solo run builds (defaults from torch)."""
     check_optimizer(optimizer)
     d = optimizer.param_groups[0]
     beta1, beta2 = (float(b) for b in d["betas"])
@@ -36,13 +23,10 @@ def adam_args(optimizer: torch.optim.Optimizer) -> dict[str, float]:
 
 def adam_rows(args: dict[str, float], n_params: int, device: torch.device | str,
               dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """A new member's optimizer rows: its arguments, zero moments (in the parameters' dtype),
-    step 0."""
+    """A new member's optimizer rows: its arguments, zero moments, step 0."""
     rows = {k: torch.tensor(args[k], dtype=torch.float64, device=device) for k in ARGS}
-    rows["step"] = torch.zeros((), dtype=torch.float64, device=device)
-    rows["exp_avg"] = torch.zeros(n_params, device=device, dtype=dtype)
-    rows["exp_avg_sq"] = torch.zeros(n_params, device=device, dtype=dtype)
-    return rows
+    moments = {k: torch.zeros(n_params, device=device, dtype=dtype) for k in ("exp_avg", "exp_avg_sq")}
+    return {**rows, "step": torch.zeros((), dtype=torch.float64, device=device), **moments}
 
 
 def _col(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -52,10 +36,8 @@ def _col(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def adam_columns(rows: dict[str, torch.Tensor], decay: bool,
                  dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """The per-member factors that change only when members or lrs do (computed in float64 as
-    torch does, then cast): made once per epoch boundary, read by every step. `decay`: whether
-    any member decays its weights (the caller knows it from the members' arguments; without
-    it the two decay passes are skipped)."""
+    """[K, 1] factors fixed between epoch boundaries (float64, then cast); without `decay` (no member
+    decays) the decay passes are skipped; a member's zero decay is an exact no-op anyway."""
     lr, beta1, beta2 = rows["lr"], rows["beta1"], rows["beta2"]
     cols = {"one_minus_beta1": _col(1 - beta1, dtype), "beta2": _col(beta2, dtype),
             "one_minus_beta2": _col(1 - beta2, dtype), "eps": _col(rows["eps"], dtype)}
@@ -69,11 +51,7 @@ def adam_columns(rows: dict[str, torch.Tensor], decay: bool,
 @torch.no_grad()
 def adam_step(param: torch.Tensor, grad: torch.Tensor, rows: dict[str, torch.Tensor],
               cols: dict[str, torch.Tensor] | None = None) -> None:
-    """One update of every member's parameters [K, P] in place (torch's `_single_tensor_adam`).
-
-    `cols` are `adam_columns(rows, …)` (made here, with a sync, when not given). A member's zero
-    weight decay is an exact no-op.
-    """
+    """One in-place update of all parameters [K, P]; `cols` are made here (a sync) when not given."""
     if cols is None:
         cols = adam_columns(rows, bool((rows["weight_decay"] != 0).any()), param.dtype)
     rows["step"] += 1

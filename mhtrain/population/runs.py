@@ -1,8 +1,4 @@
-"""Per-member bookkeeping: what a solo run's Trainer and callbacks keep for one run (its batch
-order, optimizer arguments and scheduler, early stopping, histories, loggers) and the
-`FitResult` it ends with. Host-side Python only, run at epoch boundaries; the tensors live in
-`mhtrain.population.stacked`.
-"""
+"""Per-member bookkeeping a solo run's Trainer and callbacks keep, and its `FitResult` (host side)."""
 
 from __future__ import annotations
 
@@ -25,21 +21,15 @@ from mhtrain.result import FitResult
 
 
 class Stopper:
-    """A member's early stopping: the rule of lightning's EarlyStopping, read from its public
-    settings (monitor, mode, patience, the size of min_delta, check_finite, stopping_threshold,
-    divergence_threshold) and applied to the member's own metrics after each epoch, so it stops
-    at the epoch its solo run's callback would. Values are compared as float32 tensors, as the
-    callback compares logged metrics."""
+    """Lightning's EarlyStopping rule from its public settings, applied to a member's metrics so
+    it stops where its solo run's callback would (compared as float32 tensors, as it compares)."""
 
     def __init__(self, es: EarlyStopping) -> None:
         check_early_stopping(es)
-        self.monitor, self.patience = es.monitor, es.patience
-        self.maximize = es.mode == "max"
-        self.min_delta = abs(float(es.min_delta))
-        self.check_finite = es.check_finite
+        self.monitor, self.patience, self.check_finite = es.monitor, es.patience, es.check_finite
+        self.maximize, self.min_delta = es.mode == "max", abs(float(es.min_delta))
         self.stopping_threshold, self.divergence_threshold = es.stopping_threshold, es.divergence_threshold
-        self.best = torch.tensor(-math.inf if self.maximize else math.inf)
-        self.wait = 0
+        self.best, self.wait = torch.tensor(-math.inf if self.maximize else math.inf), 0
 
     def _better(self, a: torch.Tensor | float, b: torch.Tensor | float) -> bool:
         return bool(torch.gt(a, b) if self.maximize else torch.lt(a, b))
@@ -80,8 +70,7 @@ class MemberRun:
 
     @classmethod
     def begin(cls, member: Member, epoch: int) -> tuple[MemberRun, dict[str, float]]:
-        """The run record of a member joining at population epoch `epoch`, and its Adam arguments
-        (read from the optimizer its solo run builds, after its scheduler set the first lr)."""
+        """A member joining at epoch `epoch`: its run and Adam arguments (lr as its scheduler set it)."""
         model = member.model
         optimizer = model.optimizer_factory(params=[torch.zeros(1, requires_grad=True)])
         scheduler = model.scheduler_factory(optimizer=optimizer) if model.scheduler_factory else None
@@ -89,15 +78,9 @@ class MemberRun:
         run = cls(member, torch.Generator().manual_seed(member.seed), optimizer, scheduler, stopper, epoch)
         return run, adam_args(optimizer)
 
-    @property
-    def lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
-
     def end_epoch(self, train: Mapping[str, float], val: Mapping[str, float], batches: int,
                   primary: str, report: Callable[[Member, int, Mapping[str, float]], bool]) -> bool:
-        """The member's end of epoch as its solo Trainer and callbacks see it: loggers, history,
-        the supplier's report (False: pruned), early stopping, `max_epochs`, the scheduler.
-        Returns whether it goes on."""
+        """The member's end of epoch as its solo Trainer sees it; returns whether it goes on."""
         member, epoch = self.member, len(self.history)
         self.steps += batches
         val = dict(val)
@@ -129,7 +112,7 @@ class MemberRun:
         return True
 
     def result(self, heads: list[str]) -> FitResult:
-        """What the member ends with (its loggers finalised), as `fit` would return it."""
+        """The member's `FitResult`, as `fit` would return it (its loggers finalised)."""
         for logger in self.member.loggers:
             logger.finalize("success")
         return FitResult(history=self.history, train_history=self.train_history, test={},

@@ -1,10 +1,6 @@
-"""K networks of one architecture run as one: parameters in one flat [K, P] tensor, buffers
-stacked [K, ...], the forward pass `vmap`-ed over `functional_call` of a parameterless copy.
-
-The flat row (rather than `torch.func.stack_module_state`'s dict of [K, ...] tensors) lets the
-optimizer update every parameter of every member with one kernel per operation and autograd
-accumulate one gradient tensor; `views` gives the dict `functional_call` wants without copying.
-"""
+"""K networks of one architecture run as one: parameters in one flat [K, P] tensor (not
+`stack_module_state`'s dict, so Adam runs one kernel per operation and autograd accumulates one
+gradient), buffers stacked [K, ...], the forward `vmap`-ed over `functional_call` of a meta copy."""
 
 from __future__ import annotations
 
@@ -15,17 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from mhtrain.population.check import check_layout, check_net, layout
+from mhtrain.population.check import BATCH_NORMS, check_layout, check_net, layout
 
 MASK64 = (1 << 64) - 1
-
-
-def _signed(v: int) -> int:
-    return v - (1 << 64) if v >= 1 << 63 else v
-
-
-GOLDEN = _signed(0x9E3779B97F4A7C15)  # splitmix64's increment and finaliser constants
-MIX1, MIX2 = _signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB)
+# splitmix64's increment and finaliser constants, as int64
+GOLDEN, MIX1, MIX2 = (c - (1 << 64) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
 
 
 def mix_int(z: int) -> int:
@@ -33,7 +23,8 @@ def mix_int(z: int) -> int:
     z &= MASK64
     z = ((z ^ (z >> 30)) * (MIX1 & MASK64)) & MASK64
     z = ((z ^ (z >> 27)) * (MIX2 & MASK64)) & MASK64
-    return _signed(z ^ (z >> 31))
+    z ^= z >> 31
+    return z - (1 << 64) if z >= 1 << 63 else z
 
 
 def mix(z: torch.Tensor) -> torch.Tensor:
@@ -44,12 +35,8 @@ def mix(z: torch.Tensor) -> torch.Tensor:
 
 
 class MemberDropout(nn.Module):
-    """Dropout with a rate and a random stream of its own per member, both buffers.
-
-    The mask is a counter-based hash of (stream, draw count, element): a member's masks depend on
-    its seed and its own steps only, never on which members train beside it, how many there are
-    or who joins; drawing them reads no global generator, needs no `vmap` randomness and no sync.
-    """
+    """Dropout with a per-member rate and stream (buffers): its mask hashes (stream, draw, element),
+    so it depends on the member's seed and steps only and needs no generator, vmap randomness or sync."""
 
     def __init__(self, p: float, stream: int = 0) -> None:
         super().__init__()
@@ -70,13 +57,9 @@ class MemberDropout(nn.Module):
 
 
 class MemberBatchNorm(nn.Module):
-    """BatchNorm with the same parameters and buffers, normalising in their dtype (float32).
-
-    Under bf16 autocast a convolution hands BatchNorm a bf16 input; a plain BatchNorm handles
-    the bf16/float32 mix, but functorch's batching rule for it does not ("expected scalar type
-    BFloat16 but found Float"). Casting in and out gives what a solo run's cuDNN BatchNorm
-    gives (float32 statistics, output in the input's dtype) and costs nothing without autocast.
-    """
+    """BatchNorm normalising in its parameters' dtype: under bf16 autocast functorch's batching
+    rule fails on a bf16 input with float32 state; casting in and out gives what a solo run's
+    cuDNN BatchNorm gives (float32 statistics, output in the input's dtype)."""
 
     def __init__(self, bn: nn.Module) -> None:
         super().__init__()
@@ -95,12 +78,8 @@ class MemberBatchNorm(nn.Module):
         return y.to(x.dtype)
 
 
-BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-
-
 def member_layers(net: nn.Module, seed: int = 0) -> nn.Module:
-    """`net` (changed in place) with each nn.Dropout a MemberDropout of the same rate, its i-th
-    one drawing from stream (seed, i), and each BatchNorm a MemberBatchNorm."""
+    """In place: each nn.Dropout a MemberDropout (i-th on stream (seed, i)), BatchNorm a MemberBatchNorm."""
     dropouts = 0
     for parent in list(net.modules()):
         for name, child in list(parent.named_children()):
@@ -113,52 +92,38 @@ def member_layers(net: nn.Module, seed: int = 0) -> nn.Module:
 
 
 class StackedNets:
-    """The layout of one architecture's parameters in a flat row, and its stacked forward pass.
-
-    A member's row holds its parameters in `named_parameters()` order; `views` splits a [K, P]
-    tensor back into [K, *shape] parameters without copying, so the optimizer updates one flat
-    tensor and autograd accumulates one flat gradient.
-    """
+    """One architecture's parameters as a flat row (in `named_parameters()` order) and its
+    stacked forward pass; `views` splits [K, P] into [K, *shape] parameters without copying."""
 
     def __init__(self, net: nn.Module) -> None:
         check_net(net)
         base = member_layers(copy.deepcopy(net)).to("meta")
-        if hasattr(base, "memory_format"):
-            # a memory-format request cannot be honoured inside vmap; the values are the same
+        if hasattr(base, "memory_format"):  # vmap cannot honour a memory format; values are the same
             base.memory_format = torch.contiguous_format
-        self.base = base
-        self.names = [n for n, _ in base.named_parameters()]
-        self.shapes = [p.shape for _, p in base.named_parameters()]
-        self.sizes = [p.numel() for _, p in base.named_parameters()]
-        self.layout = layout(base)
+        self.base, self.layout = base, layout(base)
+        self.shapes = {n: p.shape for n, p in base.named_parameters()}
+        self.sizes = [s.numel() for s in self.shapes.values()]
 
     def row(self, net: nn.Module, seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One member's flat parameters [P] and buffers, exactly as its own network holds them
-        (its dropout streams drawn from `seed`); the member's network is left as it is."""
+        """A copy of one member's flat parameters [P] and buffers (dropout streams from `seed`)."""
         check_net(net)
         net = member_layers(copy.deepcopy(net), seed)
-        params = dict(net.named_parameters())
-        buffers = dict(net.named_buffers())
         check_layout(self.layout, layout(net))
-        flat = torch.cat([torch.zeros(0), *(p.detach().reshape(-1) for p in params.values())])
-        return flat, {n: b.detach().clone() for n, b in buffers.items()}
+        flat = torch.cat([torch.zeros(0), *(p.detach().reshape(-1) for p in net.parameters())])
+        return flat, {n: b.detach().clone() for n, b in net.named_buffers()}
 
     def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         if not self.sizes:
             return {}
-        k = flat.shape[0]
         parts = flat.split(self.sizes, dim=1)
-        return {n: part.view(k, *shape) for n, part, shape in zip(self.names, parts, self.shapes,
-                                                                    strict=True)}
+        return {n: p.view(len(flat), *s) for (n, s), p in zip(self.shapes.items(), parts, strict=True)}
 
     def train(self, mode: bool = True) -> None:
         self.base.train(mode)
 
     def forward(self, flat: torch.Tensor, buffers: dict[str, torch.Tensor],
                 x: torch.Tensor, shared_input: bool = False) -> dict[str, torch.Tensor]:
-        """Every member's output: x is [K, B, ...] (one batch per member) or, with
-        `shared_input`, [B, ...] seen by all; each output is [K, B, ...]. Any random operation
-        other than MemberDropout's is an error (`randomness="error"`)."""
+        """Every member's output [K, B, ...] from x [K, B, ...] (or shared [B, ...]); no other randomness."""
 
         def one(params, bufs, xs):
             return functional_call(self.base, (params, bufs), (xs,))

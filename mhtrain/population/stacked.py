@@ -1,12 +1,6 @@
-"""The stacked math of a population: every member's tensors as rows, and one training or
-validation step for all members at once. No Lightning and no Python per member here, so the
-same steps run under a Trainer, in a plain loop, or on fake CUDA tensors in a test.
-
-Rows (members along dim 0): parameters [K, P], BatchNorm and dropout buffers, Adam moments,
-step and arguments, loss weights. Members join and leave only at epoch boundaries (`restack`),
-where everything that stays fixed for an epoch is prepared, so a step launches the forward,
-one criterion call per head, one backward and the Adam kernels, and reads nothing back.
-"""
+"""The stacked math: every member's tensors as rows and one step for all at once, with no Lightning
+and no Python per member. Members join and leave at epoch boundaries (`restack`), where what stays
+fixed for an epoch is prepared, so a step launches its kernels and reads nothing back."""
 
 from __future__ import annotations
 
@@ -32,10 +26,9 @@ class Stack:
 
     def __init__(self, template: Any, device: torch.device | str = "cpu") -> None:
         self.heads = list(template.head_names)
-        self.criteria: dict[str, nn.Module] = {}
-        for h in self.heads:
+        for h in self.heads:  # copied below, so `to` moves ours and not the template's
             check_criterion(h, template.criteria[h])
-            self.criteria[h] = copy.deepcopy(template.criteria[h])  # moved to the device with us
+        self.criteria: dict[str, nn.Module] = {h: copy.deepcopy(template.criteria[h]) for h in self.heads}
         self.nets = StackedNets(template.net)
         self.device = torch.device(device)
         self.rows: dict[str, torch.Tensor] = {}
@@ -44,10 +37,6 @@ class Stack:
         self.buffers: dict[str, torch.Tensor] = {}
         self.sums: dict[str, EpochSums] = {}
 
-    @property
-    def size(self) -> int:
-        return len(self.args)
-
     def to(self, device: torch.device | str) -> Stack:
         """Train on `device` (set before the first member joins)."""
         self.device = torch.device(device)
@@ -55,27 +44,23 @@ class Stack:
         return self
 
     def member_rows(self, model: Any, seed: int) -> dict[str, torch.Tensor]:
-        """A new member's rows, assembled on the host: its network's weights and buffers (its
-        dropout streams from `seed`) and its loss weights; `restack` copies them to the device
-        and adds fresh Adam state."""
+        """A new member's weights, buffers and loss weights, on the host (`restack` adds Adam state)."""
         flat, buffers = self.nets.row(model.net, seed)
         return {"params": flat, **{f"buffer/{n}": b for n, b in buffers.items()},
                 "priors": model.priors.detach().clone()}
 
     def restack(self, keep: Sequence[int], lrs: Sequence[float],
                 new: Sequence[tuple[dict[str, torch.Tensor], dict[str, float]]] = ()) -> None:
-        """The survivors' rows `keep` (in order; `lrs` their lrs now, a scheduler may have moved
-        them) followed by the newcomers' (rows, Adam arguments). Moments, steps, buffers and
-        weights of survivors are taken as they are; a newcomer's Adam state starts at zero."""
+        """The survivors' rows `keep` as they are (with `lrs`, their schedulers' lrs now), then the
+        newcomers' (rows, Adam arguments) with zero Adam state."""
         self.args = [{**self.args[i], "lr": float(lr)} for i, lr in zip(keep, lrs, strict=True)]
         self.args += [dict(args) for _, args in new]
         index = torch.tensor(list(keep), dtype=torch.long, device=self.device)
-        fresh = [{**{k: v.to(self.device) for k, v in rows.items()},
-                  **adam_rows(args, rows["params"].numel(), self.device, rows["params"].dtype)}
-                 for rows, args in new]
-        keys = list(self.rows) or (list(fresh[0]) if fresh else [])
-        old = {k: v.detach()[index] for k, v in self.rows.items()} if self.rows else {}
-        self.rows = {k: torch.cat([*([old[k]] if old else []), *(r[k][None] for r in fresh)]) for k in keys}
+        parts = [{k: v.detach()[index] for k, v in self.rows.items()}] if self.rows else []
+        for rows, args in new:
+            row = {**rows, **adam_rows(args, rows["params"].numel(), self.device, rows["params"].dtype)}
+            parts.append({k: v.to(self.device)[None] for k, v in row.items()})
+        self.rows = {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
         if not self.args:
             self.rows, self.cols, self.buffers, self.sums = {}, {}, {}, {}
             return
@@ -85,30 +70,25 @@ class Stack:
         self.cols = adam_columns(self.rows, decay, self.rows["params"].dtype)
         self.buffers = {k.removeprefix("buffer/"): v for k, v in self.rows.items() if k.startswith("buffer/")}
         with self.device:  # made where they are used, not copied there
-            self.sums = {s: EpochSums(len(self.heads), members=self.size) for s in ("train", "val")}
+            self.sums = {s: EpochSums(len(self.heads), members=len(self.args)) for s in ("train", "val")}
 
     def train(self, mode: bool = True) -> None:
-        """Training mode (BatchNorm batch statistics, dropout) or evaluation mode."""
         self.nets.train(mode)
 
     def losses(self, logits: Mapping[str, torch.Tensor],
                targets: Targets) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per member and head [K, H]: each head's mean loss and correct predictions. One
-        criterion call per head over all K*B samples (per-sample losses, then each member's
-        mean as its criterion's mean reduction takes it); `targets` are [K, B] or shared [B]."""
+        """Per member and head [K, H]: mean loss (one criterion call per head over all K*B samples)
+        and correct predictions; `targets` are [K, B] or shared [B]."""
         losses, correct = [], []
         for h in self.heads:
             logit = logits[h]
             k, b, c = logit.shape
             target = targets[h].expand(k, b)
-            crit = self.criteria[h]
+            crit, fn = self.criteria[h], F.nll_loss
             args = {"weight": crit.weight, "ignore_index": crit.ignore_index, "reduction": "none"}
-            flat_logit, flat_target = logit.reshape(k * b, c), target.reshape(k * b)
             if isinstance(crit, nn.CrossEntropyLoss):
-                per = F.cross_entropy(flat_logit, flat_target, label_smoothing=crit.label_smoothing, **args)
-            else:
-                per = F.nll_loss(flat_logit, flat_target, **args)
-            per = per.view(k, b)
+                fn, args["label_smoothing"] = F.cross_entropy, crit.label_smoothing
+            per = fn(logit.reshape(k * b, c), target.reshape(k * b), **args).view(k, b)
             if crit.weight is None and crit.ignore_index < 0:  # labels are >= 0: nothing ignored
                 losses.append(per.mean(1))
             else:
@@ -120,8 +100,7 @@ class Stack:
 
     def train_step(self, x: torch.Tensor, targets: Targets,
                    backward: Callable[[torch.Tensor], None] = torch.Tensor.backward) -> torch.Tensor:
-        """One step of every member on its own batch (x [K, B, ...]); returns each member's loss
-        [K]. `backward` runs the backward pass (a Trainer's `manual_backward`)."""
+        """One step of every member on its own batch (x [K, B, ...]); returns the losses [K]."""
         params = self.rows["params"]
         losses, correct = self.losses(self.nets.forward(params, self.buffers, x), targets)
         total = weighted_total(losses, self.rows["priors"])
@@ -138,8 +117,7 @@ class Stack:
         self.sums["val"].add(correct, losses, weighted_total(losses, self.rows["priors"]), len(x))
 
     def epoch_metrics(self, split: str) -> dict[str, torch.Tensor]:
-        """The epoch's metric contract for every member (each value [K], on the device), then
-        the sums start again."""
+        """The epoch's metrics, each [K] on the device; the sums start again."""
         accs, head_losses, total = self.sums[split].compute_and_reset()
         weights = effective_weights(self.rows["priors"])
         values = epoch_metrics(split, self.heads, accs, head_losses, total, weights)
