@@ -29,6 +29,7 @@ import argparse
 import signal
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import optuna
@@ -85,14 +86,10 @@ def arm_names(args: argparse.Namespace) -> list[str]:
     return names
 
 
-def shower(metric: str) -> reruns.OnDone:
+def show(metric: str, study: str, seed: int, value: float, trained: bool, seconds: float) -> None:
     """A progress line per re-run, saying whether it was trained now or found stored."""
-
-    def show(study: str, seed: int, value: float, trained: bool, seconds: float) -> None:
-        how = f"trained, {seconds:.1f} s" if trained else "stored"
-        print(f"  {study} seed {seed}: {metric} = {value:.4f} ({how})", flush=True)
-
-    return show
+    how = f"trained, {seconds:.1f} s" if trained else "stored"
+    print(f"  {study} seed {seed}: {metric} = {value:.4f} ({how})", flush=True)
 
 
 def compare(args: argparse.Namespace) -> int:
@@ -100,7 +97,7 @@ def compare(args: argparse.Namespace) -> int:
     studies = reruns.open_arms(args.storage, names)  # all refusals come before any training
     metric = reruns.test_metric(studies[0])
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    arms = [reruns.rerun_best(s, seeds, args.overrides, on_done=shower(metric)) for s in studies]
+    arms = [reruns.rerun_best(s, seeds, args.overrides, on_done=partial(show, metric)) for s in studies]
     reference = arms[names.index(args.reference)]
     comparison = report.Comparison(arms, reference, metric, contrasts(arms, reference, metric),
                                    list(args.overrides))
@@ -118,14 +115,14 @@ def swept(args: argparse.Namespace) -> int:
               if args.search is None else tuple(args.search))  # sweeping epochs drops the default
     n_trials = sweep.N_TRIALS if args.n_trials is None else args.n_trials
     seeds = tuple(range(args.first_seed, args.first_seed + args.seeds))
-    plan = sweep.plan(over, names, args.reference, search, args.overrides, seeds, n_trials, args.storage)
+    plan = sweep.plan(over, names, search, args.overrides, seeds, n_trials, args.storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per study, not Optuna's own
     print(f"sweep of {over.key} over {', '.join(over.values)}: {len(names)} arms, "
           f"{len(plan.cells)} studies of {n_trials} trials ({' '.join(search)}), "
           f"{len(plan.cells) * len(seeds)} re-runs", flush=True)
     start = time.monotonic()
     arms, tally = sweep.run(plan, args.storage, progress=sys.stderr.isatty(),
-                            on_done=shower(plan.metric))
+                            on_done=partial(show, plan.metric))
     result = sweep_report.analyse(over, plan.points, arms, args.reference, plan.metric)
     default = "_".join(n for n in names if n != args.reference) + f"_vs_{args.reference}_over_{over.short}"
     setup = sweep_report.describe(result, n_trials, search, args.overrides, plan.full)

@@ -1,10 +1,9 @@
 """A report as a list of blocks, written twice from the same blocks: Markdown (to quote) and one
 HTML page (to explore), so the two never disagree and the page shows no Markdown syntax.
 
-The page is a complete document that opens from disk with no server and no network. Its
-figures share one copy of plotly.js, written once beside it (`plotly-<version>.min.js`, about
-4.8 MB) rather than embedded, so `report.html` itself stays small; `inline=True` embeds that one
-copy instead, for a single file to send around."""
+The page opens from disk with no server and no network. Its figures share one plotly.js written
+once beside it (`plotly-<version>.min.js`, 4.8 MB), so `report.html` stays small; `inline_js=True`
+embeds it instead, for a single file to send around."""
 
 from __future__ import annotations
 
@@ -29,7 +28,6 @@ class Heading:
 @dataclass(frozen=True)
 class Para:
     text: str  # may hold `code` spans
-    quote: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,29 +52,34 @@ class Figure:
 Block = Heading | Para | Bullets | TableBlock | Figure
 
 
-def left_out_line(f: Figure) -> str:
-    """The one line that stands in for a figure left out, in both formats."""
-    return f"Left out: {f.title}: {f.left_out}."
+def render(b: Block, md: bool) -> str:
+    """One block as Markdown (`md`) or as HTML: the one place each kind of block is written."""
+    if isinstance(b, Heading):
+        return "#" * b.level + " " + b.text if md else f"<h{b.level}>{inline(b.text)}</h{b.level}>"
+    if isinstance(b, Para):
+        return b.text if md else f"<p>{inline(b.text)}</p>"
+    if isinstance(b, Bullets):
+        if md:
+            return "\n".join(f"- {i}" for i in b.items)
+        return "<ul>" + "".join(f"<li>{inline(i)}</li>" for i in b.items) + "</ul>"
+    if isinstance(b, TableBlock):
+        if md:
+            rows = ["| " + " | ".join(r) + " |" for r in b.rows]
+            return "\n".join([rows[0], "|" + "---|" * len(b.rows[0]), *rows[1:]])
+        tags = ["th"] + ["td"] * (len(b.rows) - 1)
+        return "<table>" + "".join("<tr>" + "".join(f"<{t}>{inline(x)}</{t}>" for x in r) + "</tr>"
+                                   for t, r in zip(tags, b.rows, strict=True)) + "</table>"
+    if b.fig is None:
+        line = f"Left out: {b.title}: {b.left_out}."
+        return f"*{line}*" if md else f"<p class='left-out'>{inline(line)}</p>"
+    if md:
+        return f"*Figure in [report.html](report.html): {b.title}.*"
+    return f"<h3>{inline(b.title)}</h3>\n" + b.fig.to_html(full_html=False, include_plotlyjs=False)
 
 
 def to_markdown(title: str, blocks: list[Block]) -> str:
     """The report as Markdown: tables to paste, figures named with a pointer to the page."""
-    lines = [f"# {title}", ""]
-    for b in blocks:
-        if isinstance(b, Heading):
-            lines += ["#" * b.level + " " + b.text, ""]
-        elif isinstance(b, Para):
-            lines += [("> " if b.quote else "") + b.text, ""]
-        elif isinstance(b, Bullets):
-            lines += [*(f"- {i}" for i in b.items), ""]
-        elif isinstance(b, TableBlock):
-            lines += ["| " + " | ".join(b.rows[0]) + " |", "|" + "---|" * len(b.rows[0])]
-            lines += ["| " + " | ".join(r) + " |" for r in b.rows[1:]] + [""]
-        elif b.fig is None:
-            lines += [f"*{left_out_line(b)}*", ""]
-        else:
-            lines += [f"*Figure in [report.html](report.html): {b.title}.*", ""]
-    return "\n".join(lines)
+    return "\n".join([f"# {title}", "", *(x for b in blocks for x in (render(b, md=True), ""))])
 
 
 def to_text(rows: Table) -> str:
@@ -99,42 +102,18 @@ STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto
          "blockquote{border-left:4px solid #ccc;margin:1em 0;padding:0 1em}.left-out{color:#666}")
 
 
-def plotly_js(out_dir: Path) -> str:
-    """Write the shared plotly.js beside the page once; return its file name."""
-    name = f"plotly-{plotly.__version__}.min.js"
-    path = out_dir / name
-    if not path.exists():
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(get_plotlyjs(), encoding="utf-8")
-        tmp.replace(path)
-    return name
-
-
 def to_html(title: str, blocks: list[Block], out_dir: Path, inline_js: bool = False) -> str:
-    """The page: every block in order, figures drawn by the one plotly.js in the head."""
-    figures = any(isinstance(b, Figure) and b.fig is not None for b in blocks)
+    """The page: every block in order, figures drawn by the one plotly.js in the head (in it with
+    `inline_js`, else beside the page, written there once)."""
     script = ""
-    if figures:
-        script = (f"<script>{get_plotlyjs()}</script>" if inline_js
-                  else f"<script src='{plotly_js(out_dir)}'></script>")
-    parts = [f"<h1>{inline(title)}</h1>"]
-    for b in blocks:
-        if isinstance(b, Heading):
-            parts.append(f"<h{b.level}>{inline(b.text)}</h{b.level}>")
-        elif isinstance(b, Para):
-            tag = "blockquote" if b.quote else "p"
-            parts.append(f"<{tag}>{inline(b.text)}</{tag}>")
-        elif isinstance(b, Bullets):
-            parts.append("<ul>" + "".join(f"<li>{inline(i)}</li>" for i in b.items) + "</ul>")
-        elif isinstance(b, TableBlock):
-            head = "".join(f"<th>{inline(x)}</th>" for x in b.rows[0])
-            body = "".join("<tr>" + "".join(f"<td>{inline(x)}</td>" for x in r) + "</tr>" for r in b.rows[1:])
-            parts.append(f"<table><tr>{head}</tr>{body}</table>")
-        elif b.fig is None:
-            parts.append(f"<p class='left-out'>{inline(left_out_line(b))}</p>")
-        else:
-            parts.append(f"<h3>{inline(b.title)}</h3>")
-            parts.append(b.fig.to_html(full_html=False, include_plotlyjs=False))
+    if any(isinstance(b, Figure) and b.fig is not None for b in blocks):
+        js = out_dir / f"plotly-{plotly.__version__}.min.js"
+        if not inline_js and not js.exists():
+            tmp = js.with_suffix(".tmp")
+            tmp.write_text(get_plotlyjs(), encoding="utf-8")
+            tmp.replace(js)
+        script = f"<script>{get_plotlyjs()}</script>" if inline_js else f"<script src='{js.name}'></script>"
+    parts = [f"<h1>{inline(title)}</h1>", *(render(b, md=False) for b in blocks)]
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
             f"<title>{html.escape(title)}</title><style>{STYLE}</style>{script}</head><body>\n"
             + "\n".join(parts) + "\n</body></html>\n")

@@ -17,8 +17,9 @@ from optuna.trial import TrialState
 
 from mhtrain.evaluate.document import Figure
 from mhtrain.evaluate.reruns import Arm
+from mhtrain.evaluate.stats import plural
 
-MIN_COMPLETE = 10  # completed trials below which importances and a landscape say nothing
+MIN_COMPLETE = 10  # completed trials (the only ones importances and contours use) needed to say anything
 
 
 @contextmanager
@@ -54,22 +55,12 @@ def drawn(title: str, make: Callable[[], go.Figure]) -> Figure:
     return Figure(title, fig)
 
 
-def complete(study: optuna.Study) -> int:
-    """Completed trials: the only ones Optuna's importances and contours use."""
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-
-
-def params_of(study: optuna.Study) -> list[str]:
-    """Every parameter any trial of the study searched."""
-    return sorted({p for t in study.get_trials(deepcopy=False) for p in t.params})
-
-
 def importances(study: optuna.Study) -> Figure:
     """Which searched values mattered, when the completed trials can say so."""
     title = f"Parameter importances: {study.study_name}"
-    n = complete(study)
+    n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     if n < MIN_COMPLETE:
-        return Figure(title, left_out=f"{n} completed trial{'s' if n != 1 else ''}, fewer than "
+        return Figure(title, left_out=f"{plural(n, 'completed trial')}, fewer than "
                                       f"the {MIN_COMPLETE} an importance estimate needs")
     with captured() as said:
         values = optuna.importance.get_param_importances(study)
@@ -84,26 +75,20 @@ def importances(study: optuna.Study) -> Figure:
 def landscape(study: optuna.Study, params: list[str]) -> Figure:
     """The objective over two searched loss weights, when there are points enough to draw it."""
     title = f"Loss-weight landscape: {study.study_name}"
-    n = complete(study)
+    n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     if n < MIN_COMPLETE:
-        return Figure(title, left_out=f"{n} completed trial{'s' if n != 1 else ''}; a contour "
+        return Figure(title, left_out=f"{plural(n, 'completed trial')}; a contour "
                                       f"interpolated from fewer than {MIN_COMPLETE} points shows nothing")
     return drawn(title, lambda: vis.plot_contour(study, params=params))
 
 
-def seeds_figure(arms: list[Arm], metric: str) -> go.Figure:
-    """Every seed's test value per arm: the spread behind each mean."""
-    fig = go.Figure()
-    for a in arms:
-        fig.add_trace(go.Box(y=[100 * v for v in a.values(metric)], name=a.name, boxpoints="all",
-                             jitter=0.3, text=[f"seed {s}" for s in a.seeds]))
-    fig.update_layout(yaxis_title=f"{metric} (%)", showlegend=False)
-    return fig
-
-
-def weights_figure(arms: list[Arm]) -> go.Figure:
-    """Each head's loss weight per epoch, mean over seeds; dotted where it never changed."""
-    fig = go.Figure()
+def comparison_figures(arms: list[Arm], metric: str) -> list[Figure]:
+    """Per-seed accuracies, loss weights, each study's history, and what the trials allow."""
+    seeds = go.Figure([go.Box(y=[100 * v for v in a.values(metric)], name=a.name, boxpoints="all",
+                              jitter=0.3, text=[f"seed {s}" for s in a.seeds]) for a in arms])
+    seeds.update_layout(yaxis_title=f"{metric} (%)", showlegend=False)  # the spread behind each mean
+    figs = [Figure("Test accuracy per seed (best configurations re-trained)", seeds)]
+    weights = go.Figure()  # each head's loss weight per epoch, mean over seeds; dotted where it never changed
     for a in arms:
         for h in a.heads if len(a.heads) > 1 else []:
             runs = [w for w in a.weights(h) if w]
@@ -111,17 +96,10 @@ def weights_figure(arms: list[Arm]) -> go.Figure:
             mean = [sum(w[e] for w in runs if len(w) > e) / sum(len(w) > e for w in runs)
                     for e in range(epochs)]
             learned = len({round(v, 9) for w in runs for v in w}) > 1
-            fig.add_trace(go.Scatter(x=list(range(1, epochs + 1)), y=mean, name=f"{a.name}: {h}",
-                                     mode="lines+markers", line={"dash": "solid" if learned else "dot"}))
-    fig.update_layout(xaxis_title="epoch", yaxis_title="loss weight (mean over seeds)")
-    return fig
-
-
-def comparison_figures(arms: list[Arm], metric: str) -> list[Figure]:
-    """Per-seed accuracies, loss weights, each study's history, and what the trials allow."""
-    figs = [Figure("Test accuracy per seed (best configurations re-trained)", seeds_figure(arms, metric))]
-    weights = weights_figure(arms)
+            weights.add_trace(go.Scatter(x=list(range(1, epochs + 1)), y=mean, name=f"{a.name}: {h}",
+                                         mode="lines+markers", line={"dash": "solid" if learned else "dot"}))
     if weights.data:
+        weights.update_layout(xaxis_title="epoch", yaxis_title="loss weight (mean over seeds)")
         figs.append(Figure("Loss weights over epochs (dotted: fixed)", weights))
     studies = [a.study for a in arms]
     figs.append(drawn("Optimization history (each arm's study)", lambda: vis.plot_optimization_history(
@@ -130,9 +108,10 @@ def comparison_figures(arms: list[Arm], metric: str) -> list[Figure]:
         figs.append(drawn(f"Intermediate values per epoch: {s.study_name}",
                           lambda s=s: vis.plot_intermediate_values(s)))
     for s in studies:
-        if len(params_of(s)) > 1:  # with one parameter its importance is 1.0 by definition
+        params = sorted({p for t in s.get_trials(deepcopy=False) for p in t.params})
+        if len(params) > 1:  # with one parameter its importance is 1.0 by definition
             figs.append(importances(s))
-        searched = [p for p in params_of(s) if "loss_weights" in p]
+        searched = [p for p in params if "loss_weights" in p]
         if len(searched) >= 2:
             figs.append(landscape(s, searched[:2]))
     return figs

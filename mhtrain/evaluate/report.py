@@ -13,7 +13,7 @@ from mhtrain.evaluate import document as doc
 from mhtrain.evaluate.document import Block, Bullets, Heading, Para, Table, TableBlock
 from mhtrain.evaluate.figures import comparison_figures
 from mhtrain.evaluate.reruns import Arm
-from mhtrain.evaluate.stats import INTERVAL, LEVEL, Contrast, mean_ci, p_text, reference_sentence
+from mhtrain.evaluate.stats import INTERVAL, LEVEL, Contrast, mean_ci, p_text
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,12 @@ class Comparison:
     extra: list[str] = field(default_factory=list)  # the re-runs' fidelity overrides
 
     def sentences(self) -> list[str]:
-        return [c.sentence() for c in self.contrasts] + [reference_sentence(self.reference, self.metric)]
+        """One sentence per contrast, then the reference's own mean and interval."""
+        values = self.reference.values(self.metric)
+        mean, low, high = mean_ci(values)
+        return [c.sentence() for c in self.contrasts] + [
+            f"{self.reference.name} (the reference): {self.metric} {100 * mean:.2f}% "
+            f"({100 * LEVEL:.0f}% CI {100 * low:.2f} to {100 * high:.2f}%, {len(values)} seeds)."]
 
 
 def duration(seconds: float) -> str:
@@ -35,15 +40,10 @@ def duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def pct(v: float) -> str:
-    """An accuracy in percent, as every table shows it."""
-    return f"{100 * v:.2f}"
-
-
 def with_ci(values: Sequence[float]) -> str:
     """A mean accuracy and its interval in percent: `98.75 [98.53, 98.97]`."""
     mean, low, high = mean_ci(values)
-    return f"{pct(mean)} [{pct(low)}, {pct(high)}]"
+    return f"{100 * mean:.2f} [{100 * low:.2f}, {100 * high:.2f}]"
 
 
 def accuracy_table(c: Comparison) -> Table:
@@ -58,19 +58,16 @@ def accuracy_table(c: Comparison) -> Table:
 
 def contrast_table(c: Comparison) -> Table:
     """Every arm minus the reference: difference, Welch interval, raw and Holm-adjusted p."""
-    rows = [["arm", "difference (pp)", f"{100 * LEVEL:.0f}% CI (pp)", "Welch p", "Holm-adjusted p"]]
-    for x in c.contrasts:
-        rows.append([x.arm, f"{100 * x.diff:+.2f}", f"{100 * x.low:+.2f} to {100 * x.high:+.2f}",
-                     p_text(x.p), p_text(x.p_holm)])
-    return rows
+    return [["arm", "difference (pp)", f"{100 * LEVEL:.0f}% CI (pp)", "Welch p", "Holm-adjusted p"],
+            *([x.arm, f"{100 * x.diff:+.2f}", f"{100 * x.low:+.2f} to {100 * x.high:+.2f}", p_text(x.p),
+               p_text(x.p_holm)] for x in c.contrasts)]
 
 
 def seed_table(c: Comparison) -> Table:
     """The primary metric seed by seed, so a reader can redo any statistic."""
-    rows = [["seed", *(a.name for a in c.arms)]]
-    for i, seed in enumerate(c.reference.seeds):
-        rows.append([str(seed), *(pct(a.values(c.metric)[i]) for a in c.arms)])
-    return rows
+    return [["seed", *(a.name for a in c.arms)],
+            *([str(seed), *(f"{100 * a.values(c.metric)[i]:.2f}" for a in c.arms)]
+              for i, seed in enumerate(c.reference.seeds))]
 
 
 def study_items(a: Arm) -> list[str]:
@@ -107,18 +104,12 @@ def setup_text(seeds: Sequence[int], extra: Sequence[str],
 
 def blocks(c: Comparison) -> list[Block]:
     """The whole report in order: setup, verdicts, tables, best configurations, figures."""
-    out: list[Block] = [Para(setup_text(c.reference.seeds, c.extra)), Heading("Verdicts"),
-                        Bullets(c.sentences())]
-    for heading, t in [("Test accuracy (mean over seeds, [95% CI])", accuracy_table(c)),
-                       (f"Against {c.reference.name}: {c.metric}", contrast_table(c)),
-                       (f"{c.metric} per seed (%)", seed_table(c))]:
-        out += [Heading(heading), TableBlock(t)]
-    out.append(Heading("Best configurations"))
-    for a in c.arms:
-        out += [Heading(a.name, 3), Bullets(study_items(a))]
-    out.append(Heading("Figures"))
-    return out + list(comparison_figures(c.arms, c.metric))
-
+    return [Para(setup_text(c.reference.seeds, c.extra)), Heading("Verdicts"), Bullets(c.sentences()),
+            Heading("Test accuracy (mean over seeds, [95% CI])"), TableBlock(accuracy_table(c)),
+            Heading(f"Against {c.reference.name}: {c.metric}"), TableBlock(contrast_table(c)),
+            Heading(f"{c.metric} per seed (%)"), TableBlock(seed_table(c)), Heading("Best configurations"),
+            *(b for a in c.arms for b in (Heading(a.name, 3), Bullets(study_items(a)))),
+            Heading("Figures"), *comparison_figures(c.arms, c.metric)]
 
 def write(out_dir: Path, c: Comparison, title: str, inline_js: bool = False) -> tuple[Path, Path]:
     """Write report.md and report.html into `out_dir`; return both paths."""

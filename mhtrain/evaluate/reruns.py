@@ -28,12 +28,6 @@ RERUN_ROOT = "runs/compare"
 OnDone = Callable[[str, int, float, bool, float], None]
 
 
-def rerun_key(trial: optuna.trial.FrozenTrial, seed: int, extra: Sequence[str]) -> str:
-    """Where a re-run is stored on its study: the best trial, the seed and the fidelity, so a
-    new best trial or other overrides re-train and anything else is found stored."""
-    return "|".join([f"trial{trial.number}", f"seed{seed}", *extra])
-
-
 def test_metric(ostudy: optuna.Study) -> str:
     """The test counterpart of the study's val metric (val/digit_acc -> test/digit_acc)."""
     metric = (ostudy.metric_names or [None])[0] or ostudy.user_attrs["config"]["metric"]
@@ -90,19 +84,14 @@ class Arm:
         return [r.get(metric_key("train", head, "weight"), []) for r in self.records]
 
 
-def _folder(name: str) -> str:
-    """A study name as one folder name that a Hydra override value can carry."""
-    return re.sub(r"[^A-Za-z0-9_.@:+-]", "_", name)
-
-
 def rerun_config(ostudy: optuna.Study, seed: int, extra: Sequence[str] = ()) -> DictConfig:
     """The composed config that re-trains the study's best trial with `seed` and `extra` on top
     (checked, like every composed config, before anything trains)."""
     best = ostudy.best_trial
     kept = [o for o in best.user_attrs["overrides"] if not o.startswith("seed=")]
     fidelity = f"_{hashlib.sha1('|'.join(extra).encode()).hexdigest()[:8]}" if extra else ""
-    folder = f"{RERUN_ROOT}/{_folder(ostudy.study_name)}/trial{best.number}_seed{seed}{fidelity}"
-    out = f"paths.output_dir={folder}"
+    name = re.sub(r"[^A-Za-z0-9_.@:+-]", "_", ostudy.study_name)  # one folder a Hydra override can carry
+    out = f"paths.output_dir={RERUN_ROOT}/{name}/trial{best.number}_seed{seed}{fidelity}"
     return compose(best.user_attrs["experiment"], [*kept, f"seed={seed}", *extra, *RERUN_MODE, out])
 
 
@@ -117,12 +106,13 @@ def record_of(result: FitResult) -> dict[str, Any]:
 
 def rerun_best(ostudy: optuna.Study, seeds: Sequence[int], extra: Sequence[str] = (),
                on_done: OnDone = lambda *_: None, label: str | None = None) -> Arm:
-    """Re-train the best trial with each seed and test it; stored runs are not repeated."""
+    """Re-train the best trial with each seed and test it; stored runs are not repeated. A run is
+    stored under its trial, seed and fidelity: a new best trial or other overrides re-train."""
     best = ostudy.best_trial
     metric = test_metric(ostudy)
     records = []
     for seed in seeds:
-        key = rerun_key(best, seed, extra)
+        key = "|".join([f"trial{best.number}", f"seed{seed}", *extra])
         stored = ostudy.user_attrs.get(RERUNS, {})
         trained = key not in stored
         if trained:
@@ -131,6 +121,5 @@ def rerun_best(ostudy: optuna.Study, seeds: Sequence[int], extra: Sequence[str] 
             stored = {**ostudy.user_attrs.get(RERUNS, {}), key: record}
             ostudy.set_user_attr(RERUNS, stored)
         records.append(stored[key])
-        on_done(ostudy.study_name, seed, records[-1][metric], trained,
-                records[-1].get("seconds", 0.0))
+        on_done(ostudy.study_name, seed, records[-1][metric], trained, records[-1].get("seconds", 0.0))
     return Arm(ostudy, list(seeds), records, label)

@@ -6,11 +6,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from scipy import stats
 
 from mhtrain import ConfigError
+
+if TYPE_CHECKING:  # for hints only: the statistics need no training code
+    from mhtrain.evaluate.reruns import Arm
 
 LEVEL = 0.95  # of every confidence interval; also the significance threshold 1 - LEVEL
 EDGE = 1e-4  # an accuracy of exactly 0 or 1 counts as this far inside: its logit is infinite
@@ -18,30 +21,22 @@ INTERVAL = ("Student-t interval of the mean computed on the logit scale and mapp
             "stays inside 0–100%")
 
 
-def _logit(p: float) -> float:
-    p = min(max(p, EDGE), 1 - EDGE)
-    return math.log(p / (1 - p))
-
-
 def _expit(x: float) -> float:
     return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
 
 
 def mean_ci(values: Sequence[float], level: float = LEVEL) -> tuple[float, float, float]:
-    """Mean accuracy and its confidence interval, both in [0, 1].
-
-    A Student-t interval on the raw scale runs past 100% with few, spread-out seeds
-    (88.21 [56.83, 119.59]); here the t interval (n - 1 degrees of freedom) is taken on the
-    logits of the values and mapped back, so it stays inside (0, 1) and is lopsided near the
-    edges, as an accuracy's uncertainty is. Values of exactly 0 or 1 count as `EDGE` inside.
-    Values without spread (all equal, or a single run) give a zero-width interval at the mean.
-    """
+    """Mean accuracy and its confidence interval, both in [0, 1]. A raw-scale Student-t interval
+    runs past 100% with few, spread-out seeds (88.21 [56.83, 119.59]); the t interval (n - 1
+    degrees of freedom) of the logits, mapped back, stays inside (0, 1), lopsided near the edges
+    as an accuracy's uncertainty is. Values without spread give a zero-width interval."""
     if not values:
         raise ValueError("mean_ci of no values")
     if any(not 0 <= v <= 1 for v in values):
         raise ValueError(f"mean_ci takes accuracies in [0, 1], got {list(values)}")
     mean = sum(values) / len(values)
-    logits = [_logit(v) for v in values]
+    clipped = [min(max(v, EDGE), 1 - EDGE) for v in values]
+    logits = [math.log(p / (1 - p)) for p in clipped]
     if len(values) < 2 or max(logits) - min(logits) == 0:
         return mean, mean, mean
     center, sem = sum(logits) / len(logits), stats.sem(logits)
@@ -104,12 +99,6 @@ class Contrast:
             return "improves" if self.diff > 0 else "hurts"
         return "no significant difference"
 
-    def numbers(self) -> str:
-        """The interval and both p-values, as a sentence quotes them."""
-        return (f"{100 * LEVEL:.0f}% CI {pp(self.low)} to {pp(self.high)}, Welch t-test "
-                f"p = {self.p:.3g}, Holm-adjusted p = {self.p_holm:.3g} over "
-                f"{plural(self.family, 'comparison')}")
-
     def sentence(self) -> str:
         """One sentence to quote: the verdict, both means, the difference and its statistics."""
         m = 100 * sum(self.arm_values) / len(self.arm_values)
@@ -118,41 +107,30 @@ class Contrast:
         head = {"cannot be judged": f"cannot be judged on {than} (the runs have no spread)",
                 "no significant difference": f"makes no significant difference to {than}",
                 }.get(self.verdict(), f"{self.verdict()} {than}")
-        return (f"{self.arm} {head}: {m:.2f}% vs {r:.2f}%, difference {pp(self.diff)} "
-                f"({self.numbers()}; {len(self.arm_values)} vs {len(self.reference_values)} seeds).")
-
-
-class HasValues(Protocol):
-    """An arm as the statistics see it: a name and its per-seed values of a metric."""
-
-    @property
-    def name(self) -> str: ...
-
-    def values(self, metric: str) -> list[float]: ...
+        return (f"{self.arm} {head}: {m:.2f}% vs {r:.2f}%, difference {pp(self.diff)} ({100 * LEVEL:.0f}% "
+                f"CI {pp(self.low)} to {pp(self.high)}, Welch t-test p = {self.p:.3g}, Holm-adjusted "
+                f"p = {self.p_holm:.3g} over {plural(self.family, 'comparison')}; "
+                f"{len(self.arm_values)} vs {len(self.reference_values)} seeds).")
 
 
 def contrast(arm: str, values: Sequence[float], reference: str, ref_values: Sequence[float],
              metric: str) -> Contrast:
-    """Welch's t-test of one arm's values against the reference's, not yet adjusted."""
+    """Welch's t-test of one arm's values against the reference's, not yet adjusted. Written out
+    rather than scipy's, which warns about a sample without spread; both samples without spread
+    leave the test undefined (interval a point, p NaN)."""
     if min(len(values), len(ref_values)) < 2:
         raise ConfigError("a comparison needs at least 2 seeds per arm (--seeds)")
-    diff, low, high, p = welch(values, ref_values)
-    return Contrast(arm, reference, metric, list(values), list(ref_values), diff, low, high, p)
-
-
-def welch(x: Sequence[float], y: Sequence[float], level: float = LEVEL) -> tuple[float, float, float, float]:
-    """Mean of x minus mean of y, its Welch interval and two-sided p-value. Written out rather
-    than scipy's, which warns about a sample without spread; both samples without spread leave
-    the test undefined (interval a point, p NaN)."""
+    x, y = values, ref_values
     mx, my = sum(x) / len(x), sum(y) / len(y)
     vx = sum((v - mx) ** 2 for v in x) / (len(x) - 1) / len(x)  # squared standard errors
     vy = sum((v - my) ** 2 for v in y) / (len(y) - 1) / len(y)
     diff, se = mx - my, math.sqrt(vx + vy)
-    if se == 0:
-        return diff, diff, diff, math.nan
-    df = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1))
-    half = float(stats.t.ppf(0.5 + level / 2, df)) * se
-    return diff, diff - half, diff + half, float(2 * stats.t.sf(abs(diff) / se, df))
+    low, high, p = diff, diff, math.nan
+    if se > 0:
+        df = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1))
+        half = float(stats.t.ppf(0.5 + LEVEL / 2, df)) * se
+        low, high, p = diff - half, diff + half, float(2 * stats.t.sf(abs(diff) / se, df))
+    return Contrast(arm, reference, metric, list(values), list(ref_values), diff, low, high, p)
 
 
 def adjust(family: Sequence[Contrast]) -> list[Contrast]:
@@ -162,16 +140,9 @@ def adjust(family: Sequence[Contrast]) -> list[Contrast]:
     return [replace(c, p_holm=p, family=size) for c, p in zip(family, adjusted, strict=True)]
 
 
-def contrasts(arms: Sequence[HasValues], reference: HasValues, metric: str) -> list[Contrast]:
+def contrasts(arms: Sequence[Arm], reference: Arm, metric: str) -> list[Contrast]:
     """Every arm but the reference against it, p-values Holm-adjusted as one family."""
     ref = reference.values(metric)
     return adjust([contrast(a.name, a.values(metric), reference.name, ref, metric)
                    for a in arms if a.name != reference.name])
 
-
-def reference_sentence(reference: HasValues, metric: str) -> str:
-    """The reference's own mean and interval, to quote beside the contrasts."""
-    values = reference.values(metric)
-    mean, low, high = mean_ci(values)
-    return (f"{reference.name} (the reference): {metric} {100 * mean:.2f}% "
-            f"({100 * LEVEL:.0f}% CI {100 * low:.2f} to {100 * high:.2f}%, {len(values)} seeds).")

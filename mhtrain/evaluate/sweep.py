@@ -1,12 +1,9 @@
 """The swept comparison: the same arms compared at every value of one config key (where do the
-extra heads help: with 500 training images, with all of them?).
-
-At each value every arm's study is searched on its own (`<arm>@<key>:<value>`, same storage, same
-trial budget and search fidelity for every arm), its best configuration is re-trained for the
-same seeds with the value applied and tested once on the full test split. Studies and re-runs
-are stored, so a second run re-trains nothing and an interrupted sweep resumes. Everything that
-can be wrong with the input is found by `plan` before anything trains.
-"""
+extra heads help: with 500 training images, with all of them?). At each value every arm's study
+is searched on its own (`<arm>@<key>:<value>`, same storage, trial budget and search fidelity for
+every arm), its best configuration re-trained for the same seeds with the value applied and tested
+once on the full test split. Studies and re-runs are stored: a second run re-trains nothing, an
+interrupted sweep resumes. `plan` finds everything wrong with the input before anything trains."""
 
 from __future__ import annotations
 
@@ -91,51 +88,23 @@ class Cell:
 class Plan:
     """A sweep checked in full before it starts: every study config, every re-run setting."""
 
-    over: Over
-    arms: tuple[str, ...]
-    reference: str
-    search: tuple[str, ...]
-    rerun: tuple[str, ...]
     seeds: tuple[int, ...]
-    n_trials: int
     points: tuple[Point, ...]
     cells: tuple[Cell, ...]  # value by value, arm by arm
     metric: str  # the test metric every arm is judged by
     full: int | None  # training images of the whole training split (after validation), if read
 
-    def at(self, point: Point) -> list[Cell]:
-        """The cells of one value, in the order of the arms."""
-        return [c for c in self.cells if c.point == point]
 
-
-_sizes: dict[str, tuple[int, int]] = {}
+_sizes: dict[str, int] = {}
 
 
 def training_images(cfg: DictConfig) -> tuple[int, int]:
     """(images this config trains on, images the training split holds besides the validation
-    set), read from the data itself; a `train_subset` larger than the latter is refused."""
-    data = OmegaConf.to_container(cfg.data, resolve=True)
-    key = json.dumps({k: v for k, v in data.items() if k != "train_subset"}, sort_keys=True, default=str)
+    set), read from the data itself by `prepare_data`, which refuses a larger `train_subset`."""
+    key = json.dumps(OmegaConf.to_container(cfg.data, resolve=True), sort_keys=True, default=str)
     if key not in _sizes:
-        from hydra.utils import instantiate
-
-        prepare_data(cfg)
-        module = instantiate(cfg.data)
-        n = len(module.load("train")[0])
-        module.split_indices(n)  # refuses a validation set that leaves no training images
-        _sizes[key] = (n, n - module.val_size)
-    n, available = _sizes[key]
-    subset = cfg.data.get("train_subset")
-    if subset is not None and subset > available:
-        raise ConfigError(f"data.train_subset={subset} is more than the {available:,} training images "
-                          f"({n:,} in the training split less data.val_size={cfg.data.val_size}); "
-                          f"use at most {available} or null for all of them")
-    return (subset or available), available
-
-
-def _clash(over: Over, overrides: Sequence[str], where: str) -> None:
-    if any(key_of(o) == key_of(over.key) for o in overrides):
-        raise ConfigError(f"--over {over.key} is swept; do not set it in {where} too")
+        _sizes[key] = prepare_data(cfg)
+    return cfg.data.get("train_subset") or _sizes[key], _sizes[key]
 
 
 def study_name(arm: str, over: Over, value: str) -> str:
@@ -155,14 +124,15 @@ def _points(over: Over, sizes: dict[str, int]) -> tuple[Point, ...]:
     return tuple(Point(v, v, x) for v, x in zip(over.values, xs, strict=True))
 
 
-def plan(over: Over, arms: Sequence[str], reference: str, search: Sequence[str],
-         rerun: Sequence[str], seeds: Sequence[int], n_trials: int, storage_url: str) -> Plan:
+def plan(over: Over, arms: Sequence[str], search: Sequence[str], rerun: Sequence[str],
+         seeds: Sequence[int], n_trials: int, storage_url: str) -> Plan:
     """Compose and check every study and every re-run configuration of the sweep, read the data
     sizes, and refuse bad input in one line before anything is trained or written."""
     if n_trials < 1:
         raise ConfigError(f"--n-trials {n_trials}: must be >= 1")
-    _clash(over, search, "--search")
-    _clash(over, rerun, "the re-run overrides")
+    for overrides, where in ((search, "--search"), (rerun, "the re-run overrides")):
+        if any(key_of(o) == key_of(over.key) for o in overrides):
+            raise ConfigError(f"--over {over.key} is swept; do not set it in {where} too")
     check_storage(storage_url)
     metrics: dict[str, str] = {}
     sizes: dict[str, int] = {}
@@ -194,9 +164,8 @@ def plan(over: Over, arms: Sequence[str], reference: str, search: Sequence[str],
             staged.append((value, arm, study))
     points = {p.value: p for p in _points(over, sizes)}
     cells = [Cell(points[v], arm, study, (*rerun, over.override(v))) for v, arm, study in staged]
-    return Plan(over, tuple(arms), reference, tuple(search), tuple(rerun), tuple(seeds), n_trials,
-                tuple(points.values()), tuple(cells), "test/" + metrics[arms[0]].removeprefix("val/"),
-                full)
+    return Plan(tuple(seeds), tuple(points.values()), tuple(cells),
+                "test/" + metrics[arms[0]].removeprefix("val/"), full)
 
 
 @dataclass
@@ -209,20 +178,22 @@ class Tally:
     stored: int = 0
     seconds: float = 0.0  # training time of the re-runs trained now
 
-    def rerun(self, trained: bool, seconds: float) -> None:
-        if trained:
-            self.trained, self.seconds = self.trained + 1, self.seconds + seconds
-        else:
-            self.stored += 1
-
 
 def run(p: Plan, storage_url: str, say: Callable[[str], None] = print, progress: bool = False,
         on_done: OnDone = lambda *_: None) -> tuple[list[list[Arm]], Tally]:
-    """Search and re-run every cell in order; per point, the arms re-trained (in `p.arms` order)."""
+    """Search and re-run every cell in order; per point, the arms re-trained (in the plan's order)."""
     tally, out = Tally(), []
+
+    def done(name: str, seed: int, value: float, trained: bool, seconds: float) -> None:
+        if trained:
+            tally.trained, tally.seconds = tally.trained + 1, tally.seconds + seconds
+        else:
+            tally.stored += 1
+        on_done(name, seed, value, trained, seconds)
+
     for i, point in enumerate(p.points, 1):
         arms = []
-        for cell in p.at(point):
+        for cell in (c for c in p.cells if c.point == point):  # in the order of the arms
             started = datetime.datetime.now()
             ostudy, outcome = runner.run(cell.study, storage_url, progress=progress)
             if outcome.interrupted:
@@ -240,11 +211,6 @@ def run(p: Plan, storage_url: str, say: Callable[[str], None] = print, progress:
             say(f"[{i}/{len(p.points)}] {ostudy.study_name}: {now} trial(s) searched now, "
                 f"{len(finished) - now} stored; best {p.metric.replace('test/', 'val/', 1)} "
                 f"{best.value:.4f} (trial {best.number})")
-
-            def done(name: str, seed: int, value: float, trained: bool, seconds: float) -> None:
-                tally.rerun(trained, seconds)
-                on_done(name, seed, value, trained, seconds)
-
             arms.append(rerun_best(ostudy, p.seeds, cell.rerun, on_done=done, label=cell.arm))
         out.append(arms)
     return out, tally

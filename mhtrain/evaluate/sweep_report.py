@@ -1,11 +1,11 @@
-"""The swept comparison's numbers and report: at every value, each arm's mean test accuracy with
-its interval and its difference from the reference (Welch), Holm-adjusted over all the
-comparisons of the sweep (arms x values) as one family; one sentence per value to quote; the
-accuracy against the swept value as a figure."""
+"""The swept comparison's numbers and report: at every value, each arm's mean test accuracy with its
+interval and its difference from the reference (Welch), Holm-adjusted over all the sweep's
+comparisons (arms x values) as one family; one sentence per value; accuracy against the value."""
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from mhtrain.evaluate import document as doc
 from mhtrain.evaluate.document import Block, Bullets, Figure, Heading, Para, Table, TableBlock
-from mhtrain.evaluate.report import pct, setup_text
+from mhtrain.evaluate.report import setup_text, with_ci
 from mhtrain.evaluate.reruns import Arm
 from mhtrain.evaluate.stats import LEVEL, Contrast, adjust, contrast, mean_ci, p_text, plural, pp
 from mhtrain.evaluate.sweep import Over, Point
@@ -39,9 +39,6 @@ class SweepResult:
     def arm(self, i: int, name: str) -> Arm:
         return next(a for a in self.arms[i] if a.name == name)
 
-    def names(self) -> list[str]:
-        return [a.name for a in self.arms[0]]
-
 
 def analyse(over: Over, points: Sequence[Point], arms: Sequence[Sequence[Arm]], reference: str,
             metric: str) -> SweepResult:
@@ -57,29 +54,22 @@ def analyse(over: Over, points: Sequence[Point], arms: Sequence[Sequence[Arm]], 
     return SweepResult(over, list(points), [list(a) for a in arms], reference, metric, split)
 
 
-def where(r: SweepResult, point: Point) -> str:
-    """How a sentence names the value: by its training images for a subset, else the setting."""
-    if r.over.is_subset:
-        return f"With {point.label.replace(' (all)', '')} training images (`{r.over.override(point.value)}`)"
-    return f"At `{r.over.override(point.value)}`"
-
-
 def sentence(r: SweepResult, i: int) -> str:
-    """One quotable sentence per value: every arm against the reference, with the Holm family."""
+    """One quotable sentence per value: every arm against the reference, with the Holm family;
+    the value named by its training images for a subset, else by the setting."""
     point, ref = r.points[i], r.arm(i, r.reference)
+    where = (f"With {point.label.replace(' (all)', '')} training images (`{r.over.override(point.value)}`)"
+             if r.over.is_subset else f"At `{r.over.override(point.value)}`")
     parts = []
     for c in r.contrasts[i]:
-        mean = 100 * sum(c.arm_values) / len(c.arm_values)
-        if math.isnan(c.p):
-            parts.append(f"{c.arm} {mean:.2f}%, {pp(c.diff)} (cannot be judged: no spread over the seeds)")
-            continue
-        parts.append(f"{c.arm} {mean:.2f}%, {pp(c.diff)} ({100 * LEVEL:.0f}% CI {pp(c.low)} to "
-                     f"{pp(c.high)}, Holm-adjusted p = {c.p_holm:.3g}: {c.verdict()})")
+        judged = ("cannot be judged: no spread over the seeds" if math.isnan(c.p) else
+                  f"{100 * LEVEL:.0f}% CI {pp(c.low)} to {pp(c.high)}, Holm-adjusted p = {c.p_holm:.3g}: "
+                  f"{c.verdict()}")
+        parts.append(f"{c.arm} {100 * sum(c.arm_values) / len(c.arm_values):.2f}%, {pp(c.diff)} ({judged})")
     seeds = len(ref.records)
-    return (f"{where(r, point)}, against {r.reference} at {100 * sum(ref.values(r.metric)) / seeds:.2f}% "
+    return (f"{where}, against {r.reference} at {100 * sum(ref.values(r.metric)) / seeds:.2f}% "
             f"{r.metric}: {'; '.join(parts)}; Holm over {'all ' * (r.family > 1)}"
-            f"{plural(r.family, 'comparison')} of the "
-            f"sweep, {seeds} seeds per arm.")
+            f"{plural(r.family, 'comparison')} of the sweep, {seeds} seeds per arm.")
 
 
 def table(r: SweepResult) -> Table:
@@ -89,18 +79,12 @@ def table(r: SweepResult) -> Table:
     for i, point in enumerate(r.points):
         by_arm = {c.arm: c for c in r.contrasts[i]}
         for a in r.arms[i]:
-            mean, low, high = mean_ci(a.values(r.metric))
-            cells = [point.label, a.name, f"{pct(mean)} [{pct(low)}, {pct(high)}]"]
             c = by_arm.get(a.name)
-            cells += (["reference", "", ""] if c is None else
-                      [f"{100 * c.diff:+.2f} [{100 * c.low:+.2f}, {100 * c.high:+.2f}]",
-                       p_text(c.p), p_text(c.p_holm)])
-            rows.append(cells)
+            vs = (["reference", "", ""] if c is None else
+                  [f"{100 * c.diff:+.2f} [{100 * c.low:+.2f}, {100 * c.high:+.2f}]",
+                   p_text(c.p), p_text(c.p_holm)])
+            rows.append([point.label, a.name, with_ci(a.values(r.metric)), *vs])
     return rows
-
-
-def _count(trials: Sequence, state: TrialState) -> int:
-    return sum(t.state == state for t in trials)
 
 
 def best_table(r: SweepResult) -> Table:
@@ -108,18 +92,17 @@ def best_table(r: SweepResult) -> Table:
     rows = [[r.over.short, "arm", "trials (complete / pruned)", "best val", "searched values"]]
     for i, point in enumerate(r.points):
         for a in r.arms[i]:
-            trials = a.study.get_trials(deepcopy=False)
+            states = Counter(t.state for t in a.study.get_trials(deepcopy=False))
             best = a.study.best_trial
             values = ", ".join(f"`{k.rsplit('.', 1)[-1]}` {v:.3g}" if isinstance(v, float) else f"`{k}` {v}"
                                for k, v in best.params.items())
-            states = f"{_count(trials, TrialState.COMPLETE)} / {_count(trials, TrialState.PRUNED)}"
-            rows.append([point.label, a.name, states, f"{best.value:.4f} (trial {best.number})", values])
+            rows.append([point.label, a.name, f"{states[TrialState.COMPLETE]} / {states[TrialState.PRUNED]}",
+                         f"{best.value:.4f} (trial {best.number})", values])
     return rows
 
 
 def _axis(r: SweepResult) -> tuple[list, dict]:
-    numeric = all(p.x is not None for p in r.points)
-    if not numeric:
+    if any(p.x is None for p in r.points):
         return [p.label for p in r.points], {"type": "category"}
     xs = [p.x for p in r.points]
     log = r.over.is_subset or (min(xs) > 0 and max(xs) / min(xs) >= 100)
@@ -143,7 +126,7 @@ def figures(r: SweepResult) -> list[Figure]:
     xs, axis = _axis(r)
     title = f"{r.over.short}" + (" (training images, log scale)" if r.over.is_subset else "")
     acc, diff = go.Figure(), go.Figure()
-    names = r.names()
+    names = [a.name for a in r.arms[0]]
     for k, name in enumerate(names):
         cis = [[100 * v for v in mean_ci(r.arm(i, name).values(r.metric))] for i in range(len(r.points))]
         acc.add_trace(go.Scatter(
@@ -168,13 +151,12 @@ def describe(r: SweepResult, n_trials: int, search: Sequence[str], rerun: Sequen
              full: int | None) -> list[str]:
     """How the numbers were made: budget, fidelities, intervals, the family, what `null` means."""
     seeds = r.arms[0][0].seeds
-    lines = [f"At every value of `{r.over.key}` ({', '.join(p.value for p in r.points)}) each arm's "
-             f"study was searched on its own: {n_trials} trials with its config's pruner, search "
-             f"fidelity {' '.join(f'`{o}`' for o in search) or 'the study defaults'}, the same for "
-             "every arm.",
+    lines = [f"At every value of `{r.over.key}` ({', '.join(p.value for p in r.points)}) each arm's study "
+             f"was searched on its own: {n_trials} trials with its config's pruner, search fidelity "
+             f"{' '.join(f'`{o}`' for o in search) or 'the study defaults'}, the same for every arm.",
              setup_text(seeds, [*rerun, f"{r.over.key}=<value>"], "Then each arm's best configuration was",
                         f"all {plural(r.family, 'comparison')} of the sweep at once "
-                        f"({plural(len(r.names()) - 1, 'arm')} x {plural(len(r.points), 'value')})")]
+                        f"({plural(len(r.arms[0]) - 1, 'arm')} x {plural(len(r.points), 'value')})")]
     if r.over.is_subset and full is not None:
         lines.append(f"`null` means the full training set: {full:,} images (the training split less "
                      "the validation set). Every value trains for the same epochs, so a smaller set "
