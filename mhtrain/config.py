@@ -9,10 +9,11 @@ from typing import Any
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.errors import HydraException
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mhtrain import ConfigError, DataError
+from mhtrain import ConfigError, DataError, quiet, tracking
 from mhtrain.contract import check_loss_weights, check_weighting, metric_names
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -31,8 +32,6 @@ def compose(experiment: str | None = None, overrides: Sequence[str] = ()) -> Dic
 
 
 def _data_class(cfg: DictConfig) -> type:
-    from hydra.utils import get_class
-
     return get_class(cfg.data._target_)
 
 
@@ -47,10 +46,13 @@ def input_shape_of(cfg: DictConfig) -> tuple[int, int, int]:
     return _data_class(cfg).shape_from_config(OmegaConf.to_container(cfg.data, resolve=True))
 
 
+def instantiate_all(group: DictConfig | None) -> list[Any]:
+    """Instantiate each entry of a config group; an entry set to null is switched off."""
+    return [instantiate(c) for c in (group or {}).values() if c is not None]
+
+
 def build_model(cfg: DictConfig) -> Any:
     """The model config instantiated for the data: heads and input shape come from the data."""
-    from hydra.utils import instantiate
-
     return instantiate(cfg.model, heads=heads_of(cfg), input_shape=input_shape_of(cfg))
 
 
@@ -78,7 +80,6 @@ def check_knobs(cfg: DictConfig) -> None:
 def check_optimizer(cfg: DictConfig) -> None:
     """Build the optimizer on one dummy parameter: torch itself judges lr, betas, weight decay."""
     import torch
-    from hydra.utils import instantiate
 
     try:
         instantiate(cfg.model.optimizer)(params=[torch.zeros(1, requires_grad=True)])
@@ -103,8 +104,6 @@ def prepare_data(cfg: DictConfig) -> int:
     fails in one line before it writes anything, not inside its first trial. Returns the images
     training may draw from (the training split less the validation set); a `data.train_subset`
     beyond them is refused rather than quietly cut."""
-    from hydra.utils import instantiate
-
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     n = len(datamodule.load("train")[0])
@@ -116,15 +115,10 @@ def check_builds(cfg: DictConfig) -> None:
     """Build the model and the Trainer once, as `fit` would, so whatever torch or Lightning
     refuses (a dropout of 1.5, three devices on a CPU, an unknown accelerator) is one line now,
     not an error in the first trial. Nothing is written: no logger, no fit."""
-    from hydra.utils import instantiate
-
-    from mhtrain import quiet
-
     quiet()
     for what, make in (("model", lambda: build_model(cfg)),
-                       ("trainer", lambda: instantiate(cfg.trainer, logger=False, callbacks=[
-                           instantiate(c) for c in (cfg.get("callbacks") or {}).values()
-                           if c is not None]))):
+                       ("trainer", lambda: instantiate(cfg.trainer, logger=False,
+                                                       callbacks=instantiate_all(cfg.get("callbacks"))))):
         try:
             make()
         except (ConfigError, DataError):
@@ -147,14 +141,10 @@ def check(cfg: DictConfig, build: bool = False) -> None:
     unknown = sorted(set(cfg.model.get("criteria") or {}) - set(heads))
     if unknown:
         raise ConfigError(f"model.criteria has {unknown} but the heads are {heads}")
-    metric = cfg.get("optimized_metric")
-    if metric and metric not in metric_names(heads, ("val",)):
-        raise ConfigError(
-            f"optimized_metric={metric} is not logged by a model with heads {heads}; "
-            f"choose one of {metric_names(heads, ('val',))}"
-        )
+    metric, logged = cfg.get("optimized_metric"), metric_names(heads, ("val",))
+    if metric and metric not in logged:
+        raise ConfigError(f"optimized_metric={metric} is not logged by a model with heads {heads}; "
+                          f"choose one of {logged}")
     if build:
         check_builds(cfg)
-        from mhtrain.tracking import check as check_tracking
-
-        check_tracking(cfg)  # an MLflow server that does not answer: one line, before any work
+        tracking.check(cfg)  # an MLflow server that does not answer: one line, before any work

@@ -60,12 +60,11 @@ def for_trial(cfg: DictConfig, study: str, number: int, params: Mapping[str, Any
     """Point `cfg`'s tracking loggers at one study trial (in place); returns where its curves go
     (logger -> location), for the trial's user attributes and the study's summary."""
     loggers, where = _loggers(cfg), {}
-    name = f"trial_{number:04d}"
     if "mlflow" in loggers:
         tags = {"study": study, "trial": str(number), "seed": str(cfg.seed),
                 "output_dir": str(cfg.paths.output_dir)}
-        for key, value in (("experiment_name", study), ("run_name", name), ("tags", tags),
-                           ("params", dict(params))):
+        for key, value in (("experiment_name", study), ("run_name", f"trial_{number:04d}"),
+                           ("tags", tags), ("params", dict(params))):
             OmegaConf.update(cfg, f"logger.mlflow.{key}", value, merge=False, force_add=True)
         where["mlflow"] = str(cfg.logger.mlflow.tracking_uri)
     if "tensorboard" in loggers:
@@ -99,23 +98,16 @@ def _mlflow_class() -> type:
             try:
                 return call(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 - the tracking server is not the trial
-                self.fail(what, e)
+                if not self.broken:  # a nested call may have warned already
+                    self.broken = True
+                    _warn(f"MLflow at {self._tracking_uri} failed to {what} for run "
+                          f"{self._run_name or self._experiment_name}", e)
                 return None
-
-        def fail(self, what: str, error: BaseException) -> None:
-            if not self.broken:
-                self.broken = True
-                _warn(f"MLflow at {self._tracking_uri} failed to {what} for run "
-                      f"{self._run_name or self._experiment_name}", error)
 
         @property
         def experiment(self) -> Any:  # the Trainer's setup touches it: creating the run may fail
-            if not self.broken:
-                try:
-                    return super().experiment
-                except Exception as e:  # noqa: BLE001 - the tracking server is not the trial
-                    self.fail("create the run", e)
-            return _DummyExperiment()
+            made = self.guarded("create the run", MLFlowLogger.experiment.fget, self)
+            return _DummyExperiment() if made is None else made
 
         def log_hyperparams(self, params: Any) -> None:
             if self.trial_params is not None:
@@ -172,15 +164,10 @@ class TrialRun:
 
     def callback(self) -> Any:
         """A Lightning callback that hands the trial's loggers over when `fit` builds them."""
-        from lightning.pytorch.callbacks import Callback
+        from lightning.pytorch.callbacks import LambdaCallback
 
-        run = self
-
-        class TrialLoggers(Callback):
-            def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-                run.loggers = list(trainer.loggers)
-
-        return TrialLoggers()
+        return LambdaCallback(setup=lambda trainer, pl_module, stage: setattr(
+            self, "loggers", list(trainer.loggers)))
 
     def keep(self, result: Any) -> Any:
         """Note `result`'s best value (a `FitResult`), and pass it on."""
@@ -232,9 +219,8 @@ def curves(trials: list[Any], study: str) -> list[str]:
     for t in trials:
         for name, place in (t.user_attrs.get(TRACKING) or {}).items():
             where.setdefault(name, set()).add(place)
-    lines = []
-    for place in sorted({os.path.dirname(p.rstrip("/")) for p in where.get("tensorboard", ())}):
-        lines.append(f"curves: tensorboard --logdir {place} --host 127.0.0.1  (or `make tensorboard`)")
+    lines = [f"curves: tensorboard --logdir {place} --host 127.0.0.1  (or `make tensorboard`)"
+             for place in sorted({os.path.dirname(p.rstrip("/")) for p in where.get("tensorboard", ())})]
     for uri in sorted(where.get("mlflow", ())):
         if uri.startswith(("http://", "https://")):
             lines.append(f"curves: MLflow experiment {study} at {uri}")

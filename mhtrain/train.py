@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from mhtrain import one_line_errors, quiet
-from mhtrain.config import build_model, check, compose, prepare_data
+from mhtrain.config import build_model, check, compose, instantiate_all, prepare_data
 from mhtrain.result import FitResult
 
 
@@ -35,24 +35,15 @@ class MetricHistory(Callback):
         if not trainer.sanity_checking:
             self.epochs.append(_metrics(trainer, "val/"))
 
-    def _take_train(self, trainer: L.Trainer) -> None:
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if len(self.train) < trainer.current_epoch and (row := _metrics(trainer, "train/")):
             self.train.append(row)
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._take_train(trainer)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._take_train(trainer)
+    on_train_end = on_train_epoch_start
 
 
 def _metrics(trainer: L.Trainer, prefix: str) -> dict[str, float]:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
-
-
-def _instantiate_all(group: DictConfig | None) -> list[Any]:
-    """Instantiate each entry of a config group; an entry set to null is switched off."""
-    return [instantiate(c) for c in (group or {}).values() if c is not None]
 
 
 @dataclass(frozen=True)
@@ -75,8 +66,8 @@ def build(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> Built:
     history = MetricHistory()
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        callbacks=[*_instantiate_all(cfg.get("callbacks")), history, *callbacks],
-        logger=_instantiate_all(cfg.get("logger")) or False,
+        callbacks=[*instantiate_all(cfg.get("callbacks")), history, *callbacks],
+        logger=instantiate_all(cfg.get("logger")) or False,
     )
     return Built(cfg, instantiate(cfg.data), build_model(cfg), trainer, history)
 
@@ -123,10 +114,8 @@ def summary_table(result: FitResult) -> str:
     """head | best val acc | test acc, as a small text table."""
     rows = [("head", "best val acc", "test acc")]
     for h in result.heads:
-        val = result.best.get(f"val/{h}_acc")
-        test = result.test.get(f"test/{h}_acc")
-        rows.append((h, f"{val:.4f}" if val is not None else "-",
-                     f"{test:.4f}" if test is not None else "-"))
+        accs = (result.best.get(f"val/{h}_acc"), result.test.get(f"test/{h}_acc"))
+        rows.append((h, *("-" if acc is None else f"{acc:.4f}" for acc in accs)))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
 
@@ -166,7 +155,7 @@ def report(cfg: DictConfig, result: FitResult) -> float | None:
 def precheck(argv: Sequence[str]) -> int:
     """Compose and check the command line's config and its data before Hydra creates the run
     folder, so a bad value is one line and exit 2 with nothing written (Hydra's own flags are left to it)."""
-    overrides = [a for a in argv if not a.startswith("-") and not a.startswith("hydra.")]
+    overrides = [a for a in argv if not a.startswith(("-", "hydra."))]
     if len(overrides) != len(argv):
         return 0
     return one_line_errors(lambda: prepare_data(compose(None, overrides)) and 0)

@@ -45,8 +45,7 @@ def _beats_the_best(ostudy: optuna.Study, value: float) -> bool:
     return value < best if ostudy.direction == optuna.study.StudyDirection.MINIMIZE else value > best
 
 
-def keep(study: StudyConfig, trial: optuna.Trial, checkpoint: str | None,
-         value: float | None) -> str | None:
+def keep(study: StudyConfig, trial: optuna.Trial, checkpoint: str | None, value: float | None) -> str | None:
     """Store the trial's checkpoint as an artifact if the study keeps it (`value` is None for a
     pruned trial); returns the artifact id. Runs before `tell`: a finished trial is read-only."""
     if study.keep_checkpoints == "none" or not checkpoint:

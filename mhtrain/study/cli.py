@@ -28,8 +28,7 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--n-trials", type=int, help="total trials the study should hold "
                    "(finished ones count; default from conf/study/<name>.yaml)")
     p.add_argument("--study-name", help="name in the storage (default: the study config's name)")
-    p.add_argument("--storage", default=DEFAULT_STORAGE,
-                   help=f"{URL_FORMS} (default {DEFAULT_STORAGE})")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"{URL_FORMS} (default {DEFAULT_STORAGE})")
     p.add_argument("--experiment", help="experiment to search instead of the study config's; "
                    "the metric becomes that experiment's optimized_metric")
     p.add_argument("--metric", help="val metric to optimize (default: the experiment's)")
@@ -86,19 +85,11 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError("--study-name is empty; give a name or leave the option out")
 
 
-def how_it_trains(study: space.StudyConfig, workers: int, storage: str) -> str:
-    """One line that says how this run trains, at its start and again in its summary."""
-    return (f"{study.name}: budget {study.n_trials} trials, {workers} worker(s), population "
-            f"{study.population} per worker ({study.population_reason}), storage {storage}")
-
-
 def main(study_name: str, description: str, argv: Sequence[str] | None = None,
          prog: str | None = None) -> int:
-    """Run the study config `conf/study/<study_name>.yaml` as the command line asks.
-
-    Everything is checked before anything is written: arguments, the study config composed with
-    the overrides, the data, the storage URL.
-    """
+    """Run the study config `conf/study/<study_name>.yaml` as the command line asks. Everything is
+    checked before anything is written: arguments, the study config composed with the overrides,
+    the data, the storage URL."""
     args = parser(prog or f"studies/{study_name}.py", description).parse_args(argv)
 
     def run() -> int:
@@ -114,12 +105,13 @@ def main(study_name: str, description: str, argv: Sequence[str] | None = None,
         check_storage(args.storage)
         warm = load_source(args.storage, args.warm_start, study.name) if args.warm_start else None
         workers = auto_workers() if workers == "auto" else workers
-        how = how_it_trains(study, workers, args.storage)
+        # how this run trains, said at its start and again under its summary
+        how = (f"{study.name}: budget {study.n_trials} trials, {workers} worker(s), population "
+               f"{study.population} per worker ({study.population_reason}), storage {args.storage}")
         print(how, flush=True)
-        ostudy, outcome = runner.run(study, args.storage, timeout=args.timeout,
-                                     progress=not args.no_progress, workers=workers,
-                                     heartbeat=args.heartbeat, allow_changes=args.allow_changes,
-                                     warm=warm)
+        ostudy, outcome = runner.run(study, args.storage, timeout=args.timeout, progress=not args.no_progress,
+                                     workers=workers, heartbeat=args.heartbeat,
+                                     allow_changes=args.allow_changes, warm=warm)
         print(summary(ostudy, study.max_epochs, args.storage))
         print(how)
         for line in outcome.deaths:

@@ -30,11 +30,7 @@ class StopOnRequest(Callback):
     def on_train_batch_end(self, *_: Any) -> None:
         interrupt.check()
 
-    def on_validation_batch_end(self, *_: Any) -> None:
-        interrupt.check()
-
-    def on_train_epoch_start(self, *_: Any) -> None:
-        interrupt.check()
+    on_validation_batch_end = on_train_epoch_start = on_train_batch_end
 
 
 class PruningCallback(Callback):
@@ -80,12 +76,11 @@ class Solo:
         run = tracking.TrialRun(trial.number, dict(trial.params), life.study.metric)
         callbacks = [PruningCallback(life, trial), StopOnRequest(),
                      *checkpoint_saver(life, cfg.paths.output_dir), run.callback()]
+        state = "FAIL"
         try:
-            state = life.run(trial, lambda: run.keep(fit(cfg, callbacks=callbacks)))
-        except BaseException:
-            run.end("FAIL")
-            raise
-        run.end(state.name)  # its tracking runs end as the trial did
+            state = life.run(trial, lambda: run.keep(fit(cfg, callbacks=callbacks))).name
+        finally:
+            run.end(state)  # its tracking runs end as the trial did
 
 
 class TrialMembers:
@@ -119,16 +114,13 @@ class TrialMembers:
     def finish(self, member: Member, result: FitResult) -> None:
         # a member matches its solo run only up to floating-point order: say with whom it ran
         cohort = {"cohort": self.cohort.pop(member.key.number, [])}
-        run = self.runs.pop(member.key.number, None)
+        run, state = self.runs.pop(member.key.number, None), "FAIL"
         try:
             state = self.life.end(member.key, dataclasses.replace(
-                result, population={**(result.population or {}), **cohort}))
-        except BaseException:
+                result, population={**(result.population or {}), **cohort})).name
+        finally:
             if run is not None:
-                run.end("FAIL", result)
-            raise
-        if run is not None:
-            run.end(state.name, result)
+                run.end(state, result)
 
     def fail(self) -> None:
         """End the tracking runs of the members still training as failed."""

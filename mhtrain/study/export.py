@@ -30,13 +30,11 @@ def best_trial_yaml(trial: optuna.trial.FrozenTrial, study_name: str, conf_dir: 
                     as_searched: bool = False) -> str:
     """The trial's experiment and group choices as defaults, its other overrides as values
     (without its fidelity and seed unless `as_searched`)."""
-    body = OmegaConf.create({})
-    groups = []
-    dropped = set() if as_searched else set(fidelity_overrides(trial))
+    body, groups = OmegaConf.create({}), []
     for override in OverridesParser.create().parse_overrides(trial.user_attrs["overrides"]):
-        if override.input_line in dropped:
-            continue
         key = override.key_or_group
+        if not as_searched and key.lstrip("+") in FIDELITY:
+            continue
         if (conf_dir / key).is_dir() and key != "experiment":
             groups.append(f"  - override /{key}: {override.value()}\n")
         else:

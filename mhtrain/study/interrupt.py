@@ -52,11 +52,9 @@ def wait(seconds: float) -> bool:
 
 
 def install(shared: Any = None, ignore_sigint: bool = False) -> dict:
-    """SIGINT/SIGTERM set the stop flag; returns the previous handlers for `restore`.
-
-    Workers ignore SIGINT (a terminal's Ctrl-C reaches the whole process group; the runner
-    alone decides) and stop on SIGTERM or on the runner's shared event.
-    """
+    """SIGINT/SIGTERM set the stop flag; returns the previous handlers for `restore`. Workers
+    ignore SIGINT (a terminal's Ctrl-C reaches the whole process group; the runner alone decides)
+    and stop on SIGTERM or on the runner's shared event."""
     global _shared
     _shared = shared
     _Flag.raised = False

@@ -25,13 +25,18 @@ POLL_S = 2.0
 ORPHAN_S = 60.0
 
 
+def _stat(pid: int) -> list[str]:
+    """The process's /proc stat fields after its name (Linux); none if it does not exist."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
+
+
 def process_start(pid: int) -> str | None:
     """When the process started (clock ticks since boot, Linux): a pid is reused, this is not."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    stat = _stat(pid)
+    return stat[19] if stat else None
 
 
 def owner() -> dict[str, Any]:
@@ -57,26 +62,16 @@ def finished(ostudy: optuna.Study) -> int:
 
 def alive(who: dict) -> bool:
     """Whether the process that started a trial still runs: a zombie or a recycled pid does not."""
-    started = process_start(who["pid"])
-    if started is None:
-        return False
-    try:
-        state = Path(f"/proc/{who['pid']}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z" and (who.get("started") is None or who["started"] == started)
+    stat = _stat(who["pid"])
+    return bool(stat) and stat[0] != "Z" and who.get("started") in (None, stat[19])
 
 
 def reap(ostudy: optuna.Study, dead_pid: int | None = None) -> list[int]:
     """Fail the running trials of dead workers and enqueue them again; returns their numbers.
-
-    A worker on this host is checked directly (any storage); one elsewhere by heartbeat (RDB).
-    """
+    A worker on this host is checked directly (any storage); one elsewhere by heartbeat (RDB)."""
     if dead_pid is None:
         fail_stale_trials(ostudy)  # RDB heartbeats; a no-op for Journal files
-    host = owner()["host"]
-    reaped = []
-    now = datetime.datetime.now()
+    host, now, reaped = owner()["host"], datetime.datetime.now(), []
     for t in ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         who = t.user_attrs.get("owner")
         if not who:
@@ -97,13 +92,11 @@ def reap(ostudy: optuna.Study, dead_pid: int | None = None) -> list[int]:
 
 
 def show(bar: tqdm | None, ostudy: optuna.Study, state: Counter, n_trials: int) -> None:
-    if bar is not None:
-        bar.n = min(n_done(state), n_trials)
-        bar.set_postfix(best=_best(ostudy), pruned=state[TrialState.PRUNED], refresh=True)
-
-
-def _best(ostudy: optuna.Study) -> str:
+    if bar is None:
+        return
     try:
-        return f"{ostudy.best_value:.4f}"
+        best = f"{ostudy.best_value:.4f}"
     except ValueError:
-        return "-"
+        best = "-"
+    bar.n = min(n_done(state), n_trials)
+    bar.set_postfix(best=best, pruned=state[TrialState.PRUNED], refresh=True)

@@ -54,18 +54,14 @@ class Lifecycle:
     def past_deadline(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
-    def _over_budget(self, number: int) -> bool:
-        """Processes that asked at the same moment each saw room for one more; the
-        later-numbered ones step back (FAIL, marked, never trained)."""
-        ahead = [t for t in self.ostudy.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
-                 if t.number <= number]
-        return len(ahead) > self.study.n_trials
-
     def start(self) -> tuple[optuna.Trial, DictConfig] | None:
-        """Ask a trial and give it its config; None when it was one too many (it steps back)."""
+        """Ask a trial and give it its config; None when it was one too many: processes that
+        asked at the same moment each saw room for one more, and the later-numbered ones step
+        back (FAIL, marked, never trained)."""
         trial = self.ostudy.ask()
         trial.set_user_attr("owner", owner())  # at once: the reaper judges a trial by its owner
-        if self._over_budget(trial.number):
+        ahead = self.ostudy.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+        if sum(t.number <= trial.number for t in ahead) > self.study.n_trials:
             trial.set_user_attr(OVER_BUDGET, True)
             self._tell(trial, TrialState.FAIL)
             return None

@@ -77,12 +77,7 @@ def parse_param(key: str, spec: Mapping) -> Param:
 def stored(p: Param) -> dict[str, Any]:
     """The distribution as stored on a study (JSON values): every bound kept, `low: 0.0`
     included; `log` and `step` only when set."""
-    out: dict[str, Any] = {"type": p.type}
     if p.type == "categorical":
-        return {**out, "choices": list(p.choices or ())}
-    out |= {"low": p.low, "high": p.high}
-    if p.log:
-        out["log"] = True
-    if p.step is not None:
-        out["step"] = p.step
-    return out
+        return {"type": p.type, "choices": list(p.choices or ())}
+    return {"type": p.type, "low": p.low, "high": p.high, **({"log": True} if p.log else {}),
+            **({} if p.step is None else {"step": p.step})}

@@ -44,33 +44,22 @@ class _Kind:
     about: str = ""
 
 
-def _percentile(max_epochs: int, percentile: float = 50.0, **args: Any) -> P.BasePruner:
-    return P.PercentilePruner(percentile, **args)
-
-
-def _sha(max_epochs: int, **args: Any) -> P.BasePruner:
-    return P.SuccessiveHalvingPruner(**args)
-
-
-def _hyperband(max_epochs: int, **args: Any) -> P.BasePruner:
-    return P.HyperbandPruner(max_resource=max_epochs, **args)
-
-
 _STOP_RULE = {"n_startup_trials": 3, "n_warmup_steps": 0, "interval_steps": 1, "n_min_trials": 1}
 
 KINDS: dict[str, _Kind] = {
     "none": _Kind(lambda max_epochs: P.NopPruner(), about="every trial runs all its epochs"),
-    # the median rule is the percentile rule at 50: one factory, one fixed argument
-    "median": _Kind(lambda max_epochs, **a: _percentile(max_epochs, 50.0, **a), _STOP_RULE,
+    # the median rule is the percentile rule at 50: one pruner, one fixed argument
+    "median": _Kind(lambda max_epochs, **a: P.PercentilePruner(50.0, **a), _STOP_RULE,
                     "stop a trial whose best so far is below the median of finished trials"),
-    "percentile": _Kind(_percentile, {"percentile": 25.0, **_STOP_RULE},
+    "percentile": _Kind(lambda max_epochs, **a: P.PercentilePruner(**a), {"percentile": 25.0, **_STOP_RULE},
                         "stop a trial whose best so far is below this percentile of finished trials"),
     # 4: judged after epochs 1 and 4 of 10 (3 would add a rung at 9 of 10: it discards trials
     # that have paid for nearly all their epochs)
-    "sha": _Kind(_sha, {"min_resource": 1, "reduction_factor": 4, "min_early_stopping_rate": 0,
-                        "bootstrap_count": 0},
+    "sha": _Kind(lambda max_epochs, **a: P.SuccessiveHalvingPruner(**a), {
+        "min_resource": 1, "reduction_factor": 4, "min_early_stopping_rate": 0, "bootstrap_count": 0},
                  "asynchronous successive halving: the top 1/reduction_factor go on at each rung"),
-    "hyperband": _Kind(_hyperband, {"min_resource": 1, "reduction_factor": 3, "bootstrap_count": 0},
+    "hyperband": _Kind(lambda max_epochs, **a: P.HyperbandPruner(max_resource=max_epochs, **a),
+                       {"min_resource": 1, "reduction_factor": 3, "bootstrap_count": 0},
                        "successive halving over brackets of different minimum resources"),
 }
 NAMES: tuple[str, ...] = tuple(KINDS)
@@ -108,8 +97,7 @@ def parse_pruner(spec: str | Mapping[str, Any] | PrunerSpec | None, where: str =
     and values out of range with one line that lists what is allowed."""
     if isinstance(spec, PrunerSpec):
         return spec
-    if spec is None:
-        spec = DEFAULT
+    spec = DEFAULT if spec is None else spec
     given = {"name": spec} if isinstance(spec, str) else dict(spec)
     name = given.pop("name", None)
     if name not in KINDS:

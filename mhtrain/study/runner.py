@@ -3,6 +3,7 @@ progress bar, one clean stop on Ctrl-C, and every dead worker's trials re-run by
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import multiprocessing as mp
 import os
@@ -20,7 +21,6 @@ from mhtrain import ConfigError, quiet
 from mhtrain.study import interrupt
 from mhtrain.study.checkpoints import remember_store
 from mhtrain.study.engines import engine
-from mhtrain.study.interrupt import StudyInterrupted
 from mhtrain.study.ledger import POLL_S, counts, finished, n_done, reap, show
 from mhtrain.study.lifecycle import Lifecycle
 from mhtrain.study.pruners import build_pruner
@@ -61,17 +61,17 @@ def open_study(study: StudyConfig, storage_url: str, heartbeat: int = HEARTBEAT_
                reproducible: bool = True, allow_changes: bool = False) -> optuna.Study:
     """Create the study, or load it if it exists, refusing one that is something else: resuming
     it with another experiment, metric, space or fixed overrides would rank unlike trials together.
-
     The sampler's seed is the study seed only for the process that creates the study and runs it
     alone (`reproducible`); any other process draws a seed of its own, or processes that open a
-    study together would propose the very same parameters.
-    """
-    storage = open_storage(storage_url, heartbeat)
+    study together would propose the very same parameters."""
+    storage, created = open_storage(storage_url, heartbeat), False
     try:
         existing = optuna.load_study(study_name=study.name, storage=storage)
     except KeyError:
-        existing = None
-    if existing is not None:
+        with contextlib.suppress(optuna.exceptions.DuplicatedStudyError):  # made by another process
+            optuna.create_study(storage=storage, study_name=study.name, direction=study.direction)
+            created = True
+    else:
         stored = existing.user_attrs.get("config", {})
         changes = identity_changes(stored, study)
         if changes and not allow_changes:
@@ -81,13 +81,6 @@ def open_study(study: StudyConfig, storage_url: str, heartbeat: int = HEARTBEAT_
         if changes:  # allowed: the study is now this one, so later resumes need no flag
             existing.set_user_attr(EARLIER, [*existing.user_attrs.get(EARLIER, []), stored])
             existing.set_user_attr("config", study.to_dict())
-    created = False
-    if existing is None:
-        try:
-            optuna.create_study(storage=storage, study_name=study.name, direction=study.direction)
-            created = True
-        except optuna.exceptions.DuplicatedStudyError:
-            pass  # another process created it a moment ago
     seed = study.seed if created and reproducible else int.from_bytes(os.urandom(4), "little")
     sampler = make_sampler(study.sampler, study.search_space, study.n_trials, seed)
     ostudy = optuna.load_study(study_name=study.name, storage=storage, sampler=sampler,
@@ -113,10 +106,8 @@ def work(study: StudyConfig, ostudy: optuna.Study, timeout: float | None = None,
          bar: tqdm | None = None) -> Outcome:
     """One worker: train trials with the study's engine (solo, or a population of K) until the
     study holds `n_trials` finished ones (complete or pruned), or `timeout` seconds pass.
-
     Trials other workers are running count toward the budget, so K workers do not overshoot;
-    a worker waits for them (they may be dead and get re-run) rather than start one too many.
-    """
+    a worker waits for them (they may be dead and get re-run) rather than start one too many."""
     trainer = engine(study.population)
     deadline = time.monotonic() + timeout if timeout else None
     failures, outcome = 0, Outcome()
@@ -137,7 +128,7 @@ def work(study: StudyConfig, ostudy: optuna.Study, timeout: float | None = None,
                 continue
             try:
                 trainer.run(life)
-            except (ConfigError, StudyInterrupted, optuna.exceptions.StorageInternalError):
+            except (ConfigError, interrupt.StudyInterrupted, optuna.exceptions.StorageInternalError):
                 raise
             except Exception as e:  # noqa: BLE001 - odd trials (already FAIL, with reason) are survivable
                 failures += 1
@@ -152,11 +143,9 @@ def run(study: StudyConfig, storage_url: str, timeout: float | None = None, prog
         allow_changes: bool = False, warm: tuple[optuna.Study, int] | None = None,
         gpus: Sequence[str] | None = None) -> tuple[optuna.Study, Outcome]:
     """Run the study with `workers` processes; returns the study and how the run ended.
-
     `warm` = (another study, K): its best K trials are enqueued first (once, even on resume).
     With several workers, worker i sees only GPU `gpus[i % len(gpus)]` (default: this
-    machine's visible GPUs; none on a CPU machine).
-    """
+    machine's visible GPUs; none on a CPU machine)."""
     quiet()
     ostudy = open_study(study, storage_url, heartbeat, reproducible=workers == 1,
                         allow_changes=allow_changes)  # fails here, once, before any worker starts
@@ -166,8 +155,7 @@ def run(study: StudyConfig, storage_url: str, timeout: float | None = None, prog
         base = base_config(study)
         keys = [p.key for p in study.search_space]
         warm_start(ostudy, *warm, keys, {k: OmegaConf.select(base, k, default=None) for k in keys})
-    done = finished(ostudy)
-    bar = tqdm(total=study.n_trials, initial=min(done, study.n_trials), desc=study.name,
+    bar = tqdm(total=study.n_trials, initial=min(finished(ostudy), study.n_trials), desc=study.name,
                unit="trial", disable=not progress, dynamic_ncols=True)
     ctx = mp.get_context("spawn")
     stop = ctx.Event() if workers > 1 else None
@@ -178,7 +166,7 @@ def run(study: StudyConfig, storage_url: str, timeout: float | None = None, prog
         else:
             outcome = supervise(study, storage_url, ostudy, Pool(ctx, stop, workers, visible_gpus(gpus)),
                                 timeout, heartbeat, bar)
-    except StudyInterrupted:
+    except interrupt.StudyInterrupted:
         outcome = Outcome(interrupted=True)
     finally:
         bar.close()

@@ -17,14 +17,11 @@ def _tpe(space: Sequence[Param], n_trials: int, seed: int) -> optuna.samplers.Ba
                                       n_startup_trials=min(10, max(2, n_trials // 3)))
 
 
-def _grid(space: Sequence[Param], n_trials: int, seed: int) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.GridSampler({p.key: p.grid() for p in space}, seed=seed)
-
-
 SAMPLERS: dict[str, Factory] = {
     "tpe": _tpe,
     "random": lambda space, n_trials, seed: optuna.samplers.RandomSampler(seed=seed),
-    "grid": _grid,
+    "grid": lambda space, n_trials, seed: optuna.samplers.GridSampler({p.key: p.grid() for p in space},
+                                                                      seed=seed),
 }
 
 

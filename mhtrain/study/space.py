@@ -61,7 +61,8 @@ def base_config(study: StudyConfig) -> DictConfig:
     return compose(study.experiment, study.overrides)
 
 
-def _read(config: str) -> dict[str, Any]:
+def _read(config: str, changes: dict[str, Any]) -> dict[str, Any]:
+    """The file's values with the command line's `changes` on top (None means keep)."""
     path = CONF_DIR / "study" / f"{config}.yaml"
     if not path.exists():
         known = sorted(p.stem for p in path.parent.glob("*.yaml"))
@@ -73,11 +74,7 @@ def _read(config: str) -> dict[str, Any]:
     if not isinstance(raw.get("overrides") or [], list):
         raise ConfigError(f"{path.name}: overrides must be a list, e.g. [data.train_subset=10000]; "
                           f"got {raw['overrides']!r}")
-    return {**DEFAULTS, "name": config, **{k: v for k, v in raw.items() if v is not None}}
-
-
-def _merge(raw: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """The file's values with the command line's on top (None means keep)."""
+    raw = {**DEFAULTS, "name": config, **{k: v for k, v in raw.items() if v is not None}}
     extra = changes.pop("extra_overrides", None) or []
     merged = {**raw, **{k: v for k, v in changes.items() if v is not None}}
     if changes.get("experiment") and not changes.get("metric"):
@@ -113,16 +110,15 @@ def _check_space(space: tuple[Param, ...], cfg: DictConfig, raw: dict[str, Any])
         if p.key.startswith("model.loss_weights.") and min(p.choices or [p.low]) < 0:
             raise ConfigError(f"search_space.{p.key} reaches below 0; loss weights must be >= 0")
         if OmegaConf.select(cfg, p.key, default=_ABSENT) is _ABSENT and p.key not in weights:
-            raise ConfigError(
-                f"search_space key {p.key} does not exist in experiment {raw['experiment']}; "
-                "check the spelling against `python -m mhtrain.train --cfg job`")
+            raise ConfigError(f"search_space key {p.key} does not exist in experiment {raw['experiment']}; "
+                              "check the spelling against `python -m mhtrain.train --cfg job`")
 
 
 def load(config: str, keep_checkpoints: str = "none", **changes: Any) -> StudyConfig:
     """Read `conf/study/<config>.yaml`, apply the command line's `changes` (None means keep) and
     `extra_overrides`, check it all against the composed experiment, settle the population size
     for this device, and return it frozen: a bad study fails here, before its first trial."""
-    raw = _merge(_read(config), changes)
+    raw = _read(config, changes)
     _check_scalars(raw)
     if keep_checkpoints not in KEEP:
         raise ConfigError(f"keep_checkpoints={keep_checkpoints!r}: must be one of {', '.join(KEEP)}")
@@ -138,17 +134,11 @@ def load(config: str, keep_checkpoints: str = "none", **changes: Any) -> StudyCo
         raise ConfigError(f"direction={direction!r}: must be maximize or minimize")
     build_pruner(pruner, cfg.trainer.max_epochs)  # its resources must fit the epochs
     _check_space(space, cfg, raw)
-    k, why = _population(raw["population"], search_base(raw["experiment"], overrides),
-                         [p.key for p in space], keep_checkpoints)
-    return StudyConfig(name=raw["name"], experiment=raw["experiment"], metric=metric,
-                       direction=direction, n_trials=raw["n_trials"], seed=raw["seed"],
-                       sampler=raw["sampler"], pruner=pruner, search_space=space, overrides=overrides,
-                       max_epochs=cfg.trainer.max_epochs, population=k, population_reason=why,
-                       keep_checkpoints=keep_checkpoints)
-
-
-def _population(requested: int | str, base: DictConfig, varying: list[str],
-                keep_checkpoints: str) -> tuple[int, str]:
     from mhtrain.population.check import population_size  # torch: only once the study is sound
 
-    return population_size(requested, base, varying, keep_checkpoints != "none")
+    k, why = population_size(raw["population"], search_base(raw["experiment"], overrides),
+                             [p.key for p in space], keep_checkpoints != "none")
+    return StudyConfig(name=raw["name"], experiment=raw["experiment"], metric=metric, direction=direction,
+                       n_trials=raw["n_trials"], seed=raw["seed"], sampler=raw["sampler"], pruner=pruner,
+                       search_space=space, overrides=overrides, max_epochs=cfg.trainer.max_epochs,
+                       population=k, population_reason=why, keep_checkpoints=keep_checkpoints)

@@ -46,12 +46,11 @@ def artifact_dir(storage_url: str) -> Path:
 def check_storage(url: str, must_exist: bool = False) -> None:
     """Refuse, before anything is written, a URL that would lose results or cannot be created:
     in-memory SQLite, a directory, an unwritable place, a file that is not a database."""
-    if url.startswith("sqlite://") and not url.startswith("sqlite:///"):
-        raise ConfigError(f"--storage {url}: use {URL_FORMS}")
     path = storage_file(url)
+    if (url.startswith("sqlite://") and not url.startswith("sqlite:///")) or (
+            path is None and not url.startswith(("postgresql", "mysql"))):
+        raise ConfigError(f"--storage {url}: use {URL_FORMS}")
     if path is None:
-        if not url.startswith(("postgresql", "mysql")):
-            raise ConfigError(f"--storage {url}: use {URL_FORMS}")
         return
     if url.removeprefix("sqlite:///") in ("", ".") or url.removeprefix("sqlite:///").startswith(":memory:"):
         raise ConfigError(f"--storage {url} is in memory: every result would be lost at exit; "
@@ -73,8 +72,7 @@ def check_storage(url: str, must_exist: bool = False) -> None:
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"--storage {url}: cannot create {path} ({parent} is not a writable "
-                          "directory)")
+        raise ConfigError(f"--storage {url}: cannot create {path} ({parent} is not a writable directory)")
 
 
 def repair_journal(path: Path) -> int:
@@ -126,13 +124,9 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT_S,
         except ValueError as e:  # a damaged record before the last one: not ours to guess at
             raise ConfigError(f"--storage {url} is damaged ({e}); restore it from a copy") from None
     try:
-        return RDBStorage(
-            url,
-            heartbeat_interval=heartbeat,
-            grace_period=3 * heartbeat,
-            heartbeat_stale_trial_callback=RetryStale(max_retry=3),
-            engine_kwargs={"pool_pre_ping": True} if url.startswith("postgresql") else None,
-        )
+        return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                          heartbeat_stale_trial_callback=RetryStale(max_retry=3),
+                          engine_kwargs={"pool_pre_ping": True} if url.startswith("postgresql") else None)
     except Exception as e:  # noqa: BLE001 - any driver error becomes one clear line
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"cannot open storage {url}: {reason}") from None
@@ -153,13 +147,11 @@ class Heartbeat:
     """Beats for every trial this process runs, one or a whole population, from one thread.
 
     Optuna's own heartbeat thread lives inside `optimize`; trials made with ask/tell need this.
-    Storages without heartbeats (Journal files) are reaped by owner process instead.
-    """
+    Storages without heartbeats (Journal files) are reaped by owner process instead."""
 
     def __init__(self, storage: optuna.storages.BaseStorage) -> None:
         self.storage = storage
-        self.interval = (storage.get_heartbeat_interval()
-                         if isinstance(storage, RDBStorage) else None)
+        self.interval = storage.get_heartbeat_interval() if isinstance(storage, RDBStorage) else None
         self.trial_ids: set[int] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -34,9 +34,7 @@ def search_base(experiment: str, overrides: tuple[str, ...]) -> DictConfig:
     return compose(experiment, [*overrides, *SEARCH_MODE])
 
 
-@functools.cache
-def _parser() -> OverridesParser:
-    return OverridesParser.create()  # builds a grammar: once per process, not per trial
+_parser = functools.cache(OverridesParser.create)  # builds a grammar: once per process, not per trial
 
 
 def with_values(base: DictConfig, overrides: Sequence[str]) -> DictConfig:

@@ -14,8 +14,7 @@ import optuna
 from tqdm import tqdm
 
 from mhtrain.study import interrupt
-from mhtrain.study.interrupt import StudyInterrupted
-from mhtrain.study.ledger import POLL_S, counts, finished, n_done, reap, show
+from mhtrain.study.ledger import POLL_S, counts, finished, reap, show
 from mhtrain.study.space import StudyConfig
 
 GPU_ENV = "CUDA_VISIBLE_DEVICES"
@@ -56,15 +55,12 @@ class Pool:
     size: int
     gpus: list[str]
 
-    def gpu(self, slot: int) -> str | None:
-        return self.gpus[slot % len(self.gpus)] if self.gpus else None
-
     def start(self, slot: int, args: tuple) -> mp.Process:
         """Start worker `slot`; a spawned child takes the environment as it is at `start`, so
         its GPU is set there (torch reads it when the child imports it) and restored after."""
-        gpu, saved = self.gpu(slot), os.environ.get(GPU_ENV)
-        if gpu is not None:
-            os.environ[GPU_ENV] = gpu
+        saved = os.environ.get(GPU_ENV)
+        if self.gpus:
+            os.environ[GPU_ENV] = self.gpus[slot % len(self.gpus)]
         try:
             p = self.ctx.Process(target=_worker, args=(*args, self.stop, os.getpid()))
             p.start()
@@ -89,7 +85,7 @@ def _worker(study: StudyConfig, storage_url: str, timeout: float | None, threads
         interrupt.check()
         ostudy = open_study(study, storage_url, heartbeat, reproducible=False, allow_changes=True)
         work(study, ostudy, timeout)
-    except StudyInterrupted:
+    except interrupt.StudyInterrupted:
         os._exit(130)
 
 
@@ -114,7 +110,7 @@ def supervise(study: StudyConfig, storage_url: str, ostudy: optuna.Study, pool: 
                         f"{', '.join(map(str, held)) or 'none'}; they will be re-run")
                 tqdm.write(line)
                 outcome.deaths.append(line)
-                if n_done(counts(ostudy)) < study.n_trials:
+                if finished(ostudy) < study.n_trials:
                     if replacements >= 3 * pool.size:
                         raise RuntimeError(f"{replacements} workers replaced already; giving up")
                     replacements += 1
@@ -122,7 +118,7 @@ def supervise(study: StudyConfig, storage_url: str, ostudy: optuna.Study, pool: 
             show(bar, ostudy, counts(ostudy), study.n_trials)
             if procs and interrupt.wait(POLL_S):
                 interrupt.check()
-    except StudyInterrupted:
+    except interrupt.StudyInterrupted:
         outcome.interrupted = True
         pool.stop.set()
         for p in procs.values():
