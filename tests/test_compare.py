@@ -283,3 +283,16 @@ def test_the_command_line_exits_2_in_one_line(storage, tmp_path):
                            "--arms", "a", "a"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "error: --arms a a baseline_lr: an arm is named twice"]
+
+
+@pytest.mark.parametrize("command", [["studies/compare.py", "--arms", "nosuch"],
+                                     ["-m", "mhtrain.study", "export", "nosuch"]])
+def test_a_command_that_opens_a_storage_says_only_its_line(command, storage, tmp_path):
+    """Opening a storage with heartbeats made Optuna warn, in every command, that they are
+    experimental: the error line must be all a user sees."""
+    optuna.create_study(study_name="baseline_lr", storage=storage)
+    script = [str(ROOT / command[0]), *command[1:]] if command[0].endswith(".py") else command
+    proc = subprocess.run([sys.executable, *script, "--storage", storage], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("error: ") and "nosuch" in proc.stderr

@@ -9,6 +9,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -124,9 +125,11 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT_S,
         except ValueError as e:  # a damaged record before the last one: not ours to guess at
             raise ConfigError(f"--storage {url} is damaged ({e}); restore it from a copy") from None
     try:
-        return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-                          heartbeat_stale_trial_callback=RetryStale(max_retry=3),
-                          engine_kwargs={"pool_pre_ping": True} if url.startswith("postgresql") else None)
+        with warnings.catch_warnings():  # heartbeats are "experimental" to Optuna: every command said so
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                              heartbeat_stale_trial_callback=RetryStale(max_retry=3),
+                              engine_kwargs={"pool_pre_ping": True} if url.startswith("postgresql") else None)
     except Exception as e:  # noqa: BLE001 - any driver error becomes one clear line
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"cannot open storage {url}: {reason}") from None
