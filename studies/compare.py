@@ -97,7 +97,7 @@ def compare(args: argparse.Namespace) -> int:
     studies = reruns.open_arms(args.storage, names)  # all refusals come before any training
     metric = reruns.test_metric(studies[0])
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    arms = [reruns.rerun_best(s, seeds, args.overrides, on_done=partial(show, metric)) for s in studies]
+    arms = reruns.rerun_arms(studies, seeds, args.overrides, on_done=partial(show, metric))
     reference = arms[names.index(args.reference)]
     comparison = report.Comparison(arms, reference, metric, contrasts(arms, reference, metric),
                                    list(args.overrides))

@@ -224,6 +224,8 @@ def test_multi_arm_compare_writes_the_report_and_a_second_run_retrains_nothing(
     assert cli.main(args) == 0
     first = capsys.readouterr().out
     assert first.count("(trained") == 6 and "(stored)" not in first
+    order = [line.split(" seed ")[1].split(":")[0] for line in first.splitlines() if "(trained" in line]
+    assert order == [order[0]] * 3 + [order[3]] * 3  # seed by seed across the arms: a cut leaves them even
     out = tmp_path / "runs" / "reports" / "weighting"
     md = (out / "report.md").read_text()
     assert ("| arm | seeds | test digit acc (%) | test thickness acc (%) | test smoothness acc (%) |"

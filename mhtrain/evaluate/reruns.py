@@ -123,3 +123,13 @@ def rerun_best(ostudy: optuna.Study, seeds: Sequence[int], extra: Sequence[str] 
         records.append(stored[key])
         on_done(ostudy.study_name, seed, records[-1][metric], trained, records[-1].get("seconds", 0.0))
     return Arm(ostudy, list(seeds), records, label)
+
+
+def rerun_arms(studies: Sequence[optuna.Study], seeds: Sequence[int], extra: Sequence[str] = (),
+               on_done: OnDone = lambda *_: None) -> list[Arm]:
+    """`rerun_best` for every arm, seed by seed across the arms: a comparison cut short leaves
+    every arm with the same seeds stored, so `--seeds N` reports them without re-training."""
+    for seed in seeds:
+        for ostudy in studies:
+            rerun_best(ostudy, [seed], extra, on_done)
+    return [rerun_best(ostudy, seeds, extra) for ostudy in studies]  # all stored by now
