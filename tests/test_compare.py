@@ -15,7 +15,7 @@ from optuna.trial import TrialState, create_trial
 from scipy import stats
 
 from mhtrain.evaluate import document, figures, report
-from mhtrain.evaluate.reruns import RERUNS, Arm
+from mhtrain.evaluate.reruns import RERUNS, Arm, rerun_config
 from mhtrain.evaluate.stats import contrasts, holm, mean_ci
 from mhtrain.study import runner, space
 from mhtrain.study.storage import open_storage
@@ -221,8 +221,14 @@ def test_multi_arm_compare_writes_the_report_and_a_second_run_retrains_nothing(
     args = ["--storage", storage, "--seeds", "2", "--arms", *ARMS, "--reference", "baseline_lr",
             "--name", "weighting", *fidelity]
     cli = load_cli()
+    # what a re-run killed mid-training leaves in its folder: the next run starts it afresh
+    stale = Path(rerun_config(optuna.load_study(study_name="equal_lr", storage=open_storage(storage)),
+                              1000, fidelity).paths.output_dir)
+    (stale / "checkpoints").mkdir(parents=True)
+    (stale / "checkpoints" / "epoch=7.ckpt").write_text("from the killed run")
     assert cli.main(args) == 0
     first = capsys.readouterr().out
+    assert not (stale / "checkpoints" / "epoch=7.ckpt").exists() and (stale / "config.yaml").exists()
     assert first.count("(trained") == 6 and "(stored)" not in first
     order = [line.split(" seed ")[1].split(":")[0] for line in first.splitlines() if "(trained" in line]
     assert order == [order[0]] * 3 + [order[3]] * 3  # seed by seed across the arms: a cut leaves them even

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -116,7 +117,9 @@ def rerun_best(ostudy: optuna.Study, seeds: Sequence[int], extra: Sequence[str] 
         stored = ostudy.user_attrs.get(RERUNS, {})
         trained = key not in stored
         if trained:
-            record = record_of(fit(rerun_config(ostudy, seed, extra)))
+            cfg = rerun_config(ostudy, seed, extra)
+            shutil.rmtree(cfg.paths.output_dir, ignore_errors=True)  # what an interrupted run left
+            record = record_of(fit(cfg))
             # re-read before writing: another compare may have stored other seeds meanwhile
             stored = {**ostudy.user_attrs.get(RERUNS, {}), key: record}
             ostudy.set_user_attr(RERUNS, stored)
