@@ -11,8 +11,7 @@ from collections.abc import Callable
 NOISE = (
     r".*isinstance\(treespec, LeafSpec\).*",  # lightning 2.6 on torch 2.14: its own pytree use, every fit
     r".*smaller than the logging interval.*",  # metrics are logged per epoch, not per step
-    r".* is experimental \(supported from",  # optuna: heartbeats and metric names, stable in practice
-    r".*``heartbeat_interval`` is an experimental feature",
+    r".* is experimental \(supported from",  # optuna: reaping stale trials, metric names; stable in practice
     r"Heartbeat of storage is supposed to be used with",  # ask/tell trials beat from a thread of ours
 )
 
