@@ -140,10 +140,11 @@ def test_a_full_training_step_with_its_backward_stays_on_its_device():
 @pytest.mark.parametrize("device", DEVICES)
 def test_n_steps_match_solo_loops(device):
     # BatchNorm running stats, weights (weight decay: Adam's L2 and AdamW's decoupled), Adam
-    # moments: each member after N steps is its solo run after N steps
+    # moments, dropout masks: each member after N steps is its solo run after N steps
     dt = torch.float64
-    models = [lit(1, dt, weights={"thickness": 0.5}), lit(2, dt, lr=3e-3, weight_decay=0.1),
-              lit(3, dt, optimizer=torch.optim.AdamW, lr=2e-3, weight_decay=0.05, betas=(0.8, 0.95))]
+    models = [lit(1, dt, dropout=0.25, weights={"thickness": 0.5}), lit(2, dt, lr=3e-3, weight_decay=0.1),
+              lit(3, dt, dropout=0.25, optimizer=torch.optim.AdamW, lr=2e-3, weight_decay=0.05,
+                  betas=(0.8, 0.95))]
     solo = [copy.deepcopy(m).to(device) for m in models]
     stack = Stack(models[0]).to(device)
     stack.restack([], [], joining(stack, models, [1, 2, 3]))

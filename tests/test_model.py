@@ -107,3 +107,19 @@ def test_metric_contract_names():
                 f"{split}/avg_acc", f"{split}/weighted_acc"} <= set(names)
     assert "val/acc_best" in names
     assert "val/avg_acc" not in metric_names(["digit"])
+
+
+def test_dropout_masks_follow_the_runs_seed_and_step_only():
+    # a solo run's masks come from its seed and step count, not from torch's global random
+    # stream, so a population member built from the same seed draws the very same masks
+    def masks(seed: int, noise: int) -> torch.Tensor:
+        torch.manual_seed(seed)  # as `fit` seeds a run before building its model
+        model = build("multihead_cnn_mnist").train()  # dropout 0.25
+        torch.manual_seed(noise)  # anything else drawing from the global stream
+        drop = model.net.backbone[-1]
+        return torch.stack([drop(torch.ones(64, 128)) == 0 for _ in range(3)])
+
+    a = masks(5, 0)
+    assert torch.equal(a, masks(5, 1)) and not torch.equal(a, masks(6, 0))
+    assert not torch.equal(a[0], a[1])  # a new mask every step
+    assert 0.2 < a.float().mean() < 0.3

@@ -12,6 +12,7 @@ from torchmetrics import MaxMetric
 
 from mhtrain import ConfigError
 from mhtrain.contract import SPLITS, check_loss_weights, check_weighting, metric_key
+from mhtrain.models.dropout import counter_dropouts
 
 
 def epoch_metrics(split: str, heads: list[str], accs: torch.Tensor, head_losses: torch.Tensor,
@@ -88,6 +89,9 @@ class MultiheadLitModule(L.LightningModule):
     network's input and output layers all derive from them. `weighting="uncertainty"` learns one
     log-variance per head (`log_variances`, a parameter: optimized with the network and saved in
     its checkpoints, starting at 0, i.e. at the `loss_weights`).
+
+    The network's dropout layers draw counter-based masks keyed by `seed` (default: the seed torch
+    was seeded with, the run's) and the step, so a population member draws its solo run's masks.
     """
 
     def __init__(self, net: Callable[..., nn.Module], heads: Mapping[str, int],
@@ -96,7 +100,8 @@ class MultiheadLitModule(L.LightningModule):
                  scheduler: Callable[..., Any] | None = None,
                  loss_weights: Mapping[str, float] | None = None,
                  criteria: Mapping[str, nn.Module | None] | None = None,
-                 scheduler_monitor: str = "val/loss", weighting: str = "fixed") -> None:
+                 scheduler_monitor: str = "val/loss", weighting: str = "fixed",
+                 seed: int | None = None) -> None:
         super().__init__()
         self.head_names = list(heads)
         self.loss_weights = check_loss_weights(self.head_names, loss_weights or {})
@@ -109,7 +114,9 @@ class MultiheadLitModule(L.LightningModule):
         unknown = sorted(set(criteria) - set(heads))
         if unknown:
             raise ConfigError(f"model.criteria has {unknown} but the heads are {self.head_names}")
-        self.net = net(heads=dict(heads), in_channels=input_shape[0], input_size=input_shape[1])
+        self.net = counter_dropouts(net(heads=dict(heads), in_channels=input_shape[0],
+                                        input_size=input_shape[1]),
+                                    torch.initial_seed() if seed is None else seed)
         self.criteria = nn.ModuleDict(
             {h: criteria.get(h) or nn.CrossEntropyLoss() for h in self.head_names})
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler

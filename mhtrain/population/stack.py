@@ -1,6 +1,7 @@
 """K networks of one architecture run as one: parameters in one flat [K, P] tensor (not
 `stack_module_state`'s dict, so Adam runs one kernel per operation and autograd accumulates one
-gradient), buffers stacked [K, ...], the forward `vmap`-ed over `functional_call` of a meta copy."""
+gradient), buffers stacked [K, ...] (dropout rates, streams and draw counts among them), the
+forward `vmap`-ed over `functional_call` of a meta copy."""
 
 from __future__ import annotations
 
@@ -11,50 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
+from mhtrain.models.dropout import counter_dropouts
 from mhtrain.population.check import BATCH_NORMS, check_layout, check_net, layout
-
-MASK64 = (1 << 64) - 1
-# splitmix64's increment and finaliser constants, as int64
-GOLDEN, MIX1, MIX2 = (c - (1 << 64) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
-
-
-def mix_int(z: int) -> int:
-    """`mix` on a Python int (as int64): a member's streams are made without tensors."""
-    z &= MASK64
-    z = ((z ^ (z >> 30)) * (MIX1 & MASK64)) & MASK64
-    z = ((z ^ (z >> 27)) * (MIX2 & MASK64)) & MASK64
-    z ^= z >> 31
-    return z - (1 << 64) if z >= 1 << 63 else z
-
-
-def mix(z: torch.Tensor) -> torch.Tensor:
-    """splitmix64's finaliser on int64 tensors (multiplication wraps; shifts made logical)."""
-    z = (z ^ ((z >> 30) & ((1 << 34) - 1))) * MIX1
-    z = (z ^ ((z >> 27) & ((1 << 37) - 1))) * MIX2
-    return z ^ ((z >> 31) & ((1 << 33) - 1))
-
-
-class MemberDropout(nn.Module):
-    """Dropout with a per-member rate and stream (buffers): its mask hashes (stream, draw, element),
-    so it depends on the member's seed and steps only and needs no generator, vmap randomness or sync."""
-
-    def __init__(self, p: float, stream: int = 0) -> None:
-        super().__init__()
-        self.register_buffer("p", torch.tensor(float(p)))
-        self.register_buffer("stream", torch.tensor(stream, dtype=torch.int64))
-        self.register_buffer("draws", torch.zeros((), dtype=torch.int64))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            return x
-        self.draws.add_(1)
-        counter = mix(self.stream + self.draws * GOLDEN)
-        idx = torch.arange(1, x.numel() + 1, device=x.device).view(x.shape)
-        bits = (mix(counter + idx * GOLDEN) >> 40) & ((1 << 24) - 1)  # 24 uniform bits
-        keep = bits.to(torch.float32) * 2.0**-24 >= self.p
-        scale = torch.where(self.p < 1, (1 - self.p).reciprocal(), torch.zeros_like(self.p))
-        return x * (keep * scale).to(x.dtype)
-
 
 class MemberBatchNorm(nn.Module):
     """BatchNorm normalising in its parameters' dtype: under bf16 autocast functorch's batching
@@ -79,16 +38,14 @@ class MemberBatchNorm(nn.Module):
 
 
 def member_layers(net: nn.Module, seed: int = 0) -> nn.Module:
-    """In place: each nn.Dropout a MemberDropout (i-th on stream (seed, i)), BatchNorm a MemberBatchNorm."""
-    dropouts = 0
+    """In place: BatchNorm a MemberBatchNorm, and each plain nn.Dropout a CounterDropout on
+    `seed`'s streams (a MultiheadLitModule's net has its own already: a member draws its solo
+    run's masks)."""
     for parent in list(net.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Dropout:
-                setattr(parent, name, MemberDropout(child.p, mix_int(seed * GOLDEN + dropouts)))
-                dropouts += 1
-            elif isinstance(child, BATCH_NORMS):
+            if isinstance(child, BATCH_NORMS):
                 setattr(parent, name, MemberBatchNorm(child))
-    return net
+    return counter_dropouts(net, seed)
 
 
 class StackedNets:
