@@ -3,6 +3,7 @@ carries no password (libpq takes it from PGPASSWORD or a password file instead).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 import pickle
@@ -21,8 +22,10 @@ from hydra.utils import instantiate
 from mhtrain import DataError
 from mhtrain.config import compose
 from mhtrain.data import cifar100mh
+from mhtrain.study import space
 from mhtrain.study.storage import load_existing, open_storage
-from tests.conftest import ROOT
+from mhtrain.study.trials import OUTPUT_ROOT
+from tests.conftest import ROOT, tiny_for
 from tests.test_datasets import write_cifar10
 
 
@@ -174,3 +177,79 @@ def test_postgres_url_without_a_password(source, tmp_path, monkeypatch):
             conn.close()
     finally:
         optuna.delete_study(study_name=name, storage=storage)
+
+
+# --- A storage someone else wrote: its records are data, never code --------------------------
+
+# a Hydra node that `instantiate` would run: it creates the file `{marker}`
+PAYLOAD = ("{{_target_: builtins.int, _args_: [{{_target_: builtins.bool, _args_: "
+           "[{{_target_: distutils.spawn.spawn, cmd: [touch, '{marker}']}}]}}]}}")
+LR = optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)
+
+
+def planted(url: str, study: space.StudyConfig, marker: Path, elsewhere: Path) -> optuna.Study:
+    """A study as `studies/lr.py` records it (so a resume accepts it), whose best trial's stored
+    overrides carry a payload and whose stored trial folder lies outside the project's runs."""
+    ostudy = optuna.create_study(study_name=study.name, storage=url, direction="maximize")
+    ostudy.set_metric_names([study.metric])
+    ostudy.set_user_attr("config", study.to_dict())
+    ostudy.set_user_attr(OUTPUT_ROOT, str(elsewhere))
+    overrides = [*study.overrides, "++model.optimizer.lr=0.01",
+                 f"model.optimizer.weight_decay={PAYLOAD.format(marker=marker)}", "seed=0",
+                 f"optimized_metric={study.metric}"]
+    ostudy.add_trial(optuna.trial.create_trial(
+        params={"model.optimizer.lr": 0.01}, distributions={"model.optimizer.lr": LR}, value=0.99,
+        user_attrs={"experiment": study.experiment, "overrides": overrides, "seed": 0}))
+    return ostudy
+
+
+def one_error_line(capsys: pytest.CaptureFixture, *names: str) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert all(n in err[0] for n in names), err[0]
+    return err[0]
+
+
+def test_a_hostile_storage_runs_nothing(tiny_data, tmp_path, monkeypatch, capsys):
+    """export, the final training of what it would write, compare, warm start and resume: each
+    refuses in one line, exit 2, and neither the payload's file nor the planted folder appears."""
+    from mhtrain.study import cli
+    from mhtrain.study.__main__ import main as study_main
+    from mhtrain.train import precheck
+
+    monkeypatch.chdir(tmp_path)
+    marker, elsewhere = tmp_path / "payload_ran", tmp_path / "elsewhere"
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    name = f"lr_{uuid.uuid4().hex[:8]}"  # export writes conf/experiment/best_<name>.yaml
+    tiny = [*tiny_for(tiny_data, epochs=1)]
+    for study_name in (name, f"{name}_ref"):
+        planted(url, space.load("lr", name=study_name, extra_overrides=tiny), marker, elsewhere)
+    exported = ROOT / "conf" / "experiment" / f"best_{name}.yaml"
+    compare = load_compare_cli()
+    capsys.readouterr()
+    run_lr = ["--storage", url, "--n-trials", "2", "--no-progress", *tiny]
+    try:
+        assert study_main(["export", name, "--storage", url]) == 2
+        one_error_line(capsys, f"study {name}, trial 0", "model.optimizer.weight_decay")
+        assert not exported.exists()
+        assert precheck([f"experiment=best_{name}"]) == 2  # the final training has nothing to run
+        one_error_line(capsys)
+        assert compare.main(["--arms", name, "--reference", f"{name}_ref", "--storage", url]) == 2
+        one_error_line(capsys, f"study {name}, trial 0", "model.optimizer.weight_decay")
+        assert cli.main("lr", "", ["--study-name", "new", "--warm-start", name, *run_lr]) == 2
+        one_error_line(capsys, f"study {name}, trial 0", "model.optimizer.weight_decay")
+        assert cli.main("lr", "", ["--study-name", name, *run_lr]) == 2  # resume
+        one_error_line(capsys, f"study {name}", "output_root", str(elsewhere))
+    finally:
+        exported.unlink(missing_ok=True)
+    assert not marker.exists(), "a stored override ran code"
+    assert not elsewhere.exists(), "a stored folder outside runs/ was written"
+    assert not (tmp_path / "runs" / "studies").exists(), "a trial ran"
+
+
+def load_compare_cli():
+    """studies/compare.py as a module, so its main runs in this process."""
+    spec = importlib.util.spec_from_file_location("compare_cli", ROOT / "studies" / "compare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

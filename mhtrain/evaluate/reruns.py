@@ -19,6 +19,7 @@ from mhtrain.config import compose
 from mhtrain.contract import metric_key
 from mhtrain.result import FitResult
 from mhtrain.study.storage import open_storage
+from mhtrain.study.untrusted import trial_record
 from mhtrain.train import fit
 
 RERUNS = "reruns"  # study user attribute: {"trial<n>|seed<s>|<extra overrides>": rerun record}
@@ -36,8 +37,9 @@ def test_metric(ostudy: optuna.Study) -> str:
 
 
 def open_arms(storage_url: str, names: Sequence[str]) -> list[optuna.Study]:
-    """Load every arm's study, refusing (before any training) a missing or unfinished one and
-    arms that optimize different metrics."""
+    """Load every arm's study, refusing (before any training) a missing or unfinished one, a best
+    trial whose stored record is more than the study's own keys and scalars, and arms that
+    optimize different metrics."""
     storage = open_storage(storage_url, must_exist=True)  # a mistyped path creates nothing
     studies = []
     for name in names:
@@ -46,9 +48,10 @@ def open_arms(storage_url: str, names: Sequence[str]) -> list[optuna.Study]:
         except KeyError:
             raise ConfigError(f"no study {name} in {storage_url}; run it first") from None
         try:
-            ostudy.best_trial  # noqa: B018 - raises when no trial has completed
+            best = ostudy.best_trial
         except ValueError:
             raise ConfigError(f"study {name} has no completed trial; run it first") from None
+        trial_record(ostudy, best)
         studies.append(ostudy)
     metrics = {s.study_name: test_metric(s) for s in studies}
     if len(set(metrics.values())) > 1:
@@ -89,11 +92,12 @@ def rerun_config(ostudy: optuna.Study, seed: int, extra: Sequence[str] = ()) -> 
     """The composed config that re-trains the study's best trial with `seed` and `extra` on top
     (checked, like every composed config, before anything trains)."""
     best = ostudy.best_trial
-    kept = [o for o in best.user_attrs["overrides"] if not o.startswith("seed=")]
+    experiment, overrides = trial_record(ostudy, best)
+    kept = [o for o in overrides if not o.startswith("seed=")]
     fidelity = f"_{hashlib.sha1('|'.join(extra).encode()).hexdigest()[:8]}" if extra else ""
     name = re.sub(r"[^A-Za-z0-9_.@:+-]", "_", ostudy.study_name)  # one folder a Hydra override can carry
     out = f"paths.output_dir={RERUN_ROOT}/{name}/trial{best.number}_seed{seed}{fidelity}"
-    return compose(best.user_attrs["experiment"], [*kept, f"seed={seed}", *extra, *RERUN_MODE, out])
+    return compose(experiment, [*kept, f"seed={seed}", *extra, *RERUN_MODE, out])
 
 
 def record_of(result: FitResult) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_
 
 if TYPE_CHECKING:
     from mhtrain.study.space import StudyConfig
+from mhtrain.study import untrusted
 from mhtrain.study.storage import artifact_dir
 
 KEEP = ("none", "best", "all")
@@ -25,10 +26,11 @@ CHECKPOINT = "checkpoint"  # trial user attribute: the artifact id of its checkp
 
 
 def remember_store(ostudy: optuna.Study, storage_url: str) -> Path:
-    """Record the study's artifact folder on it once, so every worker and `export` use one."""
+    """Record the study's artifact folder on it once, so every worker and `export` use one (a
+    recorded one is taken only inside the project's roots)."""
     if ARTIFACT_DIR not in ostudy.user_attrs:
         ostudy.set_user_attr(ARTIFACT_DIR, str(artifact_dir(storage_url)))
-    return Path(ostudy.user_attrs[ARTIFACT_DIR])
+    return untrusted.stored_path(ostudy, ARTIFACT_DIR, storage_url)
 
 
 def _store(ostudy: optuna.Study) -> FileSystemArtifactStore:
@@ -62,11 +64,14 @@ def keep(study: StudyConfig, trial: optuna.Trial, checkpoint: str | None, value:
         path.unlink(missing_ok=True)
 
 
-def hand_over(ostudy: optuna.Study, trial: optuna.trial.FrozenTrial, dest: Path) -> Path | None:
-    """Download the trial's stored checkpoint to `dest`; None if it has none."""
+def hand_over(ostudy: optuna.Study, trial: optuna.trial.FrozenTrial, dest: Path,
+              storage_url: str) -> Path | None:
+    """Download the trial's stored checkpoint to `dest`; None if it has none. The stored folder
+    and id are checked: neither may lead out of the project's roots."""
     artifact_id = trial.user_attrs.get(CHECKPOINT)
-    if artifact_id is None or ARTIFACT_DIR not in ostudy.user_attrs:
+    if artifact_id is None or untrusted.stored_path(ostudy, ARTIFACT_DIR, storage_url) is None:
         return None
+    artifact_id = untrusted.artifact_id(ostudy, trial, artifact_id)
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.unlink(missing_ok=True)
     download_artifact(artifact_store=_store(ostudy), file_path=str(dest), artifact_id=artifact_id)

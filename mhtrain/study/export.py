@@ -1,7 +1,8 @@
 """Turn a study's best trial into `conf/experiment/best_<study>.yaml`: the best values on the
 study's experiment for a final training run. A search trains at a cheap fidelity (few epochs, a
 subset); those overrides and the trial's seed are left out unless asked for (`as_searched`), and
-the caller is told which. Group choices (`data=…`) stay group choices."""
+the caller is told which. Group choices (`data=…`) stay group choices. What is written is only
+what `untrusted.trial_record` passed: the study's own keys with scalar values."""
 
 from __future__ import annotations
 
@@ -15,23 +16,24 @@ from mhtrain import ConfigError
 from mhtrain.config import CONF_DIR, compose
 from mhtrain.study.checkpoints import hand_over
 from mhtrain.study.storage import load_existing
+from mhtrain.study.untrusted import trial_record
 
 # what makes a search run cheap rather than what it trains: dropped from an export by default
 FIDELITY = ("trainer.max_epochs", "trainer.min_epochs", "data.train_subset", "data.val_subset", "seed")
 
 
-def fidelity_overrides(trial: optuna.trial.FrozenTrial) -> list[str]:
-    """The trial's overrides that set its search fidelity (and its seed)."""
-    parsed = OverridesParser.create().parse_overrides(trial.user_attrs["overrides"])
+def fidelity_overrides(overrides: list[str]) -> list[str]:
+    """The overrides that set a trial's search fidelity (and its seed)."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
     return [o.input_line for o in parsed if o.key_or_group.lstrip("+") in FIDELITY]
 
 
-def best_trial_yaml(trial: optuna.trial.FrozenTrial, study_name: str, conf_dir: Path = CONF_DIR,
-                    as_searched: bool = False) -> str:
-    """The trial's experiment and group choices as defaults, its other overrides as values
-    (without its fidelity and seed unless `as_searched`)."""
+def best_trial_yaml(trial: optuna.trial.FrozenTrial, experiment: str, overrides: list[str],
+                    study_name: str, conf_dir: Path = CONF_DIR, as_searched: bool = False) -> str:
+    """The trial's experiment and group choices as defaults, its other (checked) overrides as
+    values (without its fidelity and seed unless `as_searched`)."""
     body, groups = OmegaConf.create({}), []
-    for override in OverridesParser.create().parse_overrides(trial.user_attrs["overrides"]):
+    for override in OverridesParser.create().parse_overrides(overrides):
         key = override.key_or_group
         if not as_searched and key.lstrip("+") in FIDELITY:
             continue
@@ -42,7 +44,7 @@ def best_trial_yaml(trial: optuna.trial.FrozenTrial, study_name: str, conf_dir: 
     header = (f"# @package _global_\n"
               f"# Best trial ({trial.number}, {trial.value:.6f}) of study {study_name}.\n"
               f"# python -m mhtrain.train experiment=best_{study_name}\n"
-              f"defaults:\n  - {trial.user_attrs['experiment']}\n{''.join(groups)}  - _self_\n\n")
+              f"defaults:\n  - {experiment}\n{''.join(groups)}  - _self_\n\n")
     return header + OmegaConf.to_yaml(body)
 
 
@@ -55,18 +57,19 @@ def export(study_name: str, storage_url: str, conf_dir: Path = CONF_DIR,
         best = study.best_trial
     except ValueError:
         raise ConfigError(f"study {study_name} has no completed trial yet; run it first") from None
+    experiment, overrides = trial_record(study, best)  # refused here, before anything is written
     path = conf_dir / "experiment" / f"best_{study_name}.yaml"
-    path.write_text(best_trial_yaml(best, study_name, conf_dir, as_searched))
+    path.write_text(best_trial_yaml(best, experiment, overrides, study_name, conf_dir, as_searched))
     if conf_dir == CONF_DIR:
         try:
             compose(f"best_{study_name}")
         except ConfigError:
             path.unlink()
             raise
-    return path, [] if as_searched else fidelity_overrides(best)
+    return path, [] if as_searched else fidelity_overrides(overrides)
 
 
 def export_checkpoint(study_name: str, storage_url: str, dest: Path) -> Path | None:
     """Copy the best trial's kept checkpoint to `dest`; None if the study kept none for it."""
     study = load_existing(study_name, storage_url)
-    return hand_over(study, study.best_trial, dest)
+    return hand_over(study, study.best_trial, dest, storage_url)

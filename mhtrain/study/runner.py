@@ -28,6 +28,7 @@ from mhtrain.study.samplers import make_sampler
 from mhtrain.study.space import StudyConfig, base_config
 from mhtrain.study.storage import HEARTBEAT_S, Heartbeat, open_storage
 from mhtrain.study.trials import OUTPUT_ROOT
+from mhtrain.study.untrusted import check_resume
 from mhtrain.study.warmstart import warm_start
 from mhtrain.study.workers import Outcome, Pool, supervise, visible_gpus
 
@@ -149,6 +150,7 @@ def run(study: StudyConfig, storage_url: str, timeout: float | None = None, prog
     quiet()
     ostudy = open_study(study, storage_url, heartbeat, reproducible=workers == 1,
                         allow_changes=allow_changes)  # fails here, once, before any worker starts
+    check_resume(ostudy, study, storage_url)  # what it holds is data: checked before any trial
     if study.keep_checkpoints != "none":
         remember_store(ostudy, storage_url)
     if warm is not None:

@@ -5,7 +5,8 @@ A warm-started trial takes, for each key of the new search space, the source tri
 it has one, else the new study's default (the value its experiment composes to); a key with
 neither is left to the sampler. Which source trials were enqueued is recorded on the new study
 (user attribute `warm_start`), so resuming, or asking again, never enqueues one twice and never
-takes more than K from one source in all.
+takes more than K from one source in all. What it takes from the source is checked first
+(`untrusted.warm_values`): a source trial whose record is more than data enqueues nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from mhtrain import ConfigError
+from mhtrain.study import untrusted
 from mhtrain.study.storage import load_existing
 
 ATTR = "warm_start"  # study user attribute: {source study name: [source trial numbers enqueued]}
@@ -37,12 +39,16 @@ def parse_warm_start(text: str) -> tuple[str, int]:
 
 
 def load_source(storage_url: str, text: str, target: str) -> tuple[optuna.Study, int]:
-    """The study `STUDY[:K]` names in the storage and K; one line if it is missing or is `target`."""
+    """The study `STUDY[:K]` names in the storage and K; one line if it is missing, is `target`,
+    or its best K trials hold more than data."""
     name, k = parse_warm_start(text)
     if name == target:
         raise ConfigError(f"--warm-start {text}: a study cannot warm-start from itself; "
                           "name another study in the same storage")
-    return load_existing(name, storage_url), k
+    source = load_existing(name, storage_url)
+    for t in best_trials(source, k):  # refused now, before the new study is written
+        untrusted.warm_values(source, t, ())
+    return source, k
 
 
 def best_trials(source: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
@@ -61,20 +67,22 @@ def warm_start(ostudy: optuna.Study, source: optuna.Study, k: int, space_keys: I
     returns how many were enqueued now."""
     if source.study_name == ostudy.study_name:
         raise ConfigError(f"study {ostudy.study_name} cannot warm-start from itself")
-    done = {name: list(numbers) for name, numbers in ostudy.user_attrs.get(ATTR, {}).items()}
+    done = ostudy.user_attrs.get(ATTR, {})
+    if not isinstance(done, dict) or not all(isinstance(n, list) and all(isinstance(i, int) for i in n)
+                                             for n in done.values()):
+        untrusted.refuse(f"study {ostudy.study_name}", f"{ATTR} (not source names with trial numbers)")
     taken = done.get(source.study_name, [])
     todo = [t for t in best_trials(source, k) if t.number not in taken][: k - len(taken)]
     if not taken and not todo:
         raise ConfigError(f"study {source.study_name} has no complete trial to warm-start from")
     if not todo:
         return 0
-    # recorded before enqueuing: a crash in between loses a warm start, it never doubles one
-    done[source.study_name] = [*taken, *(t.number for t in todo)]
-    ostudy.set_user_attr(ATTR, done)
-    defaults = {key: v for key, v in (defaults or {}).items() if v is not None}
     keys = list(space_keys)
-    for t in todo:
-        params = {key: t.params.get(key, defaults.get(key)) for key in keys
-                  if key in t.params or key in defaults}
+    taken_values = [untrusted.warm_values(source, t, keys) for t in todo]  # all checked, then written
+    # recorded before enqueuing: a crash in between loses a warm start, it never doubles one
+    ostudy.set_user_attr(ATTR, {**done, source.study_name: [*taken, *(t.number for t in todo)]})
+    defaults = {key: v for key, v in (defaults or {}).items() if v is not None}
+    for t, values in zip(todo, taken_values, strict=True):
+        params = {k: values.get(k, defaults.get(k)) for k in keys if k in values or k in defaults}
         ostudy.enqueue_trial(params, user_attrs={ATTR: f"{source.study_name}#{t.number}"})
     return len(todo)
