@@ -22,6 +22,7 @@ from mhtrain.population.fit import fit_population, member_from_config
 from mhtrain.population.optim import adam_args, adam_rows, adam_step
 from mhtrain.population.runs import Stopper
 from mhtrain.study import runner, space
+from mhtrain.study.workers import auto_workers
 from mhtrain.train import fit
 
 NOISE = 230  # bar over noise: about 75-95% right after one epoch
@@ -378,3 +379,13 @@ def test_members_from_configs_end_with_their_fit_results(tiny_data, tmp_path, on
         assert (tmp_path / f"m{i}" / "config.yaml").exists()
         with open(tmp_path / f"m{i}" / "csv" / "metrics.csv") as f:
             assert len(list(csv.reader(f))) == 1 + 2 * e
+
+
+def test_workers_auto_counts_gpus_only_for_a_study_that_trains_on_them():
+    # a CPU study on an 8-GPU machine started 8 workers sharing the cores
+    eight = [str(i) for i in range(8)]
+    for accelerator in ("cpu", "CPU", "mps"):
+        assert auto_workers(accelerator, gpus=eight) == 1
+    for accelerator in ("gpu", "cuda", "auto", None):
+        assert auto_workers(accelerator, gpus=eight) == 8
+    assert auto_workers("auto", gpus=[]) == auto_workers("gpu", gpus=[]) == 1

@@ -104,7 +104,8 @@ def main(study_name: str, description: str, argv: Sequence[str] | None = None,
         prepare_data(space.base_config(study))
         check_storage(args.storage)
         warm = load_source(args.storage, args.warm_start, study.name) if args.warm_start else None
-        workers = auto_workers() if workers == "auto" else workers
+        if workers == "auto":  # one per GPU when the study trains on GPUs
+            workers = auto_workers(space.base_config(study).trainer.get("accelerator"))
         # how this run trains, said at its start and again under its summary
         how = (f"{study.name}: budget {study.n_trials} trials, {workers} worker(s), population "
                f"{study.population} per worker ({study.population_reason}), storage {args.storage}")

@@ -41,9 +41,15 @@ def visible_gpus(gpus: Sequence[str] | None = None) -> list[str]:
     return listed or [str(i) for i in range(torch.cuda.device_count())]
 
 
-def auto_workers() -> int:
-    """`--workers auto`: one worker per GPU, one on a machine without."""
-    return max(1, len(visible_gpus()))
+def auto_workers(accelerator: Any = "auto", gpus: Sequence[str] | None = None) -> int:
+    """`--workers auto`: one worker per GPU when the study trains on GPUs (`trainer.accelerator`
+    gpu, cuda, or auto with GPUs there), else one: a CPU study on an 8-GPU machine would otherwise
+    start 8 workers that share the cores."""
+    accelerator = "auto" if accelerator is None else accelerator
+    name = accelerator if isinstance(accelerator, str) else type(accelerator).__name__
+    if name.lower().removesuffix("accelerator") not in ("auto", "gpu", "cuda"):
+        return 1
+    return max(1, len(visible_gpus(gpus)))
 
 
 @dataclass
