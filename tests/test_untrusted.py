@@ -7,6 +7,7 @@ import importlib.util
 import os
 import pathlib
 import pickle
+import re
 import shlex
 import shutil
 import subprocess
@@ -18,8 +19,9 @@ import optuna
 import pytest
 import torch
 from hydra.utils import instantiate
+from optuna.trial import TrialState
 
-from mhtrain import DataError
+from mhtrain import ConfigError, DataError
 from mhtrain.config import compose
 from mhtrain.data import cifar100mh
 from mhtrain.study import space
@@ -253,3 +255,84 @@ def load_compare_cli():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def in_memory(overrides: list[str], experiment: str = "multihead_cnn_mnist",
+              fixed: tuple[str, ...] = ("model.loss_weights.digit=1.0",)) -> optuna.Study:
+    """A study recording the `lr` search over `experiment` with `fixed`, and one trial that
+    stored `overrides`."""
+    ostudy = optuna.create_study(study_name="lr", direction="maximize")
+    ostudy.set_user_attr("config", {"experiment": "multihead_cnn_mnist", "overrides": list(fixed),
+                                    "search_space": {"model.optimizer.lr": {"type": "float"}}})
+    ostudy.add_trial(optuna.trial.create_trial(
+        params={"model.optimizer.lr": 0.01}, distributions={"model.optimizer.lr": LR}, value=0.9,
+        user_attrs={"experiment": experiment, "overrides": overrides}))
+    return ostudy
+
+
+SEARCHED = ["model.loss_weights.digit=1.0", "++model.optimizer.lr=0.01", "seed=3",
+            "optimized_metric=val/digit_acc"]
+
+
+@pytest.mark.parametrize(("override", "named"), [
+    *((f"++model.optimizer.lr={{_target_: {target}, _args_: [x]}}", "model.optimizer.lr (a nested node)")
+      for target in ("distutils.spawn.spawn", "setuptools._distutils.spawn.spawn",
+                     "mlflow.utils.process._exec_cmd", "pathlib.Path.write_text", "builtins.open")),
+    ("model.optimizer._target_=builtins.exec", "model.optimizer._target_ (a package, sweep or instantiate"),
+    ("""++model.optimizer.lr='${oc.decode:"{_target_: os.system}"}'""",
+     "model.optimizer.lr (an interpolation"),
+    ("++model.optimizer.lr=[1, 2]", "model.optimizer.lr (a list)"),
+    ("++model.optimizer.lr=1,2", "model.optimizer.lr (a package, sweep"),
+    ("model.dropout=0.5", "model.dropout (neither searched nor fixed"),
+    ("hydra.run.dir=/x", "hydra.run.dir (it decides where a run writes)"),
+    ("paths.output_dir=/x", "paths.output_dir (it decides where a run writes)"),
+])
+def test_a_stored_override_is_a_searched_or_fixed_key_with_a_scalar(override, named):
+    from mhtrain.study.untrusted import trial_record
+
+    ostudy = in_memory([*SEARCHED, override])
+    with pytest.raises(ConfigError, match=rf"^study lr, trial 0: {re.escape(named)}.* refused; "):
+        trial_record(ostudy, ostudy.best_trial)
+    good = in_memory(SEARCHED)  # what a study run records passes
+    assert trial_record(good, good.best_trial) == ("multihead_cnn_mnist", SEARCHED)
+
+
+@pytest.mark.parametrize(("experiment", "fixed"), [
+    ("multihead_cnn_mnist\n  - override /model: evil", ()),  # a YAML line in export's defaults
+    ("cnn_mnist", ()),  # not the study's experiment
+    ("multihead_cnn_mnist", ("data=../../elsewhere",)),  # a group choice that is a path
+])
+def test_the_experiment_and_group_choices_are_the_projects_own_configs(experiment, fixed):
+    from mhtrain.study.untrusted import trial_record
+
+    ostudy = in_memory([*fixed, *SEARCHED[1:]], experiment, fixed)
+    with pytest.raises(ConfigError, match="refused"):
+        trial_record(ostudy, ostudy.best_trial)
+
+
+def test_resume_refuses_enqueued_values_and_folders_that_are_not_the_projects(tiny, tmp_path, monkeypatch):
+    from mhtrain.study import runner
+    from mhtrain.study.checkpoints import ARTIFACT_DIR, hand_over
+    from mhtrain.study.untrusted import check_resume
+
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    study = space.load("lr", extra_overrides=tiny)
+    ostudy = runner.open_study(study, url)
+    check_resume(ostudy, study, url)  # what the project itself records passes
+    for n, (key, value, why) in enumerate([
+            ("model.optimizer.lr", {"_target_": "os.system", "_args_": ["x"]}, "a nested node"),
+            ("model.optimizer.lr", "${oc.decode:x}", "an interpolation"),
+            ("model.dropout", 0.1, "not in the search space")]):
+        ostudy.enqueue_trial({key: value})
+        with pytest.raises(ConfigError, match=rf"^study lr, trial {n}: .*{key} \({why}.* refused; "):
+            check_resume(ostudy, study, url)
+        ostudy._storage.set_trial_state_values(ostudy.get_trials()[n]._trial_id, TrialState.FAIL)
+    for attr, place in ((OUTPUT_ROOT, "runs/../.."), (ARTIFACT_DIR, "/etc")):
+        ostudy.set_user_attr(attr, place)
+        with pytest.raises(ConfigError, match=rf"study lr: {attr} '{re.escape(place)}' \(not inside"):
+            check_resume(ostudy, study, url)
+        ostudy.set_user_attr(attr, str(tmp_path / "runs" / "x"))
+    ostudy.add_trial(optuna.trial.create_trial(value=0.5, user_attrs={"checkpoint": "../../shared.db"}))
+    with pytest.raises(ConfigError, match=r"trial 3: checkpoint id '../../shared.db' refused"):
+        hand_over(ostudy, ostudy.get_trials()[3], tmp_path / "out.ckpt", url)
