@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -128,11 +129,39 @@ def check_builds(cfg: DictConfig) -> None:
             raise ConfigError(f"{what} cannot be built from this config: {reason}") from None
 
 
+LIGHTNING_CKPT = ("best", "last", "hpc", "registry")  # ckpt_path words Lightning resolves itself
+
+
+def check_checkpoint(cfg: DictConfig) -> None:
+    """A checkpoint to go on from is data someone else may have written: it must load as tensors
+    and plain containers only (`weights_only=True`, as `fit` loads it), so a tampered one is one
+    line now rather than a traceback, or code run, inside the fit."""
+    path = cfg.get("ckpt_path")
+    if not path or str(path) in LIGHTNING_CKPT:
+        return
+    if not Path(path).is_file():
+        raise ConfigError(f"ckpt_path={path}: no such file")
+    import pickle
+
+    import torch
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        asked = re.search(r"GLOBAL ([\w.]+)", str(e))
+        raise DataError(f"ckpt_path={path}: refused, not a checkpoint of plain tensors"
+                        + (f"; it asks to run {asked.group(1)}" if asked else "")) from None
+    except Exception as e:  # noqa: BLE001 - a damaged file, whatever torch says about it
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        raise DataError(f"ckpt_path={path}: not a readable checkpoint ({reason})") from None
+
+
 def check(cfg: DictConfig, build: bool = False) -> None:
     """Everything that can be known wrong without training: knobs, data settings, optimizer,
     heads, weights, the target metric; with `build`, the model and Trainer themselves (done once
     per composed config, not per trial)."""
     check_knobs(cfg)
+    check_checkpoint(cfg)
     check_data(cfg)
     check_optimizer(cfg)
     heads = list(heads_of(cfg))

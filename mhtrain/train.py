@@ -96,13 +96,14 @@ def fit(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> FitResult:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     start = time.perf_counter()
-    trainer.fit(model, datamodule=b.datamodule, ckpt_path=cfg.get("ckpt_path"))
+    # a checkpoint is data (checked by `check`): tensors and plain containers only, never code
+    trainer.fit(model, datamodule=b.datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     seconds = time.perf_counter() - start
     ckpt = trainer.checkpoint_callback
     best_path = (ckpt.best_model_path if isinstance(ckpt, ModelCheckpoint) else "") or None
     test: dict[str, float] = {}
     if cfg.get("test"):
-        trainer.test(model, datamodule=b.datamodule, ckpt_path=best_path, verbose=False)
+        trainer.test(model, datamodule=b.datamodule, ckpt_path=best_path, verbose=False, weights_only=True)
         test = _metrics(trainer, "test/")
     return FitResult(history=b.history.epochs, train_history=b.history.train, test=test,
                      seconds=seconds, params=sum(p.numel() for p in model.parameters()),

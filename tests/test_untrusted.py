@@ -336,3 +336,21 @@ def test_resume_refuses_enqueued_values_and_folders_that_are_not_the_projects(ti
     ostudy.add_trial(optuna.trial.create_trial(value=0.5, user_attrs={"checkpoint": "../../shared.db"}))
     with pytest.raises(ConfigError, match=r"trial 3: checkpoint id '../../shared.db' refused"):
         hand_over(ostudy, ostudy.get_trials()[3], tmp_path / "out.ckpt", url)
+
+
+def test_a_tampered_checkpoint_is_refused_in_one_line(tiny_data, tmp_path, capsys):
+    """What `export` hands over and `ckpt_path=` goes on from is loaded as tensors only: a
+    checkpoint whose pickle asks for os.system is one line, exit 2, before anything is built."""
+    from mhtrain.train import fit, precheck
+
+    bad, marker = tmp_path / "shared.ckpt", tmp_path / "marker"
+    torch.save({"state_dict": {}, "epoch": RunsCode(marker, "os.system")}, bad)
+    args = [*tiny_for(tiny_data, epochs=1), f"paths.output_dir={tmp_path / 'run'}", f"ckpt_path={bad}"]
+    assert precheck(["experiment=multihead_cnn_mnist", *args]) == 2  # `python -m mhtrain.train`'s first step
+    line = one_error_line(capsys, str(bad), "refused", f"it asks to run {REFUSED['os.system']}")
+    assert "weights_only" not in line  # torch's advice to load it unrestricted is not passed on
+    cfg = compose("multihead_cnn_mnist", args[:-1])
+    cfg.ckpt_path = str(bad)
+    with pytest.raises(DataError, match="refused, not a checkpoint of plain tensors"):
+        fit(cfg)
+    assert not marker.exists() and not (tmp_path / "run").exists()
