@@ -1,9 +1,11 @@
 """The population's GPU path, checked on the CPU (fast tier) and again on CUDA where there is one.
 
 Needs torch and Lightning only (no Hydra, no Optuna), so it also runs on a bare GPU machine:
-`python -m pytest -q tests/test_gpu_path.py`. Every test marked with DEVICES runs on the CPU and,
-when CUDA is present, on the GPU; float64 makes the solo comparisons exact to rounding on both
-(TF32 never applies to float64).
+`python -m pytest -q tests/test_gpu_path.py` (`make gpu-check`). Every test marked with DEVICES
+runs on the CPU and, when CUDA is present, on the GPU, its stacked calls under `in_step`: no host
+read, no tensor off the device, and on CUDA any synchronising operation raises; float64 makes the
+solo comparisons exact to rounding on both (TF32 never applies to float64). The whole population
+fit also runs on the meta device, where a tensor left on the CPU is on another device.
 """
 
 from __future__ import annotations
@@ -16,11 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from mhtrain import ConfigError
 from mhtrain.data.datamodule import MNISTDataModule
@@ -29,6 +29,7 @@ from mhtrain.population import Member, train_population
 from mhtrain.population.optim import adam_args
 from mhtrain.population.stack import StackedNets
 from mhtrain.population.stacked import Stack
+from tests.device_guards import HostReads, MetaAccelerator, OnDevice, Steps, in_step
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADS = {"digit": 10, "thickness": 5, "smoothness": 3}
@@ -70,33 +71,28 @@ def batch(g: torch.Generator, k: int | None, b: int, dtype: torch.dtype, device:
     return x, {h: torch.randint(0, c, lead, generator=g).to(device) for h, c in HEADS.items()}
 
 
-class OnlyOn(TorchDispatchMode):
-    """Fails any operation that reads or makes a tensor anywhere but on `device` (a 0-dim CPU
-    tensor too, which torch itself would let into a CUDA operation). Python numbers may become
-    tensors on the host on their way to the device (`torch.tensor(...)` then a copy)."""
-
-    HOST_TO_DEVICE = ("aten.lift_fresh", "aten.lift_fresh_copy", "aten._to_copy")
-
-    def __init__(self, device: str) -> None:
-        super().__init__()
-        self.device, self.ops = device, 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        self.ops += 1
-        seen = out if str(func.overloadpacket) in self.HOST_TO_DEVICE else (args, kwargs, out)
-        if func.namespace == "prim" or (str(func.overloadpacket) != "aten._to_copy" and seen is out):
-            return out  # metadata, or a Python value made a host tensor: only its use is judged
-        for t in tree_leaves(seen):
-            if isinstance(t, torch.Tensor) and t.device.type != self.device:
-                raise AssertionError(f"{func} touched a tensor on {t.device}")
-        return out
+def test_the_device_guard_tells_devices_apart_down_to_the_index():
+    fake = FakeTensorMode(allow_non_fake_inputs=True)
+    with fake, OnDevice("cuda:0"), pytest.raises(AssertionError, match=r"mixes devices \['cpu', 'cuda:0'\]"):
+        torch.ones(2, device="cuda:0") * torch.tensor(2.0)  # torch lets a 0-dim CPU tensor in
+    with fake, OnDevice("cuda:0", strict=True), pytest.raises(AssertionError, match="on cuda:1"):
+        torch.ones(2, device="cuda:1") * 2
+    with fake, OnDevice("cuda:0"), pytest.raises(AssertionError, match="mixes devices"):
+        torch.ones(2, device="cuda:1") + torch.ones(2, device="cuda:0")
+    with fake, OnDevice("cuda:0"):  # outside a step: host tensors, and copies to the device
+        torch.ones(2).to("cuda:0").add_(torch.ones(2, device="cuda:0"))
 
 
-def test_only_on_catches_a_cpu_scalar_in_a_cuda_operation():
-    fake, guard = FakeTensorMode(allow_non_fake_inputs=True), OnlyOn("cuda")
-    with fake, guard, pytest.raises(AssertionError, match="cpu"):
-        torch.ones(2, device="cuda") * torch.tensor(2.0)
+def test_host_reads_fail_inside_a_step_on_the_cpu_too():
+    t = torch.ones(3)
+    reads = ("item", lambda: t[0].item()), ("tolist", t.tolist), ("cpu", t.cpu), \
+        ("to", lambda: t.to("cpu")), ("float", lambda: float(t[0])), ("bool", lambda: bool(t[0]))
+    for name, read in reads:
+        with in_step("cpu"), pytest.raises(AssertionError, match=f"host read .{name}"):
+            read()
+    with HostReads() as outside:
+        [read() for _, read in reads]
+    assert outside.outside == len(reads)
 
 
 def test_a_population_on_fake_cuda_keeps_every_tensor_on_the_gpu():
@@ -108,11 +104,11 @@ def test_a_population_on_fake_cuda_keeps_every_tensor_on_the_gpu():
     stack = Stack(models[0])
     first, later = joining(stack, models[:2], [1, 2]), joining(stack, models[2:], [3])
     with FakeTensorMode(allow_non_fake_inputs=True):
-        stack.to("cuda")
+        stack.to("cuda:0")
         g = torch.Generator().manual_seed(0)
         train, val = batch(g, 2, 8, torch.float32, "cpu"), batch(g, None, 8, torch.float32, "cpu")
-        train, val = [(x.to("cuda"), {h: y.to("cuda") for h, y in t.items()}) for x, t in (train, val)]
-        with OnlyOn("cuda") as guard:
+        train, val = [(x.to("cuda:0"), {h: y.to("cuda:0") for h, y in t.items()}) for x, t in (train, val)]
+        with in_step("cuda:0") as (_, guard):
             for keep, lrs, new in (([], [], first), ([1], [5e-4], later)):  # fit start; one leaves, one joins
                 stack.restack(keep, lrs, new)
                 stack.train(True)
@@ -133,7 +129,7 @@ def test_a_full_training_step_with_its_backward_stays_on_its_device():
     x, targets = batch(torch.Generator().manual_seed(0), 2, 8, torch.float32, "cpu")
     x, targets = x.to("meta"), {h: y.to("meta") for h, y in targets.items()}
     stack.train(True)
-    with OnlyOn("meta"):
+    with in_step("meta"):
         stack.train_step(x, targets)  # forward, one criterion call per head, backward, Adam
 
 
@@ -151,7 +147,8 @@ def test_n_steps_match_solo_loops(device):
     stack.train(True)
     g = torch.Generator().manual_seed(0)
     batches = [batch(g, 3, 8, dt, device) for _ in range(5)]
-    losses = torch.stack([stack.train_step(x, t) for x, t in batches])
+    with in_step(device):
+        losses = torch.stack([stack.train_step(x, t) for x, t in batches])
     for k, model in enumerate(solo):
         opt = model.optimizer_factory(params=model.parameters())
         model.train()
@@ -182,7 +179,8 @@ def test_one_criterion_call_per_head_gives_each_members_mean(device):
     g = torch.Generator().manual_seed(0)
     logits = {h: torch.randn(3, 16, c, generator=g).to(device) for h, c in HEADS.items()}
     targets = {h: torch.randint(0, c, (3, 16), generator=g).to(device) for h, c in HEADS.items()}
-    losses, correct = stack.losses(logits, targets)
+    with in_step(device):
+        losses, correct = stack.losses(logits, targets)
     for i, h in enumerate(HEADS):
         for k in range(3):
             expected = model.criteria[h].to(device)(logits[h][k], targets[h][k])
@@ -269,8 +267,9 @@ def test_a_bf16_autocast_step_trains(device):
     stack.restack([], [], joining(stack, [lit(1), lit(2)], [1, 2]))
     stack.train(True)
     before = stack.rows["params"].detach().clone()
-    with torch.autocast(device, dtype=torch.bfloat16):
-        loss = stack.train_step(*batch(torch.Generator().manual_seed(0), 2, 8, torch.float32, device))
+    x, targets = batch(torch.Generator().manual_seed(0), 2, 8, torch.float32, device)
+    with torch.autocast(device, dtype=torch.bfloat16), in_step(device):
+        loss = stack.train_step(x, targets)
     assert torch.isfinite(loss).all() and not torch.equal(before, stack.rows["params"])
 
 
@@ -287,47 +286,8 @@ def test_bench_gpu_exits_2_with_one_line_without_a_gpu(capsys):
     assert len(err.strip().splitlines()) == 1 and "GPU" in err
 
 
-# -- a real population fit on this machine's device: no host sync inside a step, lrs that a
-# scheduler moves reach the member rows
-
-SYNCS = ("aten._local_scalar_dense", "aten.item", "aten.nonzero", "aten.is_nonzero")
-
-
-class SyncGuard(TorchDispatchMode):
-    """Fails an operation that reads a device value back to the host inside a training step (a
-    scalar read, `nonzero`, a copy to the CPU); counts those outside steps (epoch boundaries)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.in_step, self.outside = False, 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        to_host = str(func.overloadpacket) in ("aten._to_copy", "aten.copy_") and any(
-            t.device.type != "cpu" for t in tree_leaves(args) if isinstance(t, torch.Tensor)) and (
-            isinstance(out, torch.Tensor) and out.device.type == "cpu")
-        if str(func.overloadpacket) in SYNCS or to_host:
-            if self.in_step:
-                raise AssertionError(f"{func} inside a training step")
-            self.outside += 1
-        return out
-
-
-class Window(Callback):
-    """Marks the training steps for a SyncGuard and records the member rows' lrs per epoch."""
-
-    def __init__(self, guard: SyncGuard) -> None:
-        self.guard, self.lrs = guard, []
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.lrs.append(pl_module.stack.rows["lr"].tolist())
-
-    def on_train_batch_start(self, *_) -> None:
-        self.guard.in_step = True
-
-    def on_train_batch_end(self, *_) -> None:
-        self.guard.in_step = False
-
+# -- the population's whole fit path (Lightning module, engine, datamodule) under the guards: on
+# the meta device, where anything left on the CPU is on another device, and on this machine's own
 
 class Listed:
     """A MemberSource over fixed members, each running to its end."""
@@ -346,41 +306,45 @@ class Listed:
         self.results[member.key] = result
 
 
-@pytest.fixture(scope="module")
-def fitted(tiny_data):
+def guarded_fit(data_dir: Path, device: str) -> tuple[HostReads, Steps, Listed]:
+    """Three members, two at a time (the third joins when the second leaves), their learning rates
+    halved each epoch by a scheduler, trained with the guards armed inside every step."""
     from torch.optim.lr_scheduler import StepLR
 
-    def member(seed: int, lr: float) -> Member:
+    def member(seed: int, lr: float, epochs: int) -> Member:
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)
             model = MultiheadLitModule(net=partial(SMALL, dropout=0.25), heads=HEADS,
                                        optimizer=partial(torch.optim.Adam, lr=lr),
                                        scheduler=partial(StepLR, step_size=1, gamma=0.5))
-        return Member(key=seed, model=model, seed=seed, max_epochs=2)
+        return Member(key=seed, model=model, seed=seed, max_epochs=epochs)
 
     heads = yaml.safe_load((ROOT / "conf/data/multihead_mnist.yaml").read_text())["heads"]
-    data = MNISTDataModule(str(tiny_data), heads=heads, verify=False, val_size=32, batch_size=32,
+    data = MNISTDataModule(str(data_dir), heads=heads, verify=False, val_size=32, batch_size=32,
                            train_subset=64)
-    guard = SyncGuard()
-    window, source = Window(guard), Listed([member(1, 1e-3), member(2, 4e-3)])
-    with guard:
-        train_population(data, source, 2, {"accelerator": DEVICES[-1]}, callbacks=[window])
-    return guard, window, source
+    trainer = ({"accelerator": MetaAccelerator(), "strategy": SingleDeviceStrategy("meta")}
+               if device == "meta" else {"accelerator": device})
+    reads, placement = HostReads(), OnDevice(device)
+    steps = Steps(reads, placement)
+    source = Listed([member(1, 1e-3, 2), member(2, 4e-3, 1), member(3, 2e-3, 1)])
+    with reads, placement:
+        train_population(data, source, 2, trainer, callbacks=[steps])
+    return reads, steps, source
 
 
-def test_no_host_sync_inside_a_training_step(fitted):
-    guard, _, source = fitted
-    assert sorted(source.results) == [1, 2]
-    assert guard.outside > 0  # the epoch boundaries read metrics back, and are counted
-    guard.in_step = True
-    with guard, pytest.raises(AssertionError, match="inside a training step"):
-        torch.ones(1).item()
+@pytest.mark.parametrize("device", ["meta", DEVICES[-1]])
+def test_a_population_fit_reads_nothing_back_in_a_step_and_stays_on_its_device(tiny_data, device):
+    reads, steps, source = guarded_fit(tiny_data, device)
+    assert sorted(source.results) == [1, 2, 3]
+    assert reads.outside > 0  # the epoch boundaries read metrics back, and are counted
+    assert steps.placement.ops > 1000 and steps.placement.device == torch.device(device)
 
 
-def test_a_schedulers_lr_reaches_the_member_rows(fitted):
-    _, window, source = fitted
-    assert window.lrs == [[1e-3, 4e-3], [5e-4, 2e-3]]
-    assert all(r.epochs == 2 and r.stopped == "max_epochs" for r in source.results.values())
+def test_a_schedulers_lr_reaches_the_member_rows(tiny_data):
+    _, steps, source = guarded_fit(tiny_data, DEVICES[-1])
+    assert steps.lrs == [[1e-3, 4e-3], [5e-4, 2e-3]]  # member 3 takes member 2's row
+    assert [source.results[k].epochs for k in (1, 2, 3)] == [2, 1, 1]
+    assert all(r.stopped == "max_epochs" for r in source.results.values())
     first = source.results[1]
     assert len(first.train_history) == 2 and "train/weight_digit" in first.train_history[0]
 

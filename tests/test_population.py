@@ -9,6 +9,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from optuna.pruners import ThresholdPruner
 from optuna.trial import TrialState
 
@@ -356,6 +357,8 @@ def test_a_population_runs_on_one_device():
             trainer_args({"devices": many})
     with pytest.raises(ConfigError, match="^trainer.strategy"):
         trainer_args({"strategy": "ddp"})
+    one = SingleDeviceStrategy("cpu")  # names its one device
+    assert trainer_args({"strategy": one})["strategy"] is one
 
 
 def test_members_from_configs_end_with_their_fit_results(tiny_data, tmp_path, one_thread):
