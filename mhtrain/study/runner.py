@@ -3,7 +3,6 @@ progress bar, one clean stop on Ctrl-C, and every dead worker's trials re-run by
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import multiprocessing as mp
 import os
@@ -35,6 +34,7 @@ from mhtrain.study.workers import Outcome, Pool, supervise, visible_gpus
 MAX_FAILURES = 3  # failed engine runs (a trial, or a population) in one worker before it gives up
 RUNS_ROOT = Path("runs/studies")
 EARLIER = "earlier_configs"  # study user attribute: what it was before each --allow-changes
+CONFIG_WAIT_S = 10.0  # how long a process waits for the creator of a new study to store its config
 IDENTITY = ("experiment", "metric", "direction", "search_space", "overrides")
 
 
@@ -69,11 +69,17 @@ def open_study(study: StudyConfig, storage_url: str, heartbeat: int = HEARTBEAT_
     try:
         existing = optuna.load_study(study_name=study.name, storage=storage)
     except KeyError:
-        with contextlib.suppress(optuna.exceptions.DuplicatedStudyError):  # made by another process
-            optuna.create_study(storage=storage, study_name=study.name, direction=study.direction)
+        try:
+            existing = optuna.create_study(storage=storage, study_name=study.name, direction=study.direction)
             created = True
+        except optuna.exceptions.DuplicatedStudyError:  # another process made it a moment ago
+            existing = optuna.load_study(study_name=study.name, storage=storage)
+    stored = None if created else stored_config(existing)
+    if stored is None:  # new, or its creator died before storing its config: it is ours
+        existing.set_metric_names([study.metric])
+        existing.set_user_attr(OUTPUT_ROOT, str(output_root(study.name, storage_url, existing._study_id)))
+        existing.set_user_attr("config", study.to_dict())  # last: it marks the study as ready
     else:
-        stored = existing.user_attrs.get("config", {})
         changes = identity_changes(stored, study)
         if changes and not allow_changes:
             raise ConfigError(f"study {study.name} in {storage_url} was made differently "
@@ -86,12 +92,21 @@ def open_study(study: StudyConfig, storage_url: str, heartbeat: int = HEARTBEAT_
     sampler = make_sampler(study.sampler, study.search_space, study.n_trials, seed)
     ostudy = optuna.load_study(study_name=study.name, storage=storage, sampler=sampler,
                                pruner=build_pruner(study.pruner, study.max_epochs))
-    if created:
-        ostudy.set_metric_names([study.metric])
-        ostudy.set_user_attr("config", study.to_dict())
-    if OUTPUT_ROOT not in ostudy.user_attrs:
+    if OUTPUT_ROOT not in ostudy.user_attrs:  # a study made before output roots were recorded
         ostudy.set_user_attr(OUTPUT_ROOT, str(output_root(study.name, storage_url, ostudy._study_id)))
     return ostudy
+
+
+def stored_config(existing: optuna.Study) -> dict | None:
+    """The config stored on a study, waiting for it if another process created the study a moment
+    ago and is still writing it (its config is written last). None if it never comes: the
+    creator died in those milliseconds, and the caller adopts the study."""
+    deadline = time.monotonic() + CONFIG_WAIT_S
+    while "config" not in (attrs := existing.user_attrs):
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.1)
+    return attrs["config"]
 
 
 def output_root(name: str, storage_url: str, study_id: int) -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import sys
 import threading
 import time
@@ -23,6 +24,8 @@ DEFAULT_STORAGE = "sqlite:///runs/optuna.db"
 HEARTBEAT_S = 10
 URL_FORMS = "sqlite:///FILE.db, FILE.journal or postgresql+psycopg://…"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+# how long a process that lost the race to create a new storage's schema keeps re-opening it
+SCHEMA_RACE_S = 60.0
 
 
 def storage_file(url: str) -> Path | None:
@@ -124,15 +127,34 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT_S,
             return JournalStorage(JournalFileBackend(str(path)))
         except ValueError as e:  # a damaged record before the last one: not ours to guess at
             raise ConfigError(f"--storage {url} is damaged ({e}); restore it from a copy") from None
-    try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" to Optuna: every command said so
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-                              heartbeat_stale_trial_callback=RetryStale(max_retry=3),
-                              engine_kwargs={"pool_pre_ping": True} if url.startswith("postgresql") else None)
-    except Exception as e:  # noqa: BLE001 - any driver error becomes one clear line
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"cannot open storage {url}: {reason}") from None
+    deadline = time.monotonic() + SCHEMA_RACE_S
+    while True:
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" to Optuna: every command said so
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                                  heartbeat_stale_trial_callback=RetryStale(max_retry=3),
+                                  engine_kwargs={"pool_pre_ping": True} if url.startswith("postgresql")
+                                  else None)
+        except Exception as e:  # noqa: BLE001 - any driver error becomes one clear line
+            if lost_schema_race(e) and time.monotonic() < deadline:
+                time.sleep(random.uniform(0.05, 0.5))  # the winner is writing the schema: re-open
+                continue
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"cannot open storage {url}: {reason}") from None
+
+
+def lost_schema_race(error: Exception) -> bool:
+    """Whether opening a new RDB storage failed only because another process was creating its
+    schema at the same moment (optuna/optuna#1092): both find no tables, both create them and
+    stamp the schema version, and the slower one meets the faster one's rows. Re-opening then
+    finds a finished schema. Anything else (a wrong password, not a database) is not retried."""
+    from sqlalchemy import exc
+
+    text = str(error).lower()
+    return isinstance(error, exc.IntegrityError) or (
+        isinstance(error, exc.OperationalError | exc.ProgrammingError)
+        and ("already exists" in text or "database is locked" in text))
 
 
 def load_existing(study_name: str, url: str) -> optuna.Study:
