@@ -1,7 +1,9 @@
 """Compare studies ("arms") against a reference: re-train each arm's best configuration for K seeds,
 test it once on the test split, and write runs/reports/<name>/report.{md,html}: mean test accuracy
-of every head with its 95% CI, each arm minus the reference (95% CI, Welch p, Holm-adjusted p), one
-sentence per arm, and figures. Re-runs are stored in the studies, so running it again re-trains
+of every head with its 95% CI, each arm minus the reference seed by seed (the paired t-test, which
+decides, and Welch's beside it; unadjusted 95% CIs, Holm-adjusted p; the arms' correlation), the
+difference the design detects at 80% power, the test set's binomial error, one sentence per arm,
+and figures. Re-runs are stored in the studies, so running it again re-trains
 nothing.
 
   studies/compare.py --arms loss_weights equal_lr uncertainty_lr baseline_lr --reference baseline_lr
@@ -13,7 +15,8 @@ every arm's study config is searched on its own (study <arm>@<key>:<value> in th
 default trainer.max_epochs=3), then its best configuration is re-trained for the seeds with the
 value applied (and the trailing overrides) and tested once on the full test split. The report
 plots test accuracy against the value, one line per arm with 95% CIs, and tabulates each
-difference from the reference with Welch p and Holm-adjusted p over all comparisons of the sweep.
+difference from the reference (paired and Welch) with Holm-adjusted p over all comparisons of the
+sweep.
 Run again, it trains nothing; interrupted, it resumes. For data.train_subset, null means the whole
 training set.
 
@@ -33,6 +36,7 @@ from functools import partial
 from pathlib import Path
 
 import optuna
+from hydra.utils import instantiate
 
 from mhtrain import ConfigError, one_line_errors
 from mhtrain.evaluate import document, report, reruns, sweep, sweep_report
@@ -92,6 +96,12 @@ def show(metric: str, study: str, seed: int, value: float, trained: bool, second
     print(f"  {study} seed {seed}: {metric} = {value:.4f} ({how})", flush=True)
 
 
+def test_images(ostudy: optuna.Study, overrides: list[str] | tuple[str, ...]) -> int:
+    """The size of the test split the re-runs were tested on, read from the data (not assumed),
+    for the binomial error of an accuracy measured on it."""
+    return len(instantiate(reruns.rerun_config(ostudy, 0, overrides).data).load("test")[0])
+
+
 def compare(args: argparse.Namespace) -> int:
     names = arm_names(args)
     studies = reruns.open_arms(args.storage, names)  # all refusals come before any training
@@ -100,7 +110,7 @@ def compare(args: argparse.Namespace) -> int:
     arms = reruns.rerun_arms(studies, seeds, args.overrides, on_done=partial(show, metric))
     reference = arms[names.index(args.reference)]
     comparison = report.Comparison(arms, reference, metric, contrasts(arms, reference, metric),
-                                   list(args.overrides))
+                                   list(args.overrides), test_images(studies[0], args.overrides))
     default = "_".join(n for n in names if n != args.reference) + f"_vs_{args.reference}"
     md, html = report.write(REPORTS / (args.name or default), comparison,
                             report.title_of(names, args.reference), args.single_file)
@@ -123,7 +133,8 @@ def swept(args: argparse.Namespace) -> int:
     start = time.monotonic()
     arms, tally = sweep.run(plan, args.storage, progress=sys.stderr.isatty(),
                             on_done=partial(show, plan.metric))
-    result = sweep_report.analyse(over, plan.points, arms, args.reference, plan.metric)
+    result = sweep_report.analyse(over, plan.points, arms, args.reference, plan.metric,
+                                  test_images(arms[0][0].study, plan.cells[0].rerun))
     default = "_".join(n for n in names if n != args.reference) + f"_vs_{args.reference}_over_{over.short}"
     setup = sweep_report.describe(result, n_trials, search, args.overrides, plan.full)
     md, html = sweep_report.write(REPORTS / (args.name or default), result, setup,

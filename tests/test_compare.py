@@ -131,12 +131,13 @@ def test_mean_ci_is_student_t_on_the_logit_scale_and_stays_inside_0_100():
     half = 4.302653 * stats.tstd(x) / math.sqrt(3)  # t(0.975, df=2) x sd / sqrt(n), on logits
     center = sum(x) / 3
     expit = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
-    assert (mean, low, high) == pytest.approx((0.8821, expit(center - half), expit(center + half)), rel=1e-6)
+    assert (mean, low, high) == pytest.approx((expit(center), expit(center - half), expit(center + half)),
+                                              rel=1e-6)
     assert 0 < low < mean < high < 1
     # seeds without spread: a point; exactly 0 or 1 counts as EDGE inside and stays finite
     assert mean_ci([0.5, 0.5]) == (0.5, 0.5, 0.5) and mean_ci([1.0, 1.0]) == (1.0, 1.0, 1.0)
     m, lo, hi = mean_ci([1.0, 1.0, 0.99])
-    assert m == pytest.approx(0.99667, abs=1e-5) and 0 < lo < m < hi < 1
+    assert m == pytest.approx(expit((2 * logit(0.9999) + logit(0.99)) / 3)) and 0 < lo < m < hi < 1
     m, lo, hi = mean_ci([0.0, 0.02])
     assert 0 < lo < m < hi < 1
     # near the usual MNIST accuracies it is the familiar interval, a hair lopsided
@@ -144,9 +145,9 @@ def test_mean_ci_is_student_t_on_the_logit_scale_and_stays_inside_0_100():
     assert lo == pytest.approx(0.99045, abs=2e-5) and hi == pytest.approx(0.99290, abs=2e-5)
 
 
-def test_contrasts_are_welch_then_holm_over_the_arms():
+def test_contrasts_show_welch_beside_the_paired_test_then_holm_over_the_arms():
     ref = [0.90, 0.91, 0.92, 0.91]
-    values = {"a": [0.93, 0.94, 0.95, 0.94], "b": [0.90, 0.92, 0.93, 0.91], "r": ref}
+    values = {"a": [0.93, 0.945, 0.95, 0.935], "b": [0.90, 0.92, 0.93, 0.91], "r": ref}
     arms = {name: Arm(optuna.create_study(study_name=name), [0, 1, 2, 3],
                       [{"test/digit_acc": v} for v in vs]) for name, vs in values.items()}
     result = contrasts(list(arms.values()), arms["r"], "test/digit_acc")
@@ -160,13 +161,16 @@ def test_contrasts_are_welch_then_holm_over_the_arms():
 
     pa, pb = welch(values["a"], ref), welch(values["b"], ref)
     assert pa < pb
-    assert [c.p for c in result] == pytest.approx([pa, pb])
-    assert [c.p_holm for c in result] == pytest.approx([2 * pa, max(2 * pa, pb)])
+    assert [c.welch.p for c in result] == pytest.approx([pa, pb])
+    assert [c.welch.p_holm for c in result] == pytest.approx([2 * pa, max(2 * pa, pb)])
     assert result[0].diff == pytest.approx(0.03)
-    assert result[0].low < 0.03 < result[0].high
+    assert result[0].welch.low < 0.03 < result[0].welch.high
+    paired = [stats.ttest_rel(values[n], ref).pvalue for n in "ab"]
+    assert [c.paired.p for c in result] == pytest.approx(paired)
     assert result[0].sentence().startswith("a improves test/digit_acc compared with r: 94.00% vs 91.00%")
     assert "makes no significant difference to test/digit_acc" in result[1].sentence()
-    assert "over 2 comparisons; 4 vs 4 seeds)." in result[1].sentence()
+    assert "paired over 4 shared seeds" in result[1].sentence()
+    assert "over 2 comparisons;" in result[1].sentence()
 
 
 def test_the_report_leaves_out_figures_the_trials_cannot_support(tmp_path, capfd):

@@ -17,7 +17,7 @@ METRIC = "test/digit_acc"
 OVER = sweep.Over("data.train_subset", ("500", "null"))
 POINTS = [sweep.Point("500", "500", 500.0), sweep.Point("null", "55,000 (all)", 55_000.0)]
 VALUES = {  # per value, per arm: test accuracy of seeds 0..3
-    "500": {"loss_weights": [0.935, 0.941, 0.930, 0.944], "equal_lr": [0.925, 0.931, 0.929, 0.922],
+    "500": {"loss_weights": [0.937, 0.936, 0.944, 0.933], "equal_lr": [0.925, 0.931, 0.929, 0.922],
             "baseline_lr": [0.920, 0.918, 0.927, 0.915]},
     "null": {"loss_weights": [0.9875, 0.9881, 0.9869, 0.9878], "equal_lr": [0.9879, 0.9870, 0.9874, 0.9866],
              "baseline_lr": [0.9876, 0.9872, 0.9880, 0.9871]},
@@ -41,29 +41,33 @@ def result() -> sweep_report.SweepResult:
 
 
 def test_holm_adjusts_over_every_comparison_of_the_sweep(result):
-    raw = [contrast(a, VALUES[v][a], "baseline_lr", VALUES[v]["baseline_lr"], METRIC).p
+    raw = [contrast(a, VALUES[v][a], "baseline_lr", VALUES[v]["baseline_lr"], METRIC).paired.p
            for v in ("500", "null") for a in ("loss_weights", "equal_lr")]
     got = [c for cs in result.contrasts for c in cs]
     assert [c.arm for c in got] == ["loss_weights", "equal_lr"] * 2
     assert result.family == 4 == (3 - 1) * 2 and {c.family for c in got} == {4}
-    assert [c.p for c in got] == pytest.approx(raw)
-    assert [c.p_holm for c in got] == pytest.approx(holm(raw))
-    assert got[0].p_holm != pytest.approx(holm(raw[:2])[0])  # not Holm within one value
+    assert [c.paired.p for c in got] == pytest.approx(raw)
+    assert [c.paired.p_holm for c in got] == pytest.approx(holm(raw))
+    assert got[0].paired.p_holm != pytest.approx(holm(raw[:2])[0])  # not Holm within one value
     assert got[0].significant and not got[2].significant
 
 
 def test_the_table_the_sentences_and_the_figure(result, tmp_path):
     rows = sweep_report.table(result)
-    assert rows[0] == ["train_subset", "arm", f"{METRIC} (%) [95% CI]", "vs baseline_lr (pp) [95% CI]",
-                       "Welch p", "Holm-adjusted p"]
+    assert rows[0] == ["train_subset", "arm", f"{METRIC} (%) [95% CI]",
+                       "vs baseline_lr (pp) [paired 95% CI, unadjusted]", "paired p",
+                       "paired Holm-adjusted p",
+                       "Welch 95% CI, unadjusted (pp)", "Welch p", "r over seeds"]
     assert [r[:2] for r in rows[1:]] == [[p, a] for p in ("500", "55,000 (all)")
                                          for a in ("loss_weights", "equal_lr", "baseline_lr")]
-    assert rows[1][2].startswith("93.75 [") and rows[1][3].startswith("+1.75 [")
+    assert rows[1][2].startswith("93.76 [")  # the logit-scale mean; plain 93.75
+    assert rows[1][3].startswith("+1.75 [")
     assert rows[3][3] == "reference"
     first = sweep_report.sentence(result, 0)
     assert first.startswith("With 500 training images (`data.train_subset=500`), against baseline_lr at "
-                            "92.00% test/digit_acc: loss_weights 93.75%, +1.75 pp (95% CI")
-    assert ": improves)" in first and "Holm over all 4 comparisons of the sweep, 4 seeds per arm." in first
+                            "92.00% test/digit_acc: loss_weights 93.75%, +1.75 pp (paired unadjusted 95% CI")
+    assert ": improves; Welch p = " in first
+    assert "Holm over all 4 comparisons of the sweep, 4 seeds per arm." in first
     second = sweep_report.sentence(result, 1)
     assert second.startswith("With 55,000 training images (`data.train_subset=null`)")
 

@@ -12,8 +12,9 @@ from optuna.trial import TrialState
 from mhtrain.evaluate import document as doc
 from mhtrain.evaluate.document import Block, Bullets, Heading, Para, Table, TableBlock
 from mhtrain.evaluate.figures import comparison_figures
+from mhtrain.evaluate.power import power_line, sampling_line
 from mhtrain.evaluate.reruns import Arm
-from mhtrain.evaluate.stats import INTERVAL, LEVEL, Contrast, mean_ci, p_text
+from mhtrain.evaluate.stats import INTERVAL, LEVEL, UNADJUSTED, Contrast, mean_ci, p_text, r_text
 
 
 @dataclass(frozen=True)
@@ -25,14 +26,26 @@ class Comparison:
     metric: str
     contrasts: list[Contrast]
     extra: list[str] = field(default_factory=list)  # the re-runs' fidelity overrides
+    test_images: int | None = None  # the test split's size, for its binomial error
 
     def sentences(self) -> list[str]:
-        """One sentence per contrast, then the reference's own mean and interval."""
+        """One sentence per contrast, the reference's own mean and interval, then what the design
+        detects and what the test set adds."""
         values = self.reference.values(self.metric)
         mean, low, high = mean_ci(values)
         return [c.sentence() for c in self.contrasts] + [
             f"{self.reference.name} (the reference): {self.metric} {100 * mean:.2f}% "
-            f"({100 * LEVEL:.0f}% CI {100 * low:.2f} to {100 * high:.2f}%, {len(values)} seeds)."]
+            f"({100 * LEVEL:.0f}% CI {100 * low:.2f} to {100 * high:.2f}%, {len(values)} seeds).",
+            *design_lines(self.contrasts, values, self.test_images)]
+
+
+def design_lines(contrasts: Sequence[Contrast], reference: Sequence[float],
+                 test_images: int | None) -> list[str]:
+    """A table's two caveats: the difference its design detects, the test set's own error."""
+    n = len(reference)
+    mean = sum(reference) / n
+    seed_se = (sum((v - mean) ** 2 for v in reference) / (n - 1)) ** 0.5 / n**0.5
+    return [power_line(contrasts), sampling_line(mean, test_images, seed_se)]
 
 
 def duration(seconds: float) -> str:
@@ -57,16 +70,26 @@ def accuracy_table(c: Comparison) -> Table:
 
 
 def contrast_table(c: Comparison) -> Table:
-    """Every arm minus the reference: difference, Welch interval, raw and Holm-adjusted p."""
-    return [["arm", "difference (pp)", f"{100 * LEVEL:.0f}% CI (pp)", "Welch p", "Holm-adjusted p"],
-            *([x.arm, f"{100 * x.diff:+.2f}", f"{100 * x.low:+.2f} to {100 * x.high:+.2f}", p_text(x.p),
-               p_text(x.p_holm)] for x in c.contrasts)]
+    """Every arm minus the reference: the paired test (which decides) and Welch's beside it, each
+    with its unadjusted interval, raw and Holm-adjusted p; the arms' correlation over seeds."""
+    level = f"{100 * LEVEL:.0f}%"
+    return [["arm", "difference (pp)", f"paired {level} CI, {UNADJUSTED} (pp)", "paired p",
+             "paired Holm-adjusted p", f"Welch {level} CI, {UNADJUSTED} (pp)", "Welch p",
+             "Welch Holm-adjusted p", "r over seeds"],
+            *([x.arm, f"{100 * x.diff:+.2f}", f"{100 * x.paired.low:+.2f} to {100 * x.paired.high:+.2f}",
+               p_text(x.paired.p), p_text(x.paired.p_holm),
+               f"{100 * x.welch.low:+.2f} to {100 * x.welch.high:+.2f}", p_text(x.welch.p),
+               p_text(x.welch.p_holm), r_text(x.r)] for x in c.contrasts)]
 
 
 def seed_table(c: Comparison) -> Table:
-    """The primary metric seed by seed, so a reader can redo any statistic."""
-    return [["seed", *(a.name for a in c.arms)],
-            *([str(seed), *(f"{100 * a.values(c.metric)[i]:.2f}" for a in c.arms)]
+    """The primary metric seed by seed, and each arm's difference from the reference per seed, so
+    a reader can redo any statistic."""
+    ref = c.reference.values(c.metric)
+    others = [a for a in c.arms if a is not c.reference]
+    return [["seed", *(a.name for a in c.arms), *(f"{a.name} − {c.reference.name} (pp)" for a in others)],
+            *([str(seed), *(f"{100 * a.values(c.metric)[i]:.2f}" for a in c.arms),
+               *(f"{100 * (a.values(c.metric)[i] - ref[i]):+.2f}" for a in others)]
               for i, seed in enumerate(c.reference.seeds))]
 
 
@@ -98,16 +121,23 @@ def setup_text(seeds: Sequence[int], extra: Sequence[str],
     fidelity = "".join(f" `{o}`" for o in extra)
     return (f"{what} re-trained for seeds {seeds[0]}–{seeds[-1]} ({len(seeds)} seeds) with its best "
             f"trial's settings{' and' + fidelity if extra else ''}, then tested once on the full test "
-            f"split. Accuracy intervals: {100 * LEVEL:.0f}% {INTERVAL}. Differences: Welch's "
-            f"{100 * LEVEL:.0f}% interval in percentage points; Holm adjusts the p-values over {family}.")
+            f"split. Accuracy intervals: {100 * LEVEL:.0f}% {INTERVAL}. Differences, in percentage "
+            f"points: the seeds are shared across arms and fix the initial weights and batch order, so "
+            f"the paired t-test on the per-seed differences decides; Welch's test, which ignores the "
+            f"pairing, is shown beside it. Holm adjusts the p-values over {family}. Both intervals are "
+            f"{UNADJUSTED} {100 * LEVEL:.0f}% intervals: Holm's step-down verdicts have no simultaneous "
+            f"interval that agrees with them, so an {UNADJUSTED} interval may exclude 0 beside a Holm "
+            f"verdict of no significant difference.")
 
 
 def blocks(c: Comparison) -> list[Block]:
     """The whole report in order: setup, verdicts, tables, best configurations, figures."""
     return [Para(setup_text(c.reference.seeds, c.extra)), Heading("Verdicts"), Bullets(c.sentences()),
-            Heading("Test accuracy (mean over seeds, [95% CI])"), TableBlock(accuracy_table(c)),
+            Heading("Test accuracy (logit-scale mean over seeds, [95% CI])"), TableBlock(accuracy_table(c)),
             Heading(f"Against {c.reference.name}: {c.metric}"), TableBlock(contrast_table(c)),
-            Heading(f"{c.metric} per seed (%)"), TableBlock(seed_table(c)), Heading("Best configurations"),
+            *(Para(line) for line in design_lines(c.contrasts, c.reference.values(c.metric), c.test_images)),
+            Heading(f"{c.metric} per seed (%) and per-seed differences (pp)"), TableBlock(seed_table(c)),
+            Heading("Best configurations"),
             *(b for a in c.arms for b in (Heading(a.name, 3), Bullets(study_items(a)))),
             Heading("Figures"), *comparison_figures(c.arms, c.metric)]
 

@@ -1,5 +1,14 @@
-"""The statistics of an evaluation: a mean accuracy with an interval that stays inside [0, 1],
-Welch's t-test for an arm against a reference, and Holm's correction over a family of them."""
+"""The statistics of an evaluation: a mean accuracy with an interval that stays inside [0, 1], an
+arm against a reference seed by seed (the paired t-test, which decides, with Welch's beside it),
+and Holm's correction over a family of them.
+
+The seeds are shared across arms and fix the initial weights and the batch order, so the design
+is paired: the paired t-test on the per-seed differences is its test. Welch's, which ignores the
+pairing, is shown beside it so a reader sees what the pairing bought (the correlation says why).
+Intervals are unadjusted: Holm has no simultaneous interval that agrees with its step-down
+verdicts (the compatible ones are one-sided and uninformative once a hypothesis is rejected), and
+Bonferroni's intervals would disagree with Holm's verdicts. So an unadjusted interval can exclude
+0 beside a Holm verdict of no difference; every table and sentence says which is which."""
 
 from __future__ import annotations
 
@@ -18,7 +27,9 @@ if TYPE_CHECKING:  # for hints only: the statistics need no training code
 LEVEL = 0.95  # of every confidence interval; also the significance threshold 1 - LEVEL
 EDGE = 1e-4  # an accuracy of exactly 0 or 1 counts as this far inside: its logit is infinite
 INTERVAL = ("Student-t interval of the mean computed on the logit scale and mapped back, so it "
-            "stays inside 0–100%")
+            "stays inside 0–100%; the value shown is that logit-scale mean mapped back, the point "
+            "its interval is built around (the plain mean of the seeds can lie outside it)")
+UNADJUSTED = "unadjusted"  # the label every difference interval carries
 
 
 def _expit(x: float) -> float:
@@ -26,22 +37,24 @@ def _expit(x: float) -> float:
 
 
 def mean_ci(values: Sequence[float], level: float = LEVEL) -> tuple[float, float, float]:
-    """Mean accuracy and its confidence interval, both in [0, 1]. A raw-scale Student-t interval
-    runs past 100% with few, spread-out seeds (88.21 [56.83, 119.59]); the t interval (n - 1
-    degrees of freedom) of the logits, mapped back, stays inside (0, 1), lopsided near the edges
-    as an accuracy's uncertainty is. Values without spread give a zero-width interval."""
+    """A mean accuracy and its confidence interval, all three in [0, 1] and the first inside the
+    other two. A raw-scale Student-t interval runs past 100% with few, spread-out seeds
+    (88.21 [56.83, 119.59]); the t interval (n - 1 degrees of freedom) of the logits, mapped back,
+    stays inside (0, 1), lopsided near the edges as an accuracy's uncertainty is. Its centre, the
+    logit mean mapped back, is the value returned: the plain mean of nine seeds at 0.999 and one at
+    0.70 is 0.9691, outside [0.9928, 0.9995]. Values without spread give a zero-width interval."""
     if not values:
         raise ValueError("mean_ci of no values")
     if any(not 0 <= v <= 1 for v in values):
         raise ValueError(f"mean_ci takes accuracies in [0, 1], got {list(values)}")
-    mean = sum(values) / len(values)
     clipped = [min(max(v, EDGE), 1 - EDGE) for v in values]
     logits = [math.log(p / (1 - p)) for p in clipped]
     if len(values) < 2 or max(logits) - min(logits) == 0:
+        mean = sum(values) / len(values)
         return mean, mean, mean
     center, sem = sum(logits) / len(logits), stats.sem(logits)
     low, high = stats.t.interval(level, len(values) - 1, loc=center, scale=sem)
-    return mean, _expit(float(low)), _expit(float(high))
+    return _expit(center), _expit(float(low)), _expit(float(high))
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
@@ -66,14 +79,31 @@ def p_text(p: float) -> str:
     return "n/a (no spread)" if math.isnan(p) else f"{p:.3g}"
 
 
+def r_text(r: float) -> str:
+    """A correlation for a table, or why there is none."""
+    return "n/a" if math.isnan(r) else f"{r:+.2f}"
+
+
 def plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 @dataclass(frozen=True)
+class Test:
+    """One test of a difference: its unadjusted interval, its p-value, and Holm's adjustment of
+    that p over the family it was judged in (NaN until `adjust`)."""
+
+    low: float
+    high: float
+    p: float
+    p_holm: float = math.nan
+
+
+@dataclass(frozen=True)
 class Contrast:
-    """One arm minus the reference in mean test `metric`: Welch's t-test (difference and its
-    interval on the raw scale, in points), Holm-adjusted over the `family` it was judged in."""
+    """One arm minus the reference in mean test `metric`, seed by seed: the paired t-test (which
+    decides), Welch's (beside it), the correlation of the two arms over the seeds, and the SD of
+    the per-seed differences (what the design's power rests on)."""
 
     arm: str
     reference: str
@@ -81,19 +111,28 @@ class Contrast:
     arm_values: list[float]
     reference_values: list[float]
     diff: float
-    low: float
-    high: float
-    p: float
-    p_holm: float = math.nan
-    family: int = 0  # the defined p-values Holm adjusted over
+    paired: Test
+    welch: Test
+    r: float  # Pearson correlation of the arms over the shared seeds; NaN when one has no spread
+    family: int = 0  # the defined paired p-values Holm adjusted over
+
+    @property
+    def differences(self) -> list[float]:
+        return [a - b for a, b in zip(self.arm_values, self.reference_values, strict=True)]
+
+    @property
+    def sd(self) -> float:
+        """SD of the per-seed differences (n - 1 in the denominator)."""
+        d = self.differences
+        return math.sqrt(sum((x - self.diff) ** 2 for x in d) / (len(d) - 1))
 
     @property
     def significant(self) -> bool:
-        return not math.isnan(self.p_holm) and self.p_holm < 1 - LEVEL
+        return not math.isnan(self.paired.p_holm) and self.paired.p_holm < 1 - LEVEL
 
     def verdict(self) -> str:
         """How the arm did, in a word or three: improves, hurts, no significant difference."""
-        if math.isnan(self.p):
+        if math.isnan(self.paired.p):
             return "cannot be judged"
         if self.significant:
             return "improves" if self.diff > 0 else "hurts"
@@ -104,45 +143,79 @@ class Contrast:
         m = 100 * sum(self.arm_values) / len(self.arm_values)
         r = 100 * sum(self.reference_values) / len(self.reference_values)
         than = f"{self.metric} compared with {self.reference}"
-        head = {"cannot be judged": f"cannot be judged on {than} (the runs have no spread)",
+        head = {"cannot be judged": f"cannot be judged on {than} (the differences have no spread)",
                 "no significant difference": f"makes no significant difference to {than}",
                 }.get(self.verdict(), f"{self.verdict()} {than}")
-        return (f"{self.arm} {head}: {m:.2f}% vs {r:.2f}%, difference {pp(self.diff)} ({100 * LEVEL:.0f}% "
-                f"CI {pp(self.low)} to {pp(self.high)}, Welch t-test p = {self.p:.3g}, Holm-adjusted "
-                f"p = {self.p_holm:.3g} over {plural(self.family, 'comparison')}; "
-                f"{len(self.arm_values)} vs {len(self.reference_values)} seeds).")
+        p, w = self.paired, self.welch
+        return (f"{self.arm} {head}: {m:.2f}% vs {r:.2f}%, difference {pp(self.diff)} (paired over "
+                f"{len(self.arm_values)} shared seeds: {UNADJUSTED} {100 * LEVEL:.0f}% CI {pp(p.low)} to "
+                f"{pp(p.high)}, paired t-test p = {p_text(p.p)}, Holm-adjusted p = {p_text(p.p_holm)} over "
+                f"{plural(self.family, 'comparison')}; Welch's {UNADJUSTED} CI {pp(w.low)} to "
+                f"{pp(w.high)}, p = {p_text(w.p)}; correlation of the arms over seeds r = {r_text(self.r)}).")
 
 
-def contrast(arm: str, values: Sequence[float], reference: str, ref_values: Sequence[float],
-             metric: str) -> Contrast:
-    """Welch's t-test of one arm's values against the reference's, not yet adjusted. Written out
-    rather than scipy's, which warns about a sample without spread; both samples without spread
-    leave the test undefined (interval a point, p NaN)."""
-    if min(len(values), len(ref_values)) < 2:
-        raise ConfigError("a comparison needs at least 2 seeds per arm (--seeds)")
-    x, y = values, ref_values
+def welch(x: Sequence[float], y: Sequence[float]) -> Test:
+    """Welch's t-test of mean(x) - mean(y). Written out rather than scipy's, which warns about a
+    sample without spread; both samples without spread leave it undefined (a point, p NaN)."""
     mx, my = sum(x) / len(x), sum(y) / len(y)
     vx = sum((v - mx) ** 2 for v in x) / (len(x) - 1) / len(x)  # squared standard errors
     vy = sum((v - my) ** 2 for v in y) / (len(y) - 1) / len(y)
     diff, se = mx - my, math.sqrt(vx + vy)
-    low, high, p = diff, diff, math.nan
-    if se > 0:
-        df = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1))
-        half = float(stats.t.ppf(0.5 + LEVEL / 2, df)) * se
-        low, high, p = diff - half, diff + half, float(2 * stats.t.sf(abs(diff) / se, df))
-    return Contrast(arm, reference, metric, list(values), list(ref_values), diff, low, high, p)
+    if se == 0:
+        return Test(diff, diff, math.nan)
+    df = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1))
+    half = float(stats.t.ppf(0.5 + LEVEL / 2, df)) * se
+    return Test(diff - half, diff + half, float(2 * stats.t.sf(abs(diff) / se, df)))
+
+
+def paired(x: Sequence[float], y: Sequence[float]) -> Test:
+    """scipy's paired t-test of x - y, seed by seed, with its interval; differences without spread
+    leave it undefined (a point, p NaN) rather than infinitely sure."""
+    d = [a - b for a, b in zip(x, y, strict=True)]
+    mean = sum(d) / len(d)
+    if max(d) - min(d) == 0:
+        return Test(mean, mean, math.nan)
+    result = stats.ttest_rel(x, y)
+    ci = result.confidence_interval(LEVEL)
+    return Test(float(ci.low), float(ci.high), float(result.pvalue))
+
+
+def correlation(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson's r of the arms over the shared seeds; NaN when either has no spread."""
+    if max(x) == min(x) or max(y) == min(y):
+        return math.nan
+    return float(stats.pearsonr(x, y).statistic)
+
+
+def contrast(arm: str, values: Sequence[float], reference: str, ref_values: Sequence[float],
+             metric: str) -> Contrast:
+    """One arm against the reference over the same seeds, in the same order; not yet adjusted."""
+    if min(len(values), len(ref_values)) < 2:
+        raise ConfigError("a comparison needs at least 2 seeds per arm (--seeds)")
+    if len(values) != len(ref_values):
+        raise ConfigError(f"{arm} has {len(values)} seeds, {reference} {len(ref_values)}: a paired "
+                          "comparison needs the same seeds in both")
+    diff = sum(values) / len(values) - sum(ref_values) / len(ref_values)
+    return Contrast(arm, reference, metric, list(values), list(ref_values), diff,
+                    paired(values, ref_values), welch(values, ref_values), correlation(values, ref_values))
 
 
 def adjust(family: Sequence[Contrast]) -> list[Contrast]:
-    """The contrasts with Holm-adjusted p-values over all of them, as one family."""
-    adjusted = holm([c.p for c in family])
-    size = sum(not math.isnan(c.p) for c in family)
-    return [replace(c, p_holm=p, family=size) for c, p in zip(family, adjusted, strict=True)]
+    """The contrasts with Holm-adjusted p-values over all of them, as one family (the paired
+    p-values, which decide, and Welch's, shown beside them, each adjusted on its own)."""
+    by_paired = holm([c.paired.p for c in family])
+    by_welch = holm([c.welch.p for c in family])
+    size = sum(not math.isnan(c.paired.p) for c in family)
+    return [replace(c, paired=replace(c.paired, p_holm=a), welch=replace(c.welch, p_holm=b), family=size)
+            for c, a, b in zip(family, by_paired, by_welch, strict=True)]
 
 
 def contrasts(arms: Sequence[Arm], reference: Arm, metric: str) -> list[Contrast]:
-    """Every arm but the reference against it, p-values Holm-adjusted as one family."""
+    """Every arm but the reference against it, seed by seed, Holm-adjusted as one family."""
+    for a in arms:
+        if a.seeds != reference.seeds:
+            raise ConfigError(f"{a.name} ran seeds {a.seeds}, {reference.name} {reference.seeds}: "
+                              "a paired comparison needs the same seeds")
     ref = reference.values(metric)
     return adjust([contrast(a.name, a.values(metric), reference.name, ref, metric)
                    for a in arms if a.name != reference.name])
-

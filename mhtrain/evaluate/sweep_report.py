@@ -1,6 +1,7 @@
 """The swept comparison's numbers and report: at every value, each arm's mean test accuracy with its
-interval and its difference from the reference (Welch), Holm-adjusted over all the sweep's
-comparisons (arms x values) as one family; one sentence per value; accuracy against the value."""
+interval and its difference from the reference (paired over the shared seeds, Welch beside it),
+Holm-adjusted over all the sweep's comparisons (arms x values) as one family; one sentence per
+value; what each value's design detects; accuracy against the value."""
 
 from __future__ import annotations
 
@@ -15,9 +16,20 @@ from optuna.trial import TrialState
 
 from mhtrain.evaluate import document as doc
 from mhtrain.evaluate.document import Block, Bullets, Figure, Heading, Para, Table, TableBlock
-from mhtrain.evaluate.report import setup_text, with_ci
+from mhtrain.evaluate.report import design_lines, setup_text, with_ci
 from mhtrain.evaluate.reruns import Arm
-from mhtrain.evaluate.stats import LEVEL, Contrast, adjust, contrast, mean_ci, p_text, plural, pp
+from mhtrain.evaluate.stats import (
+    LEVEL,
+    UNADJUSTED,
+    Contrast,
+    adjust,
+    contrast,
+    mean_ci,
+    p_text,
+    plural,
+    pp,
+    r_text,
+)
 from mhtrain.evaluate.sweep import Over, Point
 
 
@@ -31,6 +43,7 @@ class SweepResult:
     reference: str
     metric: str
     contrasts: list[list[Contrast]]  # per point, every other arm against the reference
+    test_images: int | None = None  # the test split's size, for its binomial error
 
     @property
     def family(self) -> int:
@@ -41,7 +54,7 @@ class SweepResult:
 
 
 def analyse(over: Over, points: Sequence[Point], arms: Sequence[Sequence[Arm]], reference: str,
-            metric: str) -> SweepResult:
+            metric: str, test_images: int | None = None) -> SweepResult:
     """Every arm against the reference at every value; Holm over all of them at once, so a
     difference found at one value out of many is judged as one of many."""
     family = []
@@ -51,7 +64,7 @@ def analyse(over: Over, points: Sequence[Point], arms: Sequence[Sequence[Arm]], 
                    for a in point_arms if a.name != reference]
     adjusted, per_point = adjust(family), len(arms[0]) - 1
     split = [adjusted[i * per_point:(i + 1) * per_point] for i in range(len(arms))]
-    return SweepResult(over, list(points), [list(a) for a in arms], reference, metric, split)
+    return SweepResult(over, list(points), [list(a) for a in arms], reference, metric, split, test_images)
 
 
 def sentence(r: SweepResult, i: int) -> str:
@@ -62,9 +75,9 @@ def sentence(r: SweepResult, i: int) -> str:
              if r.over.is_subset else f"At `{r.over.override(point.value)}`")
     parts = []
     for c in r.contrasts[i]:
-        judged = ("cannot be judged: no spread over the seeds" if math.isnan(c.p) else
-                  f"{100 * LEVEL:.0f}% CI {pp(c.low)} to {pp(c.high)}, Holm-adjusted p = {c.p_holm:.3g}: "
-                  f"{c.verdict()}")
+        judged = ("cannot be judged: the per-seed differences have no spread" if math.isnan(c.paired.p) else
+                  f"paired {UNADJUSTED} {100 * LEVEL:.0f}% CI {pp(c.paired.low)} to {pp(c.paired.high)}, "
+                  f"Holm-adjusted p = {c.paired.p_holm:.3g}: {c.verdict()}; Welch p = {p_text(c.welch.p)}")
         parts.append(f"{c.arm} {100 * sum(c.arm_values) / len(c.arm_values):.2f}%, {pp(c.diff)} ({judged})")
     seeds = len(ref.records)
     return (f"{where}, against {r.reference} at {100 * sum(ref.values(r.metric)) / seeds:.2f}% "
@@ -74,15 +87,18 @@ def sentence(r: SweepResult, i: int) -> str:
 
 def table(r: SweepResult) -> Table:
     """Value by value, arm by arm: mean with interval, difference with interval, both p-values."""
-    rows = [[r.over.short, "arm", f"{r.metric} (%) [{100 * LEVEL:.0f}% CI]",
-             f"vs {r.reference} (pp) [{100 * LEVEL:.0f}% CI]", "Welch p", "Holm-adjusted p"]]
+    level = f"{100 * LEVEL:.0f}%"
+    rows = [[r.over.short, "arm", f"{r.metric} (%) [{level} CI]",
+             f"vs {r.reference} (pp) [paired {level} CI, {UNADJUSTED}]", "paired p", "paired Holm-adjusted p",
+             f"Welch {level} CI, {UNADJUSTED} (pp)", "Welch p", "r over seeds"]]
     for i, point in enumerate(r.points):
         by_arm = {c.arm: c for c in r.contrasts[i]}
         for a in r.arms[i]:
             c = by_arm.get(a.name)
-            vs = (["reference", "", ""] if c is None else
-                  [f"{100 * c.diff:+.2f} [{100 * c.low:+.2f}, {100 * c.high:+.2f}]",
-                   p_text(c.p), p_text(c.p_holm)])
+            vs = (["reference", "", "", "", "", ""] if c is None else
+                  [f"{100 * c.diff:+.2f} [{100 * c.paired.low:+.2f}, {100 * c.paired.high:+.2f}]",
+                   p_text(c.paired.p), p_text(c.paired.p_holm),
+                   f"{100 * c.welch.low:+.2f} to {100 * c.welch.high:+.2f}", p_text(c.welch.p), r_text(c.r)])
             rows.append([point.label, a.name, with_ci(a.values(r.metric)), *vs])
     return rows
 
@@ -138,13 +154,15 @@ def figures(r: SweepResult) -> list[Figure]:
         cs = [next(c for c in r.contrasts[i] if c.arm == name) for i in range(len(r.points))]
         diff.add_trace(go.Scatter(
             x=_dodge(xs, axis, k, len(names)), y=[100 * c.diff for c in cs], name=name, mode="lines+markers",
-            error_y={"type": "data", "symmetric": False, "array": [100 * (c.high - c.diff) for c in cs],
-                     "arrayminus": [100 * (c.diff - c.low) for c in cs]}))
+            error_y={"type": "data", "symmetric": False,
+                     "array": [100 * (c.paired.high - c.diff) for c in cs],
+                     "arrayminus": [100 * (c.diff - c.paired.low) for c in cs]}))
     acc.update_layout(xaxis={"title": title, **axis}, yaxis_title=f"{r.metric} (%), mean over seeds")
     diff.add_hline(y=0, line_dash="dot")
     diff.update_layout(xaxis={"title": title, **axis}, yaxis_title=f"difference from {r.reference} (pp)")
     return [Figure(f"{r.metric} against {r.over.key} ({100 * LEVEL:.0f}% CI per point)", acc),
-            Figure(f"Difference from {r.reference} against {r.over.key} (Welch {100 * LEVEL:.0f}% CI)", diff)]
+            Figure(f"Difference from {r.reference} against {r.over.key} (paired {UNADJUSTED} "
+                   f"{100 * LEVEL:.0f}% CI)", diff)]
 
 
 def describe(r: SweepResult, n_trials: int, search: Sequence[str], rerun: Sequence[str],
@@ -164,11 +182,33 @@ def describe(r: SweepResult, n_trials: int, search: Sequence[str], rerun: Sequen
     return lines
 
 
+def caveats(r: SweepResult) -> list[str]:
+    """Per value: the difference its design detects and the test set's own error."""
+    return [f"{point.label}: {line}" for i, point in enumerate(r.points)
+            for line in design_lines(r.contrasts[i], r.arm(i, r.reference).values(r.metric), r.test_images)]
+
+
+def seed_table(r: SweepResult) -> Table:
+    """Every arm's metric seed by seed at every value, and each difference from the reference per
+    seed, so a reader can redo any statistic."""
+    seeds = r.arm(0, r.reference).seeds
+    rows = [[r.over.short, "arm", *(f"seed {s}" for s in seeds)]]
+    for i, point in enumerate(r.points):
+        for a in r.arms[i]:
+            rows.append([point.label, a.name, *(f"{100 * v:.2f}" for v in a.values(r.metric))])
+        rows += [[point.label, f"{c.arm} − {r.reference} (pp)",
+                  *(f"{100 * d:+.2f}" for d in c.differences)] for c in r.contrasts[i]]
+    return rows
+
+
 def blocks(r: SweepResult, setup: Sequence[str]) -> list[Block]:
-    """The whole report in order: setup, one verdict per value, table, figures, configurations."""
+    """The whole report in order: setup, one verdict per value, table, caveats, figures, seeds,
+    configurations."""
     return [*(Para(s) for s in setup), Heading("Verdicts"),
             Bullets([sentence(r, i) for i in range(len(r.points))]),
-            Heading(f"{r.metric} against {r.over.key}"), TableBlock(table(r)), *figures(r),
+            Heading(f"{r.metric} against {r.over.key}"), TableBlock(table(r)), Bullets(caveats(r)),
+            *figures(r), Heading(f"{r.metric} per seed (%) and per-seed differences (pp)"),
+            TableBlock(seed_table(r)),
             Heading("Best configuration per value"), TableBlock(best_table(r))]
 
 
