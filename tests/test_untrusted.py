@@ -354,3 +354,25 @@ def test_a_tampered_checkpoint_is_refused_in_one_line(tiny_data, tmp_path, capsy
     with pytest.raises(DataError, match="refused, not a checkpoint of plain tensors"):
         fit(cfg)
     assert not marker.exists() and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("field", "value", "named"), [
+    ("labels", 10**13, "labels[0] is int, expected a byte record"),  # bytes(10**13): MemoryError
+    ("labels", "abc", "labels[0] is str, expected a byte record"),  # bytes("abc"): TypeError
+    ("data", "x" * 600, "data is str, expected a uint8 array"),  # np.require("x…", uint8): ValueError
+    ("data", [[0] * 12] * 2, "data is list, expected a uint8 array"),
+])
+def test_a_malformed_record_is_one_line_naming_the_file_and_field(built, tmp_path, capsys, field, value,
+                                                                  named):
+    bad = tmp_path / "malformed"
+    shutil.copytree(built, bad)
+    with open(bad / "train_batch", "rb") as f:
+        batch = pickle.load(f)  # the builder's own file, just written
+    if field == "labels":
+        batch["labels"][0] = value
+    else:
+        batch["data"] = value
+    with open(bad / "train_batch", "wb") as f:
+        pickle.dump(batch, f, protocol=4)
+    assert cifar100mh.main(["validate", str(bad)]) == 2
+    one_error_line(capsys, f"{bad / 'train_batch'}: {named}")

@@ -120,28 +120,37 @@ def read_info(root: str | os.PathLike) -> dict:
     return info
 
 
-def _decode(records: list, names: dict[int, str], mappings: Mapping) -> dict[str, np.ndarray]:
+def _expect(ok: bool, path: Path, field: str, value: object, expected: str) -> None:
+    """One line naming the file and field, and the type found (never its possibly huge value)."""
+    if not ok:
+        kind = type(value).__name__ + (f" of {value.dtype}" if isinstance(value, np.ndarray) else "")
+        raise DataError(f"{path}: {field} is {kind}, expected {expected}; rebuild the dataset")
+
+
+def _decode(path: Path, records: list, names: dict[int, str], mappings: Mapping) -> dict[str, np.ndarray]:
+    """Each sample's byte record -> one label per head. A record must be bytes: `bytes(10**13)`
+    would allocate terabytes."""
     labels = {name: np.full(len(records), -1, dtype=np.int64) for name in names.values()}
     for i, rec in enumerate(records):
-        rec = bytes(rec)
+        _expect(isinstance(rec, bytes | bytearray), path, f"labels[{i}]", rec, "a byte record")
         n = rec[0] if rec else 0
         if len(rec) != 1 + 2 * n:
-            raise DataError(f"sample {i}: label record of {len(rec)} bytes does not match its "
+            raise DataError(f"{path}: labels[{i}], a record of {len(rec)} bytes, does not match its "
                             f"n={n} pairs (expected {1 + 2 * n})")
         for j in range(n):
             pid, value = rec[1 + 2 * j], rec[2 + 2 * j]
             if pid not in names:
-                raise DataError(f"sample {i}: parameter id {pid} is missing from parameter_names "
+                raise DataError(f"{path}: labels[{i}]: parameter id {pid} is missing from parameter_names "
                                 f"{sorted(names)}")
             bounds = mappings.get(names[pid], {})
             lo, hi = bounds.get("min", 0), bounds.get("max", 255)
             if not lo <= value <= hi:
-                raise DataError(f"sample {i}: {names[pid]}={value} outside its mapped range "
+                raise DataError(f"{path}: labels[{i}]: {names[pid]}={value} outside its mapped range "
                                 f"[{lo}, {hi}]")
             labels[names[pid]][i] = value
     for name, values in labels.items():
         if (values < 0).any():
-            raise DataError(f"sample {int(np.argmax(values < 0))} has no value for {name}")
+            raise DataError(f"{path}: labels[{int(np.argmax(values < 0))}] has no value for {name}")
     return labels
 
 
@@ -156,8 +165,10 @@ def read_split(root: str | os.PathLike, split: str,
     if not isinstance(batch, dict) or not {"data", "labels"} <= set(batch):
         have = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
         raise DataError(f"{path} needs keys 'data' and 'labels' (has {have}); rebuild the dataset")
-    # writable: a protocol-5 array is a read-only view of the pickle's bytes, which torch warns about
-    data, records = np.require(batch["data"], np.uint8, "W"), batch["labels"]
+    data, records = batch["data"], batch["labels"]
+    _expect(isinstance(data, np.ndarray) and data.dtype == np.uint8, path, "data", data, "a uint8 array")
+    _expect(isinstance(records, list | tuple), path, "labels", records, "a list of byte records")
+    data = np.require(data, requirements="W")  # a protocol-5 array is a read-only view of the pickle
     if len(data) != len(records):
         raise DataError(f"{path}: {len(data)} images but {len(records)} label records")
     c, h, w = info["shape"]
@@ -165,7 +176,7 @@ def read_split(root: str | os.PathLike, split: str,
         raise DataError(f"{path}: images of {data.shape[1:]} values do not match image_size "
                         f"{info['image_size']} ({h * w * c} values)")
     images = torch.from_numpy(data.reshape(-1, h, w, c)).permute(0, 3, 1, 2).contiguous()
-    labels = _decode(records, info["names"], info.get("parameter_mappings", {}))
+    labels = _decode(path, records, info["names"], info.get("parameter_mappings", {}))
     return images, {name: torch.from_numpy(v) for name, v in labels.items()}
 
 
