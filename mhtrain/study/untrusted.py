@@ -67,9 +67,9 @@ def _parse(where: str, texts: Any) -> list[Override]:
         key = o.key_or_group
         parts = re.split(r"[./]", key)
         if o.package is not None or o.is_sweep_override() or any(HYDRA_KEY.fullmatch(p) for p in parts):
-            refuse(where, f"override of {key} (a package, sweep or instantiate key)")
+            refuse(where, f"{key} (a package, sweep or instantiate key)")
         if parts[0] in RESERVED:
-            refuse(where, f"override of {key} (it decides where a run writes)")
+            refuse(where, f"{key} (it decides where a run writes)")
         if o.type != OverrideType.DEL:
             value = scalar(where, key, o.value())
             if (CONF_DIR / key).is_dir() and not is_config(key, value):
@@ -99,7 +99,7 @@ def trial_record(ostudy: optuna.Study, trial: optuna.trial.FrozenTrial) -> tuple
     overrides = trial.user_attrs.get("overrides")
     for o in _parse(where, overrides):
         if o.key_or_group not in allowed:
-            refuse(where, f"override of {o.key_or_group} (neither searched nor fixed by the study)")
+            refuse(where, f"{o.key_or_group} (neither searched nor fixed by the study)")
     return name, list(overrides)
 
 
@@ -123,7 +123,11 @@ def stored_path(ostudy: optuna.Study, attr: str, storage_url: str) -> Path | Non
     if value is None:
         return None
     roots = (RUNS.resolve(), artifact_dir(storage_url))
-    if not isinstance(value, str) or not any(Path(value).resolve().is_relative_to(r) for r in roots):
+    try:
+        inside = isinstance(value, str) and any(Path(value).resolve().is_relative_to(r) for r in roots)
+    except (ValueError, OSError):  # a NUL byte, a loop of links: not a folder of ours either way
+        inside = False
+    if not inside:
         where = f"study {ostudy.study_name}"
         refuse(where, f"{attr} {str(value)[:80]!r} (not inside {roots[0]} or {roots[1]})")
     return Path(value)
@@ -151,5 +155,5 @@ def check_resume(ostudy: optuna.Study, study: StudyConfig, storage_url: str) -> 
         if not isinstance(fixed, Mapping):
             refuse(where, "enqueued values (not a mapping of keys to values)")
         if unknown := sorted(set(fixed) - keys):
-            refuse(where, f"enqueued value of {str(unknown[0])[:80]} (not in the search space)")
+            refuse(where, f"enqueued value of {str(unknown[0])[:80]!r} (not in the search space)")
         params(where, fixed, keys)
