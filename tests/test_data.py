@@ -108,3 +108,22 @@ def test_real_files_verify_and_load():
     assert images.shape == (60_000, 28, 28) and images.dtype == torch.uint8
     assert labels.shape == (60_000,) and int(labels.max()) == 9
     assert mnist.load(REAL_DATA, "test")[0].shape == (10_000, 28, 28)
+
+
+def test_a_subset_seed_draws_the_training_subset_per_seed():
+    """`data.train_subset` alone is the first N of one fixed permutation, the same images for every
+    seed; with `subset_seed` each seed trains on its own draw from the training part."""
+    def subset(**kw: int) -> tuple[torch.Tensor, torch.Tensor]:
+        dm = MNISTDataModule("unused", {"digit": {"classes": 10}}, train_subset=500, **kw)
+        return dm.split_indices(60_000)
+
+    full_train, full_val = MNISTDataModule("unused", {"digit": {"classes": 10}}).split_indices(60_000)
+    fixed, fixed_val = subset()
+    a, val_a = subset(subset_seed=1000)
+    b, _ = subset(subset_seed=1001)
+    assert torch.equal(fixed, full_train[:500]) and torch.equal(a, subset(subset_seed=1000)[0])
+    assert len(a) == len(b) == 500 and not torch.equal(a, b) and len(set(a.tolist()) & set(b.tolist())) < 50
+    assert set(a.tolist()) <= set(full_train.tolist())  # never a validation image
+    assert torch.equal(val_a, fixed_val)  # validation does not move with it
+    whole, _ = MNISTDataModule("unused", {"digit": {"classes": 10}}, subset_seed=7).split_indices(60_000)
+    assert torch.equal(whole, full_train)  # without a subset it changes nothing

@@ -3,12 +3,15 @@ training, and a sweep that resumes and re-trains nothing once stored."""
 
 import optuna
 import pytest
+import torch
+from hydra.utils import instantiate
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from mhtrain import ConfigError
+from mhtrain.config import compose
 from mhtrain.evaluate import sweep, sweep_report
-from mhtrain.evaluate.reruns import RERUNS, Arm
+from mhtrain.evaluate.reruns import RERUN_MODE, RERUNS, Arm
 from mhtrain.evaluate.stats import contrast, holm
 from mhtrain.study.storage import open_storage
 from tests.test_compare import load_cli
@@ -173,3 +176,20 @@ def test_a_sweep_resumes_and_a_second_run_retrains_nothing(tiny_overrides, tmp_p
     assert all("Holm over all 2 comparisons of the sweep, 2 seeds per arm." in s for s in sentences)
     page = (report / "report.html").read_text()
     assert "test/digit_acc against data.train_subset" in page and list(report.glob("plotly-*.min.js"))
+
+
+def test_a_subset_sweeps_reruns_train_on_a_subset_drawn_per_seed(tiny_overrides, tmp_path):
+    over = sweep.parse_over("data.train_subset=100")
+    p = sweep.plan(over, ["equal_lr", "baseline_lr"], [*tiny_overrides, "trainer.max_epochs=1"], [],
+                   (1000, 1001), 1, f"sqlite:///{tmp_path / 'optuna.db'}")
+    cell = p.cells[0]
+    subsets = []
+    for seed in p.seeds:
+        overrides = [*cell.study.overrides, *cell.rerun, f"seed={seed}", *RERUN_MODE]
+        cfg = compose(cell.study.experiment, overrides)
+        assert cfg.data.subset_seed == seed
+        dm = instantiate(cfg.data)
+        subsets.append(dm.split_indices(len(dm.load("train")[0]))[0])
+    assert len(subsets[0]) == len(subsets[1]) == 100 and not torch.equal(*subsets)
+    search = compose(cell.study.experiment, cell.study.overrides)
+    assert search.data.get("subset_seed") is None  # the search keeps one subset for every trial

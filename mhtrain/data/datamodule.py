@@ -96,6 +96,8 @@ class TensorDataModule(L.LightningDataModule):
     """Train/val carved from the training split by a fixed split seed; the test split apart.
 
     `train_subset`/`val_subset` keep the first N of that fixed permutation: the fidelity knob.
+    `subset_seed` instead draws the training subset from the training part with that seed (a
+    re-run sets it to its own seed, so seeds measure the effect of a size, not one subset).
     `seed` seeds the training order; None takes the seed the run seeded torch with
     (`fit` seeds everything with `cfg.seed` first), so the order follows the run's seed.
     """
@@ -107,7 +109,8 @@ class TensorDataModule(L.LightningDataModule):
                  batch_size: int = 64, val_size: int = 5000, split_seed: int = 42,
                  train_subset: int | None = None, val_subset: int | None = None,
                  verify: bool = True, mean: float | Sequence[float] = 0.5,
-                 std: float | Sequence[float] = 0.5, seed: int | None = None) -> None:
+                 std: float | Sequence[float] = 0.5, seed: int | None = None,
+                 subset_seed: int | None = None) -> None:
         super().__init__()
         self.data_dir = data_dir
         self.heads: dict[str, Head] = self.heads_from_config(
@@ -121,6 +124,7 @@ class TensorDataModule(L.LightningDataModule):
         self.mean = torch.tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
         self.seed = torch.initial_seed() if seed is None else seed
+        self.subset_seed = subset_seed
         self._splits: dict[str, TensorBatches] = {}
 
     @classmethod
@@ -160,6 +164,9 @@ class TensorDataModule(L.LightningDataModule):
                               f"{self.val_size}); use at most {available} or null for all of them")
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
         val, train = perm[: self.val_size], perm[self.val_size :]
+        if self.train_subset is not None and self.subset_seed is not None:
+            drawn = torch.Generator().manual_seed(self.subset_seed)
+            train = train[torch.randperm(len(train), generator=drawn)]
         return train[: self.train_subset], val[: self.val_subset]
 
     @property

@@ -24,6 +24,9 @@ from mhtrain.study.storage import check_storage
 
 _ABSENT = object()
 SEARCH = ("trainer.max_epochs=3",)  # the default search fidelity, the same for every arm
+# a subset sweep's re-runs draw their training images with their own seed, so its seeds measure
+# the effect of a size, not one subset (its searches keep the first N, the same for every trial)
+PER_SEED_SUBSET = "++data.subset_seed=${seed}"
 N_TRIALS = 12  # the default budget of each study of a sweep
 
 
@@ -150,6 +153,7 @@ def plan(over: Over, arms: Sequence[str], search: Sequence[str], rerun: Sequence
         raise ConfigError(f"--over {over.key}: two values would share one study name; "
                           "use values made of letters, digits and . + - _")
     staged = []
+    per_seed = (PER_SEED_SUBSET,) if over.is_subset else ()
     for value in over.values:
         for arm in arms:
             setting = over.override(value)
@@ -157,13 +161,13 @@ def plan(over: Over, arms: Sequence[str], search: Sequence[str], rerun: Sequence
                 study = space.load(arm, name=study_name(arm, over, value), n_trials=n_trials,
                                    extra_overrides=[*search, setting])
                 training_images(compose(study.experiment, study.overrides))
-                cfg = compose(study.experiment, [*study.overrides, *rerun, setting, *RERUN_MODE])
+                cfg = compose(study.experiment, [*study.overrides, *rerun, setting, *per_seed, *RERUN_MODE])
                 sizes[value], full = training_images(cfg)
             except ConfigError as e:
                 raise ConfigError(f"--over {setting} (arm {arm}): {e}") from None
             staged.append((value, arm, study))
     points = {p.value: p for p in _points(over, sizes)}
-    cells = [Cell(points[v], arm, study, (*rerun, over.override(v))) for v, arm, study in staged]
+    cells = [Cell(points[v], arm, study, (*rerun, over.override(v), *per_seed)) for v, arm, study in staged]
     return Plan(tuple(seeds), tuple(points.values()), tuple(cells),
                 "test/" + metrics[arms[0]].removeprefix("val/"), full)
 
