@@ -284,8 +284,8 @@ SEARCHED = ["model.loss_weights.digit=1.0", "++model.optimizer.lr=0.01", "seed=3
     ("++model.optimizer.lr=[1, 2]", "model.optimizer.lr (a list)"),
     ("++model.optimizer.lr=1,2", "model.optimizer.lr (a package, sweep"),
     ("model.dropout=0.5", "model.dropout (neither searched nor fixed"),
-    ("hydra.run.dir=/x", "hydra.run.dir (it decides where a run writes)"),
-    ("paths.output_dir=/x", "paths.output_dir (it decides where a run writes)"),
+    ("hydra.run.dir=/x", "hydra.run.dir (it decides how Hydra runs the job)"),
+    ("paths.output_dir=/x", "paths.output_dir (neither searched nor fixed"),
 ])
 def test_a_stored_override_is_a_searched_or_fixed_key_with_a_scalar(override, named):
     from mhtrain.study.untrusted import trial_record

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 RUNS = Path("runs")  # the project's runs folder (relative paths resolve from where commands run)
 PER_TRIAL = ("seed", "optimized_metric")  # set on every trial by the study itself
-RESERVED = ("hydra", "paths")  # where a run writes is not a stored record's to decide
+RESERVED = ("hydra",)  # how Hydra runs a job (its folder, its launcher) is not a stored record's
 NAME = re.compile(r"[A-Za-z0-9_]+")  # a config file's name: nothing a YAML line or path could carry
 HYDRA_KEY = re.compile(r"_\w*_")  # _target_, _args_, _partial_, _recursive_, _convert_ …
 ARTIFACT_ID = re.compile(r"[A-Za-z0-9-]+")  # Optuna's artifact ids are uuid4 strings
@@ -69,7 +69,7 @@ def _parse(where: str, texts: Any) -> list[Override]:
         if o.package is not None or o.is_sweep_override() or any(HYDRA_KEY.fullmatch(p) for p in parts):
             refuse(where, f"{key} (a package, sweep or instantiate key)")
         if parts[0] in RESERVED:
-            refuse(where, f"{key} (it decides where a run writes)")
+            refuse(where, f"{key} (it decides how Hydra runs the job)")
         if o.type != OverrideType.DEL:
             value = scalar(where, key, o.value())
             if (CONF_DIR / key).is_dir() and not is_config(key, value):
