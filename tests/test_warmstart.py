@@ -124,3 +124,19 @@ def test_parse_warm_start(text, expected):
 def test_parse_warm_start_refuses(text):
     with pytest.raises(ConfigError, match="--warm-start"):
         parse_warm_start(text)
+
+
+def test_a_source_value_that_is_not_plain_data_enqueues_nothing(tmp_path):
+    """A source trial in a storage someone else wrote: an interpolation stored as its value is
+    refused in one line before the new study records or enqueues anything."""
+    from optuna.distributions import CategoricalDistribution
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    src = optuna.create_study(study_name="lr", storage=url, direction="maximize")
+    planted = "${oc.decode:x}"
+    src.add_trial(create_trial(params={"model.optimizer.lr": planted}, value=0.9,
+                               distributions={"model.optimizer.lr": CategoricalDistribution([planted])}))
+    new = optuna.create_study(study_name="new", storage=url, direction="maximize")
+    with pytest.raises(ConfigError, match=r"^study lr, trial 0: model.optimizer.lr \(an interpolation"):
+        warm_start(new, src, 1, SPACE, DEFAULTS)
+    assert not waiting(new) and ATTR not in new.user_attrs
