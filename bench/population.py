@@ -1,6 +1,7 @@
 """Trials per hour of a population, and what stacking does to the search: the same random-search
-study trained one trial at a time (solo, K=1: one Lightning Trainer per trial, as `fit` runs it)
-and K trials at a time as one stacked model, on the same device in one run.
+study trained one trial at a time (solo, K=1: one Lightning Trainer per trial, as `fit` runs it,
+with the population's cuDNN and memory-format settings) and K trials at a time as one stacked
+model, on the same device in one run.
 
 Prints, per K: wall time, trials/hour and its ratio to K=1, peak memory, the best
 val/digit_acc; how far each member's best val/digit_acc is from its own solo run's (median,
@@ -44,8 +45,13 @@ from mhtrain.result import FitResult
 
 DATA_CONF = Path(__file__).resolve().parent.parent / "conf" / "data" / "multihead_mnist.yaml"
 METRIC = "val/digit_acc"
+# Solo runs train with the population's settings (cuDNN's autotuner on, as the engine sets it; NCHW,
+# the only layout `vmap` keeps), so the K ratio is stacking alone; bench/gpu.py shows what `fit`'s
+# own settings (channels-last, no autotuner) change, on rows of their own
 TRAINER = {"accelerator": "auto", "devices": 1, "logger": False, "enable_checkpointing": False,
-           "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0}
+           "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0,
+           "benchmark": True}
+CHANNELS_LAST = False
 SHA_ETA, MEDIAN_STARTUP = 4, 5
 
 
@@ -57,20 +63,21 @@ def sample_trials(n: int, seed: int) -> list[dict]:
             for i, (a, b, c) in enumerate(u)]
 
 
-def datamodule(data_dir: str, train_subset: int | None, val_subset: int | None, seed: int) -> MNISTDataModule:
+def datamodule(data_dir: str, train_subset: int | None, val_subset: int | None, seed: int,
+               val_size: int | None = None) -> MNISTDataModule:
     conf = yaml.safe_load(DATA_CONF.read_text())
     return MNISTDataModule(data_dir, heads=conf["heads"], batch_size=conf["batch_size"],
-                           val_size=conf["val_size"], split_seed=conf["split_seed"],
+                           val_size=val_size or conf["val_size"], split_seed=conf["split_seed"],
                            train_subset=train_subset, val_subset=val_subset,
                            mean=conf["mean"], std=conf["std"], seed=seed, verify=False)
 
 
-def build(trial: dict, heads: dict[str, int]) -> MultiheadLitModule:
-    """The trial's model with its solo run's initial weights (the CPU generator seeded as `fit`
-    seeds it; no other RNG stream touched)."""
+def build(trial: dict, heads: dict[str, int], channels_last: bool = CHANNELS_LAST) -> MultiheadLitModule:
+    """The trial's model with its solo run's initial weights and dropout streams (the CPU generator
+    seeded as `fit` seeds it; no other RNG stream touched)."""
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(trial["seed"])
-        return MultiheadLitModule(net=partial(SimpleCNN), heads=heads,
+        return MultiheadLitModule(net=partial(SimpleCNN, channels_last=channels_last), heads=heads,
                                   optimizer=partial(torch.optim.Adam, lr=trial["lr"]),
                                   loss_weights=trial["loss_weights"])
 
@@ -90,10 +97,11 @@ class Curve(Callback):
 
 
 def run_solo(trials: list[dict], args: argparse.Namespace) -> dict[int, list[float]]:
-    """Each trial trained alone, as `fit` trains it: its val/digit_acc per epoch, by seed."""
+    """Each trial trained alone, as `fit` trains it (the population's settings): its val/digit_acc
+    per epoch, by seed."""
     curves = {}
     for trial in trials:
-        dm = datamodule(args.data_dir, args.train_subset, args.val_subset, trial["seed"])
+        dm = datamodule(args.data_dir, args.train_subset, args.val_subset, trial["seed"], args.val_size)
         curve = Curve()
         L.seed_everything(trial["seed"], verbose=False)
         L.Trainer(**TRAINER, max_epochs=args.epochs, callbacks=[curve]).fit(build(trial, heads_of(dm)), dm)
@@ -121,7 +129,7 @@ class RandomSearch:
 
 
 def run_population(trials: list[dict], k: int, args: argparse.Namespace) -> dict[int, list[float]]:
-    dm = datamodule(args.data_dir, args.train_subset, args.val_subset, 0)
+    dm = datamodule(args.data_dir, args.train_subset, args.val_subset, 0, args.val_size)
     source = RandomSearch(trials, heads_of(dm), args.epochs)
     train_population(dm, source, k, TRAINER)
     return source.curves
@@ -187,6 +195,8 @@ def parser(doc: str | None = __doc__) -> argparse.ArgumentParser:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--train-subset", type=int, default=None, help="default: all 55,000")
     ap.add_argument("--val-subset", type=int, default=None, help="default: all 5,000")
+    ap.add_argument("--val-size", type=int, default=None,
+                    help="images held out for validation (default: the data config's 5,000)")
     ap.add_argument("--ks", default="1,8,32", help="population sizes; 1 is the solo baseline")
     ap.add_argument("--seed", type=int, default=0, help="sampler seed (the same trials for every K)")
     ap.add_argument("--data-dir", default=os.environ.get("MHTRAIN_DATA_DIR", "data"))
@@ -196,7 +206,7 @@ def parser(doc: str | None = __doc__) -> argparse.ArgumentParser:
 def measure(args: argparse.Namespace, device: torch.device) -> list[dict]:
     """Train the sampled trials solo and at each K; one row per K (K=1 is solo)."""
     trials = sample_trials(args.trials, args.seed)
-    warm = datamodule(args.data_dir, args.train_subset, args.val_subset, 0)
+    warm = datamodule(args.data_dir, args.train_subset, args.val_subset, 0, args.val_size)
     warm.setup("fit")  # files read once, before any K is timed
     rows, solo = [], None
     for k in sorted(int(k) for k in args.ks.split(",")):

@@ -11,7 +11,6 @@ fit also runs on the meta device, where a tensor left on the CPU is on another d
 from __future__ import annotations
 
 import copy
-import importlib.util
 from functools import partial
 from pathlib import Path
 
@@ -271,19 +270,6 @@ def test_a_bf16_autocast_step_trains(device):
     with torch.autocast(device, dtype=torch.bfloat16), in_step(device):
         loss = stack.train_step(x, targets)
     assert torch.isfinite(loss).all() and not torch.equal(before, stack.rows["params"])
-
-
-def test_bench_gpu_exits_2_with_one_line_without_a_gpu(capsys):
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
-    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "bench" / "gpu.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    with pytest.raises(SystemExit) as e:
-        bench.main([])
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "GPU" in err
 
 
 # -- the population's whole fit path (Lightning module, engine, datamodule) under the guards: on
