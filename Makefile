@@ -40,6 +40,16 @@ test-all: $(STAMP) ## everything: killed processes, workers, PostgreSQL, Chromiu
 lint: $(STAMP) ## ruff
 	$(PY) -m ruff check mhtrain studies tests bench
 
+# gpu-check: one command on a GPU machine that has torch, Lightning and pytest but no network
+# (no venv: its python3; .device/setup.sh, when carried, installs the missing wheels and MNIST)
+GPU_PY ?= python3
+.PHONY: gpu-check
+gpu-check: ## on one GPU, offline: the GPU tests on CUDA, then bench/gpu.py's table (<= 10 min on an H100/H200)
+	@if [ -f .device/setup.sh ]; then . ./.device/setup.sh || exit 1; fi; \
+	$(GPU_PY) -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else "gpu-check: no CUDA GPU here")' && \
+	$(GPU_PY) -m pytest -q -p no:cacheprovider tests/test_gpu_path.py && \
+	$(GPU_PY) bench/gpu.py
+
 train: $(STAMP) ## train the default configuration; extra Hydra overrides in ARGS="..."
 	$(PY) -m mhtrain.train $(ARGS)
 

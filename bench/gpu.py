@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STUDY = "loss_weights"
 # the GPU run's sizes, and the CPU's (--cpu): every step still runs
 GPU = {"trials": 32, "epochs": 3, "train_subset": 20000, "val_subset": None, "ks": "1,8,32",
-       "study_trials": 50, "study_timeout": 300, "rounds": 3}
+       "study_trials": 50, "study_timeout": 240, "rounds": 3}
 CPU = {"trials": 2, "epochs": 1, "train_subset": 256, "val_subset": 128, "ks": "1,2",
        "study_trials": 2, "study_timeout": 240, "rounds": 1}
 
@@ -112,7 +112,7 @@ def study_command(args, storage: Path) -> list[str]:
     return [*cmd, "--population", "2", *tiny]
 
 
-def study_row(args, grace: float = 120) -> str:
+def study_row(args, grace: float = 60) -> str:
     """The headline study as a subprocess: MNIST from --data-dir, stopped by its own --timeout at
     --study-timeout (it finishes the epochs under way), killed `grace` seconds later."""
     what = f"{args.study_trials}-trial {STUDY} study"
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cpu", action="store_true",
                     help="run every step on the CPU at tiny sizes unless given (its numbers mean nothing)")
     ap.add_argument("--study-trials", type=int, help="trials of the study row (default 50; --cpu 2)")
-    ap.add_argument("--study-timeout", type=float, help="seconds before the study is stopped (default 300)")
+    ap.add_argument("--study-timeout", type=float, help="seconds before the study is stopped (default 240)")
     ap.add_argument("--rounds", type=int, help="timed rounds of samples/s after a warm-up (default 3)")
     ap.set_defaults(**GPU)
     cpu = "--cpu" in (sys.argv[1:] if argv is None else argv)
