@@ -21,7 +21,8 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 def compose(experiment: str | None = None, overrides: Sequence[str] = ()) -> DictConfig:
-    """The config `python -m mhtrain.train experiment=<experiment> <overrides>` would run."""
+    """The config `python -m mhtrain.train experiment=<experiment> <overrides>` would run, checked
+    with its model and Trainer built once."""
     args = ([f"experiment={experiment}"] if experiment else []) + list(overrides)
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -57,25 +58,55 @@ def build_model(cfg: DictConfig) -> Any:
     return instantiate(cfg.model, heads=heads_of(cfg), input_shape=input_shape_of(cfg))
 
 
-# knob -> (type, lowest value): the numbers this project owns, checked before any data is read
+# knob -> (lowest value, may it be absent or null): integers checked before any data is read.
+# Lightning takes `accumulate_grad_batches=0` and divides by it in the first epoch.
 KNOBS = {
-    "seed": (int, None),
-    "trainer.max_epochs": (int, 1),
-    "trainer.min_epochs": (int, 0),
-    "trainer.check_val_every_n_epoch": (int, 1),
-    "callbacks.early_stopping.patience": (int, 0),
+    "seed": (None, False),
+    "trainer.max_epochs": (1, False),
+    "trainer.min_epochs": (0, False),
+    "trainer.check_val_every_n_epoch": (1, False),
+    "trainer.accumulate_grad_batches": (1, True),
+    "callbacks.early_stopping.patience": (0, True),  # null: that callback is switched off
 }
 
 
 def check_knobs(cfg: DictConfig) -> None:
     """Types and ranges of the knobs a user sets on the command line, named with the fix."""
-    for key, (kind, low) in KNOBS.items():
+    for key, (low, optional) in KNOBS.items():
         value = OmegaConf.select(cfg, key, default=None)
-        if value is None and key.startswith("callbacks."):
-            continue  # that callback is switched off
-        if not isinstance(value, kind) or isinstance(value, bool) or (low is not None and value < low):
+        if value is None and optional:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or (low is not None and value < low):
             bound = f" >= {low}" if low is not None else ""
             raise ConfigError(f"{key}={value!r}: must be an integer{bound}")
+
+
+MONITORS = ("callbacks.early_stopping.monitor", "callbacks.model_checkpoint.monitor",
+            "model.scheduler_monitor")
+
+
+def check_monitors(cfg: DictConfig, heads: list[str]) -> None:
+    """What a callback or the scheduler watches must be logged, and validation must run when
+    they wait for its metrics. Lightning finds out only at the end of the first epoch, once per
+    trial: a monitored metric nobody logs, a plateau scheduler stepping on a val metric in an
+    epoch that did not validate; and with no validation at all no val metric (the study's
+    objective, `val/acc_best`) ever exists."""
+    logged = metric_names(heads)
+    for key in MONITORS:
+        monitor = OmegaConf.select(cfg, key, default=None)
+        if key == "model.scheduler_monitor" and cfg.model.get("scheduler") is None:
+            continue
+        if monitor is not None and monitor not in logged:
+            raise ConfigError(f"{key}={monitor} is not logged by a model with heads {heads}; "
+                              f"choose one of {metric_names(heads, ('val',))}")
+    every, epochs = cfg.trainer.check_val_every_n_epoch, cfg.trainer.max_epochs
+    if every > epochs:
+        raise ConfigError(f"trainer.check_val_every_n_epoch={every} > trainer.max_epochs={epochs}: no "
+                          "epoch would validate; set check_val_every_n_epoch <= max_epochs")
+    monitor = cfg.model.get("scheduler_monitor", "val/loss")
+    if every > 1 and cfg.model.get("scheduler") is not None and str(monitor).startswith("val/"):
+        raise ConfigError(f"trainer.check_val_every_n_epoch={every}: model.scheduler steps on {monitor} "
+                          "after every epoch; set trainer.check_val_every_n_epoch=1 or model.scheduler=null")
 
 
 def check_optimizer(cfg: DictConfig) -> None:
@@ -165,6 +196,7 @@ def check(cfg: DictConfig, build: bool = False) -> None:
     check_data(cfg)
     check_optimizer(cfg)
     heads = list(heads_of(cfg))
+    check_monitors(cfg, heads)
     check_loss_weights(heads, cfg.model.get("loss_weights") or {})
     check_weighting(cfg.model.get("weighting", "fixed"))
     unknown = sorted(set(cfg.model.get("criteria") or {}) - set(heads))

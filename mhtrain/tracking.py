@@ -1,7 +1,7 @@
 """Where a run's curves go besides metrics.csv: TensorBoard and MLflow (`conf/logger/`).
 
 The loggers are Lightning's own; this is the glue. A study points them at its trials
-(`for_trial`: MLflow experiment = study, run = trial_NNNN, tags), an engine ends each trial's
+(`for_trial`: MLflow experiment = the study's folder, run = trial_NNNN, tags), an engine ends each trial's
 run with the trial's end state (`TrialRun.end`), and an MLflow URI that does not answer is
 refused when the config is composed (`check`). A tracking server that stops answering later costs
 one warning line per trial, never the trial: the Optuna storage remains the record.
@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -56,6 +57,12 @@ def check(cfg: DictConfig) -> None:
                               "server (`make mlflow`) or choose another logger") from None
 
 
+def experiment_name(output_dir: str) -> str:
+    """A trial's MLflow experiment: its study's folder (`lr-1a2b3c4d`), unique to the study in its
+    storage as TensorBoard's folders are, so two studies named `lr` never share runs."""
+    return Path(output_dir).parent.name
+
+
 def for_trial(cfg: DictConfig, study: str, number: int, params: Mapping[str, Any]) -> dict[str, str]:
     """Point `cfg`'s tracking loggers at one study trial (in place); returns where its curves go
     (logger -> location), for the trial's user attributes and the study's summary."""
@@ -63,8 +70,8 @@ def for_trial(cfg: DictConfig, study: str, number: int, params: Mapping[str, Any
     if "mlflow" in loggers:
         tags = {"study": study, "trial": str(number), "seed": str(cfg.seed),
                 "output_dir": str(cfg.paths.output_dir)}
-        for key, value in (("experiment_name", study), ("run_name", f"trial_{number:04d}"),
-                           ("tags", tags), ("params", dict(params))):
+        for key, value in (("experiment_name", experiment_name(cfg.paths.output_dir)),
+                           ("run_name", f"trial_{number:04d}"), ("tags", tags), ("params", dict(params))):
             OmegaConf.update(cfg, f"logger.mlflow.{key}", value, merge=False, force_add=True)
         where["mlflow"] = str(cfg.logger.mlflow.tracking_uri)
     if "tensorboard" in loggers:
@@ -193,7 +200,7 @@ class TrialRun:
                 _warn(f"trial {self.number}'s {type(logger).__name__} could not record its end", e)
 
 
-def end_abandoned(trial: Any, study: str) -> None:
+def end_abandoned(trial: Any) -> None:
     """End FAILED the MLflow run of a trial whose worker died (the reaper failed the trial):
     MLflow has no heartbeat, so the run would otherwise show RUNNING for ever. Never raises."""
     uri = (trial.user_attrs.get(TRACKING) or {}).get("mlflow")
@@ -203,7 +210,7 @@ def end_abandoned(trial: Any, study: str) -> None:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(uri)
-        experiment = client.get_experiment_by_name(study)
+        experiment = client.get_experiment_by_name(experiment_name(trial.user_attrs["output_dir"]))
         runs = [] if experiment is None else client.search_runs(
             [experiment.experiment_id], f"tags.trial = '{trial.number}' and attributes.status = 'RUNNING'")
         for r in runs:
@@ -213,12 +220,14 @@ def end_abandoned(trial: Any, study: str) -> None:
         _warn(f"trial {trial.number}'s MLflow run could not be ended", e)
 
 
-def curves(trials: list[Any], study: str) -> list[str]:
+def curves(trials: list[Any]) -> list[str]:
     """The commands that show the curves of these (frozen) trials, for the study's summary."""
     where: dict[str, set[str]] = {}
     for t in trials:
         for name, place in (t.user_attrs.get(TRACKING) or {}).items():
             where.setdefault(name, set()).add(place)
+    study = ", ".join(sorted({experiment_name(t.user_attrs["output_dir"]) for t in trials
+                              if "mlflow" in (t.user_attrs.get(TRACKING) or {})}))
     lines = [f"curves: tensorboard --logdir {place} --host 127.0.0.1  (or `make tensorboard`)"
              for place in sorted({os.path.dirname(p.rstrip("/")) for p in where.get("tensorboard", ())})]
     for uri in sorted(where.get("mlflow", ())):

@@ -72,6 +72,11 @@ STUDY_CASES = [  # (argv after the study name, what the error line must name)
     (["data.data_dir=empty"], "empty"),
     (["--warm-start", "nosuch"], "'nosuch'"),
     (["--warm-start", "lr:x"], "lr:x"),
+    # configs Lightning accepts and fails on only in the first epoch, once per trial
+    (["trainer.check_val_every_n_epoch=2"], "trainer.check_val_every_n_epoch=2 > trainer.max_epochs=1"),
+    (["trainer.check_val_every_n_epoch=2", "trainer.max_epochs=4"], "model.scheduler steps on val/loss"),
+    (["++trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0"),
+    (["data.train_subset=abc"], "data.train_subset='abc': must be a positive integer"),
 ]
 
 
@@ -191,6 +196,8 @@ def test_cifar100mh_validate(tiny_data, tmp_path, capsys, damage, named):
     ("model.optimizer.lr=abc", "'lr': 'abc'"),
     ("data.train_subset=-5", "data.train_subset=-5"),
     ("data.train_subset=600", "data.train_subset=600 is more than the 500 training images"),
+    ("trainer.check_val_every_n_epoch=2", "trainer.check_val_every_n_epoch=2 > trainer.max_epochs=1"),
+    ("++trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches=0"),
 ])
 def test_training_cli(tiny_data, tmp_path, override, named):
     proc = subprocess.run(

@@ -1,6 +1,8 @@
 """--keep-checkpoints: trials' best-epoch weights as Optuna artifacts beside the storage."""
 
 import copy
+import re
+import shlex
 from pathlib import Path
 
 import lightning as L
@@ -14,6 +16,7 @@ from optuna.trial import TrialState
 from mhtrain import ConfigError
 from mhtrain.config import build_model, compose
 from mhtrain.population.check import population_size
+from mhtrain.study import __main__ as study_main
 from mhtrain.study import runner, space
 from mhtrain.study.checkpoints import ARTIFACT_DIR, CHECKPOINT
 from mhtrain.study.export import export_checkpoint
@@ -56,6 +59,10 @@ def test_keep_all_stores_each_trial_and_export_hands_over_weights_that_score_the
     text = summary(ostudy, 2, f"sqlite:///{tmp_path / 'optuna.db'}")
     assert f"checkpoints: 3 kept in {tmp_path / 'optuna-artifacts'}" in text
     assert f"--artifact-dir {tmp_path / 'optuna-artifacts'}" in text
+    assert f"make dashboard STORAGE=sqlite:///{tmp_path / 'optuna.db'}" in text
+    # the hint works as typed, from here, on this study's own storage (not the default one)
+    (hint,) = re.findall(r"`(python -m mhtrain\.study export [^`]+)`", text)
+    assert study_main.main(shlex.split(hint)[3:]) == 0
 
 
 def test_keep_best_keeps_the_trials_that_beat_every_earlier_one(tiny_data, tmp_path, monkeypatch):

@@ -300,3 +300,62 @@ def test_a_timeout_says_it_stopped_the_study(tiny, tmp_path):
                "--n-trials", "3", *tiny, "trainer.max_epochs=1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "stopped by --timeout 0.001 s before the budget of 3" in proc.stdout
+
+
+def test_the_failure_policy_stops_at_once_on_errors_that_fail_every_trial():
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from mhtrain.study import policy
+
+    with pytest.raises(ConfigError):
+        policy.after_failure(ConfigError("bad"), failures=1)
+    with pytest.raises(ConfigError, match="Lightning refused this config"):
+        policy.after_failure(MisconfigurationException("ReduceLROnPlateau conditioned on val/x"), failures=1)
+    for failures in range(1, policy.MAX_FAILURES):  # one trial's bad luck: the study goes on
+        policy.after_failure(RuntimeError("NaN"), failures=failures)
+    with pytest.raises(RuntimeError):
+        policy.after_failure(RuntimeError("NaN"), failures=policy.MAX_FAILURES)
+
+
+def test_a_result_that_cannot_be_recorded_fails_its_trial_with_the_reason(tiny, tmp_path):
+    from mhtrain.result import FitResult
+    from mhtrain.study import runner, space
+    from mhtrain.study.lifecycle import FAIL_REASON, Lifecycle
+    from mhtrain.study.storage import Heartbeat
+
+    study = space.load("lr", n_trials=1, population=1, extra_overrides=tiny)
+    ostudy = runner.open_study(study, f"sqlite:///{tmp_path / 'optuna.db'}")
+    with Heartbeat(ostudy._storage) as heartbeat:
+        life = Lifecycle(study, ostudy, heartbeat)
+        trial, _ = life.start()
+        no_val = FitResult(history=[{"val/loss": 0.5}], train_history=[], test={}, seconds=1.0,
+                           params=1, heads=("digit",), output_dir=str(tmp_path))
+        with pytest.raises(KeyError):
+            life.end(trial, no_val)
+    (t,) = ostudy.get_trials()
+    assert t.state == TrialState.FAIL
+    assert t.user_attrs[FAIL_REASON] == "KeyError: 'val/digit_acc'"
+
+
+def test_a_study_run_composes_and_builds_its_config_once(tiny, tmp_path, monkeypatch):
+    """Loading the study, the command line's data check and the trials share one composition;
+    the model and Trainer are built once by the check, then once per trial by `fit`."""
+    from mhtrain import config
+    from mhtrain.study import cli, trials
+
+    calls = {"compose": 0, "build": 0}
+
+    def counted(name, real):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(config, "hydra_compose", counted("compose", config.hydra_compose))
+    monkeypatch.setattr(config, "check_builds", counted("build", config.check_builds))
+    trials.study_base.cache_clear()
+    trials.search_base.cache_clear()
+    monkeypatch.chdir(tmp_path)
+    assert cli.main("lr", "", ["--n-trials", "1", "--no-progress", "--storage", "sqlite:///s.db",
+                               *tiny, "trainer.max_epochs=1"]) == 0
+    assert calls == {"compose": 1, "build": 1}

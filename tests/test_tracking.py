@@ -47,6 +47,11 @@ def run_study(tmp_path: Path, tiny_data: Path, *extra: str, name: str = "lr", po
     return study, ostudy
 
 
+def experiment(ostudy: optuna.Study) -> str:
+    """The study's MLflow experiment: its own folder's name, as TensorBoard's."""
+    return Path(ostudy.user_attrs["output_root"]).name
+
+
 def scalars(run_dir: Path) -> dict[str, list[int]]:
     """tag -> steps of a TensorBoard run, read with TensorBoard's own reader."""
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
@@ -185,13 +190,13 @@ def test_studies_log_a_run_per_trial_to_a_real_mlflow_server(mlflow_server, tiny
     over = ["logger=[csv,mlflow]", f"logger.mlflow.tracking_uri={uri}"]
     run_study(tmp_path, tiny_data, *over, name="solo", lrs=LRS[:2], storage=storage)
     study, ostudy = run_study(tmp_path, tiny_data, *over, name="solo", storage=storage)  # resumed: +1
-    run_study(tmp_path, tiny_data, *over, name="pop", population=2, storage=storage)
+    _, pop = run_study(tmp_path, tiny_data, *over, name="pop", population=2, storage=storage)
 
     client = MlflowClient(uri)
     by_study = {}
-    for name in ("solo", "pop"):
-        experiment = client.get_experiment_by_name(name)  # one experiment per study
-        runs = client.search_runs([experiment.experiment_id], order_by=["attributes.run_name ASC"])
+    for name, o in (("solo", ostudy), ("pop", pop)):
+        found = client.get_experiment_by_name(experiment(o))  # one experiment per study
+        runs = client.search_runs([found.experiment_id], order_by=["attributes.run_name ASC"])
         assert [r.info.run_name for r in runs] == ["trial_0000", "trial_0001", "trial_0002"]  # no duplicates
         by_study[name] = runs
     trials = ostudy.get_trials()
@@ -208,7 +213,8 @@ def test_studies_log_a_run_per_trial_to_a_real_mlflow_server(mlflow_server, tiny
     for solo, member in zip(by_study["solo"], by_study["pop"], strict=True):
         assert set(member.data.metrics) == set(solo.data.metrics)  # a member logs what a solo trial logs
         assert member.info.status == solo.info.status and member.data.tags["state"] == solo.data.tags["state"]
-    assert f"curves: MLflow experiment solo at {uri}" in summary(ostudy, study.max_epochs, storage)
+    text = summary(ostudy, study.max_epochs, storage)
+    assert f"curves: MLflow experiment {experiment(ostudy)} at {uri}" in text
 
 
 @pytest.mark.slow
@@ -221,7 +227,8 @@ def test_a_tracking_server_that_dies_costs_a_warning_per_trial_not_the_trial(mlf
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     over = ["trainer.max_epochs=1", "logger=mlflow", f"logger.mlflow.tracking_uri={uri}"]
     study, ostudy = run_study(tmp_path, tiny_data, *over, lrs=LRS[:1], storage=storage)  # it answers
-    runs = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("lr").experiment_id])
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment(ostudy)).experiment_id])
     assert [r.info.run_name for r in runs] == ["trial_0000"]
     stop(proc)  # it dies mid-study: the same process, config loaded once, goes on with the next trials
     capfd.readouterr()
@@ -234,6 +241,25 @@ def test_a_tracking_server_that_dies_costs_a_warning_per_trial_not_the_trial(mlf
     assert len(warnings) == 2, warnings  # one line per trial
     assert all("the study goes on without it" in w for w in warnings)
     assert time.monotonic() - start < 120
+
+
+@pytest.mark.slow
+def test_two_studies_of_one_name_in_two_storages_keep_their_mlflow_runs_apart(tiny_data, tmp_path,
+                                                                             monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    pytest.importorskip("mlflow")
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ostudies = [run_study(tmp_path, tiny_data, "trainer.max_epochs=1", "logger=mlflow",
+                          f"logger.mlflow.tracking_uri={uri}", lrs=LRS[:1],
+                          storage=f"sqlite:///{tmp_path / f'{where}.db'}")[1] for where in ("a", "b")]
+    client = MlflowClient(uri)
+    names = [experiment(o) for o in ostudies]
+    assert len(set(names)) == 2 and all(n.startswith("lr-") for n in names)
+    for name in names:  # each its own trial_0000, not two runs of one name in one experiment
+        runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+        assert [r.info.run_name for r in runs] == ["trial_0000"]
 
 
 @pytest.mark.slow
@@ -253,12 +279,13 @@ def test_a_killed_workers_mlflow_run_is_ended_failed_when_its_trial_is_reaped(ti
         time.sleep(0.5)  # until the trial has logged an epoch
     worker.kill()
     worker.wait()
-    (killed,) = client.search_runs([client.get_experiment_by_name("lr").experiment_id])
+    ours = client.get_experiment_by_name(experiment(optuna.load_study(study_name="lr", storage=storage)))
+    (killed,) = client.search_runs([ours.experiment_id])
     assert killed.info.status == "RUNNING"  # MLflow has no heartbeat: nobody else would end it
 
     again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    runs = {r.info.run_id: r for r in client.search_runs([client.get_experiment_by_name("lr").experiment_id])}
+    runs = {r.info.run_id: r for r in client.search_runs([ours.experiment_id])}
     assert runs[killed.info.run_id].info.status == "FAILED"
     assert runs[killed.info.run_id].data.tags["state"] == "FAIL"
     (rerun,) = [r for r in runs.values() if r.info.run_id != killed.info.run_id]
@@ -272,11 +299,12 @@ def test_a_trial_whose_heartbeat_stopped_has_its_mlflow_run_ended_and_is_retried
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    run = client.create_run(client.create_experiment("hb"), tags={"trial": "0"})
+    run = client.create_run(client.create_experiment("hb-0a1b2c3d"), tags={"trial": "0"})
     ostudy = optuna.create_study(study_name="hb", storage=open_storage(f"sqlite:///{tmp_path / 'o.db'}", 1))
     trial = ostudy.ask()
     trial.set_user_attr("owner", {"host": "another-machine", "pid": 1, "started": None})
     trial.set_user_attr(TRACKING, {"mlflow": uri})
+    trial.set_user_attr("output_dir", str(tmp_path / "hb-0a1b2c3d" / "trial_0000"))
     ostudy._storage.record_heartbeat(trial._trial_id)
     time.sleep(4.5)  # past the grace period (3 heartbeats) with no beat
     reap(ostudy)
@@ -310,8 +338,8 @@ def test_mlflow_and_tensorboard_pages_show_the_trials_in_chromium(mlflow_server,
     monkeypatch.chdir(tmp_path)
     _, ostudy = run_study(tmp_path, tiny_data, "logger=[csv,tensorboard,mlflow]",
                           f"logger.mlflow.tracking_uri={uri}", name="seen", lrs=LRS[:2])
-    experiment = MlflowClient(uri).get_experiment_by_name("seen")
-    dom = render(f"{uri}/#/experiments/{experiment.experiment_id}/runs", tmp_path, "mlflow")
+    found = MlflowClient(uri).get_experiment_by_name(experiment(ostudy))
+    dom = render(f"{uri}/#/experiments/{found.experiment_id}/runs", tmp_path, "mlflow")
     assert "trial_0000" in dom and "trial_0001" in dom, dom[-2000:]
 
     port = free_port()

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from mhtrain import DataError
+from mhtrain import ConfigError, DataError
 from mhtrain.config import compose
 from mhtrain.contract import metric_names
 from mhtrain.data import mnist
@@ -91,3 +91,21 @@ def test_ctrl_c_of_a_training_run_exits_130(tiny_data: Path, tmp_path: Path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted" in err
+
+
+@pytest.mark.parametrize(("overrides", "named"), [
+    (["trainer.check_val_every_n_epoch=2", "trainer.max_epochs=1"], "no epoch would validate"),
+    (["trainer.check_val_every_n_epoch=2", "trainer.max_epochs=4"], "model.scheduler steps on val/loss"),
+    (["++trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0"),
+    (["data.train_subset=abc"], "data.train_subset='abc'"),
+    (["callbacks.early_stopping.monitor=val/digit_accc"], "val/digit_accc is not logged"),
+    (["model.scheduler_monitor=val/nope"], "model.scheduler_monitor=val/nope is not logged"),
+])
+def test_configs_lightning_fails_only_mid_epoch_are_refused_when_composed(overrides, named):
+    with pytest.raises(ConfigError, match=named):
+        compose("multihead_cnn_mnist", ["data.verify=false", *overrides])
+
+
+def test_validating_every_other_epoch_is_fine_without_a_val_scheduler():
+    compose("multihead_cnn_mnist", ["data.verify=false", "trainer.check_val_every_n_epoch=2",
+                                    "trainer.max_epochs=4", "model.scheduler=null"])

@@ -117,8 +117,8 @@ class TensorDataModule(L.LightningDataModule):
             {"data_dir": data_dir, "heads": heads, "multihead": multihead})
         for knob, value in (("batch_size", batch_size), ("val_size", val_size),
                             ("train_subset", train_subset), ("val_subset", val_subset)):
-            if value is not None and value < 1:
-                raise ConfigError(f"data.{knob}={value}: must be a positive integer or null")
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigError(f"data.{knob}={value!r}: must be a positive integer or null")
         self.batch_size, self.val_size, self.split_seed = batch_size, val_size, split_seed
         self.train_subset, self.val_subset, self.verify = train_subset, val_subset, verify
         self.mean = torch.tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)

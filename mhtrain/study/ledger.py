@@ -16,9 +16,9 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from mhtrain import tracking
+from mhtrain.study.policy import MAX_RETRIES
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-MAX_RETRIES = 3  # re-runs of a trial whose worker died, before it is left FAIL
 POLL_S = 2.0
 # A RUNNING trial with no owner after this long lost its process between `ask` and the owner
 # record (milliseconds apart); without a reaper it would hold a budget slot for ever.
@@ -84,7 +84,7 @@ def reap(ostudy: optuna.Study, dead_pid: int | None = None) -> list[int]:
         except (RuntimeError, ValueError, optuna.exceptions.UpdateFinishedTrialError):
             continue  # another process reaped it first
         reaped.append(t.number)
-        tracking.end_abandoned(t, ostudy.study_name)
+        tracking.end_abandoned(t)
         retries = t.user_attrs.get("retries", 0)
         if retries < MAX_RETRIES:
             ostudy.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "retries": retries + 1})

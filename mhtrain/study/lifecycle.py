@@ -1,8 +1,9 @@
 """One trial's life, the same for a solo run and a population member: ask (owner recorded),
 room in the budget, the over-budget step-back, report and prune, record, tell or fail.
 
-This is the only code that tells Optuna a trial's state: every outcome becomes one in `end`, as
-Optuna's own `_run_trial` maps them in one place. Engines call it; it imports no Lightning.
+It tells Optuna the state of every trial this process runs: every outcome becomes one in `end`,
+as Optuna's own `_run_trial` maps them in one place. The only other teller is the reaper, for
+trials whose process died (see `policy`). Engines call it; it imports no Lightning.
 """
 
 from __future__ import annotations
@@ -98,15 +99,19 @@ class Lifecycle:
         PRUNED, anything else COMPLETE with the best value over epochs."""
         state, value = TrialState.FAIL, None
         try:
-            if error is not None or result is None:
+            if error is None and result is not None:
+                try:
+                    value = self._record(trial, result)
+                    state = TrialState.PRUNED if trial.number in self.pruned else TrialState.COMPLETE
+                    checkpoints.keep(self.study, trial, result.checkpoint,
+                                     value if state == TrialState.COMPLETE else None)
+                except Exception as e:  # a result that cannot be recorded fails with its reason
+                    state, error = TrialState.FAIL, e
+                    raise
+        finally:
+            if state == TrialState.FAIL:
                 with contextlib.suppress(Exception):  # the storage itself may be what failed
                     trial.set_user_attr(FAIL_REASON, reason(error or RuntimeError("no result")))
-            else:
-                value = self._record(trial, result)
-                state = TrialState.PRUNED if trial.number in self.pruned else TrialState.COMPLETE
-                checkpoints.keep(self.study, trial, result.checkpoint,
-                                 value if state == TrialState.COMPLETE else None)
-        finally:
             self.heartbeat.remove([trial._trial_id])
             self.running.pop(trial.number, None)
             self.pruned.discard(trial.number)

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from mhtrain import ConfigError, quiet
-from mhtrain.study import interrupt
+from mhtrain.study import interrupt, policy
 from mhtrain.study.checkpoints import remember_store
 from mhtrain.study.engines import engine
 from mhtrain.study.ledger import POLL_S, counts, finished, n_done, reap, show
@@ -31,7 +31,6 @@ from mhtrain.study.untrusted import check_resume
 from mhtrain.study.warmstart import warm_start
 from mhtrain.study.workers import Outcome, Pool, supervise, visible_gpus
 
-MAX_FAILURES = 3  # failed engine runs (a trial, or a population) in one worker before it gives up
 RUNS_ROOT = Path("runs/studies")
 EARLIER = "earlier_configs"  # study user attribute: what it was before each --allow-changes
 CONFIG_WAIT_S = 10.0  # how long a process waits for the creator of a new study to store its config
@@ -144,13 +143,10 @@ def work(study: StudyConfig, ostudy: optuna.Study, timeout: float | None = None,
                 continue
             try:
                 trainer.run(life)
-            except (ConfigError, interrupt.StudyInterrupted, optuna.exceptions.StorageInternalError):
-                raise
-            except Exception as e:  # noqa: BLE001 - odd trials (already FAIL, with reason) are survivable
+            except Exception as e:  # noqa: BLE001 - its trials are FAIL with a reason already
                 failures += 1
+                policy.after_failure(e, failures)  # raises when the study must stop
                 tqdm.write(f"trial failed: {type(e).__name__}: {e}")
-                if failures >= MAX_FAILURES:
-                    raise
     return outcome
 
 

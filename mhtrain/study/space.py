@@ -4,6 +4,7 @@ before anything runs. Nothing changes a `StudyConfig` afterwards."""
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -11,12 +12,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mhtrain import ConfigError
-from mhtrain.config import CONF_DIR, check, compose, heads_of
+from mhtrain.config import CONF_DIR, check, heads_of
 from mhtrain.study.checkpoints import KEEP
 from mhtrain.study.params import Param, parse_param, stored
 from mhtrain.study.pruners import PrunerSpec, build_pruner, parse_pruner
 from mhtrain.study.samplers import SAMPLERS as SAMPLER_REGISTRY
-from mhtrain.study.trials import search_base
+from mhtrain.study.trials import search_base, study_base
 
 SAMPLERS = tuple(SAMPLER_REGISTRY)
 # every key a study config may hold, with its default when the file leaves it out
@@ -57,8 +58,9 @@ class StudyConfig:
 
 
 def base_config(study: StudyConfig) -> DictConfig:
-    """The experiment with the study's fixed overrides: what every trial starts from."""
-    return compose(study.experiment, study.overrides)
+    """The experiment with the study's fixed overrides: what every trial starts from (a copy of
+    the one composed when the study was loaded)."""
+    return copy.deepcopy(study_base(study.experiment, study.overrides))
 
 
 def _read(config: str, changes: dict[str, Any]) -> dict[str, Any]:
@@ -125,7 +127,7 @@ def load(config: str, keep_checkpoints: str = "none", **changes: Any) -> StudyCo
     pruner = parse_pruner(raw["pruner"])
     space = tuple(parse_param(k, v) for k, v in (raw["search_space"] or {}).items())
     overrides = tuple(raw["overrides"])
-    cfg = compose(raw["experiment"], overrides)
+    cfg = copy.deepcopy(study_base(raw["experiment"], overrides))
     metric = raw["metric"] or cfg.optimized_metric
     cfg.optimized_metric = metric
     check(cfg)  # the study's metric must be one the model logs

@@ -19,6 +19,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
 
 from mhtrain import ConfigError, tracking
+from mhtrain.study.policy import MAX_RETRIES
 
 DEFAULT_STORAGE = "sqlite:///runs/optuna.db"
 HEARTBEAT_S = 10
@@ -107,7 +108,7 @@ class RetryStale(RetryHeartbeatStaleTrialCallback):
     which also ends the trial's MLflow run, as the local reaper does."""
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        tracking.end_abandoned(trial, study.study_name)
+        tracking.end_abandoned(trial)
         super().__call__(study, trial)
 
 
@@ -133,7 +134,7 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT_S,
             with warnings.catch_warnings():  # heartbeats are "experimental" to Optuna: every command said so
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-                                  heartbeat_stale_trial_callback=RetryStale(max_retry=3),
+                                  heartbeat_stale_trial_callback=RetryStale(max_retry=MAX_RETRIES),
                                   engine_kwargs={"pool_pre_ping": True} if url.startswith("postgresql")
                                   else None)
         except Exception as e:  # noqa: BLE001 - any driver error becomes one clear line

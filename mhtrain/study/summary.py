@@ -4,6 +4,7 @@ the run ended (finished, timed out, interrupted, workers replaced)."""
 from __future__ import annotations
 
 from collections import Counter
+from shlex import quote
 
 import optuna
 
@@ -58,8 +59,10 @@ def summary(ostudy: optuna.Study, max_epochs: int, storage_url: str) -> str:
     kept = sum(1 for t in trials if CHECKPOINT in t.user_attrs)
     if kept:
         lines.append(f"checkpoints: {kept} kept in {artifacts}; `python -m mhtrain.study export "
-                     f"{ostudy.study_name}` hands over the best")
-    lines += curves(trials, ostudy.study_name)  # TensorBoard / MLflow, when a trial logged there
-    lines.append(f"dashboard: optuna-dashboard {storage_url}"
-                 + (f" --artifact-dir {artifacts}" if artifacts else "") + "  (or `make dashboard`)")
+                     f"{quote(ostudy.study_name)} --storage {quote(storage_url)}` hands over the best")
+    lines += curves(trials)  # TensorBoard / MLflow, when a trial logged there
+    # every command printed here names the storage it was run on: it works as typed
+    lines.append(f"dashboard: optuna-dashboard {quote(storage_url)}"
+                 + (f" --artifact-dir {quote(str(artifacts))}" if artifacts else "")
+                 + f"  (or `make dashboard STORAGE={quote(storage_url)}`)")
     return "\n".join(lines)

@@ -28,10 +28,18 @@ OUTPUT_ROOT = "output_root"  # study user attribute: the folder that holds this 
 
 
 @functools.lru_cache(maxsize=8)
+def study_base(experiment: str, overrides: tuple[str, ...]) -> DictConfig:
+    """The experiment with a study's fixed overrides, composed and checked (model and Trainer
+    built) once per process: loading the study, its command line and its trials all start from
+    it. Shared: callers that change it take a copy (`with_values` does)."""
+    return compose(experiment, overrides)
+
+
+@functools.lru_cache(maxsize=8)
 def search_base(experiment: str, overrides: tuple[str, ...]) -> DictConfig:
-    """What every trial's config starts from: the experiment, the study's fixed overrides and
-    search mode, composed once per process (Hydra's compose is most of a trial's start-up)."""
-    return compose(experiment, [*overrides, *SEARCH_MODE])
+    """What every trial's config starts from: the study's base in search mode (Hydra's compose
+    is most of a trial's start-up, so it is not composed again)."""
+    return with_values(study_base(experiment, overrides), SEARCH_MODE)
 
 
 _parser = functools.cache(OverridesParser.create)  # builds a grammar: once per process, not per trial

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from mhtrain.study import interrupt
 from mhtrain.study.ledger import POLL_S, counts, finished, reap, show
+from mhtrain.study.policy import MAX_REPLACEMENTS
 from mhtrain.study.space import StudyConfig
 
 GPU_ENV = "CUDA_VISIBLE_DEVICES"
@@ -117,7 +118,7 @@ def supervise(study: StudyConfig, storage_url: str, ostudy: optuna.Study, pool: 
                 tqdm.write(line)
                 outcome.deaths.append(line)
                 if finished(ostudy) < study.n_trials:
-                    if replacements >= 3 * pool.size:
+                    if replacements >= MAX_REPLACEMENTS * pool.size:
                         raise RuntimeError(f"{replacements} workers replaced already; giving up")
                     replacements += 1
                     procs[slot] = pool.start(slot, args)
