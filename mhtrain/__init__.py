@@ -13,6 +13,7 @@ NOISE = (
     r".*smaller than the logging interval.*",  # metrics are logged per epoch, not per step
     r".* is experimental \(supported from",  # optuna: reaping stale trials, metric names; stable in practice
     r"Heartbeat of storage is supposed to be used with",  # ask/tell trials beat from a thread of ours
+    r"The `srun` command is available",  # lightning, every fit where SLURM is installed: no trial uses srun
 )
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from mhtrain import ConfigError, one_line_errors, quiet
 from mhtrain.config import prepare_data
-from mhtrain.study import runner, space
+from mhtrain.study import runner, slurm, space
 from mhtrain.study.checkpoints import KEEP
 from mhtrain.study.pruners import NAMES as PRUNERS
 from mhtrain.study.storage import DEFAULT_STORAGE, HEARTBEAT_S, URL_FORMS, check_storage
@@ -57,6 +57,7 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
                    help="store trials' best-epoch weights as Optuna artifacts beside the storage: "
                         "all, or best (a trial that beats every one finished before it); default none")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    slurm.add_arguments(p)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides for every trial")
     return p
 
@@ -90,7 +91,8 @@ def main(study_name: str, description: str, argv: Sequence[str] | None = None,
     """Run the study config `conf/study/<study_name>.yaml` as the command line asks. Everything is
     checked before anything is written: arguments, the study config composed with the overrides,
     the data, the storage URL."""
-    args = parser(prog or f"studies/{study_name}.py", description).parse_args(argv)
+    p = parser(prog or f"studies/{study_name}.py", description)
+    args = p.parse_args(slurm.glue(argv))
 
     def run() -> int:
         quiet()
@@ -103,6 +105,8 @@ def main(study_name: str, description: str, argv: Sequence[str] | None = None,
                            population=count_arg("--population", args.population))
         prepare_data(space.base_config(study))
         check_storage(args.storage)
+        if args.slurm is not None or args.dry_run:
+            return slurm.submit(p, args, study_name, study)
         warm = load_source(args.storage, args.warm_start, study.name) if args.warm_start else None
         if workers == "auto":  # one per GPU when the study trains on GPUs
             workers = auto_workers(space.base_config(study).trainer.get("accelerator"))
@@ -121,6 +125,8 @@ def main(study_name: str, description: str, argv: Sequence[str] | None = None,
             print(f"stopped by --timeout {args.timeout:g} s before the budget of {study.n_trials}; "
                   "run the same command to go on")
         if outcome.interrupted:
+            for number in slurm.rerun_stopped(ostudy):  # in a SLURM task: the scheduler stopped it
+                print(f"trial {number} was cut short by SLURM; enqueued for another task to re-run")
             print("interrupted: running trials were marked FAIL; run the same command to resume")
             return 130
         return 0

@@ -6,6 +6,8 @@ Lightning."""
 from __future__ import annotations
 
 import dataclasses
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,6 +33,12 @@ class StopOnRequest(Callback):
         interrupt.check()
 
     on_validation_batch_end = on_train_epoch_start = on_train_batch_end
+
+    def on_train_start(self, *_: Any) -> None:
+        # SIGTERM (kill, scancel, a SLURM time limit or requeue) is the study's, as Ctrl-C is: the
+        # handler each fit installs would also end the fit with SystemExit at an epoch's end
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, interrupt.request)
 
 
 class PruningCallback(Callback):

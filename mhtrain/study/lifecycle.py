@@ -21,6 +21,7 @@ from mhtrain.result import FitResult
 from mhtrain.study import checkpoints
 from mhtrain.study.interrupt import StudyInterrupted
 from mhtrain.study.ledger import FINISHED, counts, n_done, owner, show
+from mhtrain.study.slurm import placement
 from mhtrain.study.space import StudyConfig
 from mhtrain.study.storage import Heartbeat
 from mhtrain.study.trials import trial_config
@@ -60,7 +61,8 @@ class Lifecycle:
         asked at the same moment each saw room for one more, and the later-numbered ones step
         back (FAIL, marked, never trained)."""
         trial = self.ostudy.ask()
-        trial.set_user_attr("owner", owner())  # at once: the reaper judges a trial by its owner
+        # at once: the reaper judges a trial by its owner; `placement` says which SLURM task it is
+        trial.set_user_attr("owner", {**owner(), **placement()})
         ahead = self.ostudy.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
         if sum(t.number <= trial.number for t in ahead) > self.study.n_trials:
             trial.set_user_attr(OVER_BUDGET, True)

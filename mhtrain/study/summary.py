@@ -11,6 +11,7 @@ import optuna
 from mhtrain.study.checkpoints import ARTIFACT_DIR, CHECKPOINT
 from mhtrain.study.ledger import FINISHED
 from mhtrain.study.lifecycle import OVER_BUDGET
+from mhtrain.study.slurm import where
 from mhtrain.study.warmstart import ATTR as WARM
 from mhtrain.tracking import curves
 
@@ -60,6 +61,7 @@ def summary(ostudy: optuna.Study, max_epochs: int, storage_url: str) -> str:
     if kept:
         lines.append(f"checkpoints: {kept} kept in {artifacts}; `python -m mhtrain.study export "
                      f"{quote(ostudy.study_name)} --storage {quote(storage_url)}` hands over the best")
+    lines += where(trials)  # hosts and SLURM tasks, when the study ran on more than one place
     lines += curves(trials)  # TensorBoard / MLflow, when a trial logged there
     # every command printed here names the storage it was run on: it works as typed
     lines.append(f"dashboard: optuna-dashboard {quote(storage_url)}"
