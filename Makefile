@@ -10,6 +10,9 @@ ARGS ?=
 # The quick fidelity of the make study targets: 3 epochs on a 10k-image training subset.
 QUICK ?= trainer.max_epochs=3 data.train_subset=10000
 WORKERS ?= 1
+# CONFIRM=K: after the search, re-train the top K with fresh seeds on the validation split (--confirm)
+CONFIRM ?=
+CONFIRMING = $(if $(CONFIRM),--confirm $(CONFIRM))
 
 .PHONY: help install data test test-all lint train emhcm exp-multihead-cnn-mnist ecm exp-cnn-mnist \
 	emhcc10 exp-multihead-cnn-cifar10 \
@@ -63,13 +66,13 @@ emhcc10 exp-multihead-cnn-cifar10: $(STAMP) ## the multihead CNN on CIFAR-10, 10
 	$(PY) -m mhtrain.train experiment=multihead_cnn_cifar10 $(ARGS)
 
 study-lr: data ## quick learning-rate study of the multihead CNN (20 trials, QUICK fidelity)
-	$(PY) studies/lr.py --n-trials 20 --storage $(STORAGE) --workers $(WORKERS) $(QUICK) $(ARGS)
+	$(PY) studies/lr.py --n-trials 20 --storage $(STORAGE) --workers $(WORKERS) $(CONFIRMING) $(QUICK) $(ARGS)
 
 study-loss-weights: data ## learning rate + loss weights of the multihead CNN (30 trials, QUICK)
-	$(PY) studies/loss_weights.py --n-trials 30 --storage $(STORAGE) --workers $(WORKERS) $(QUICK) $(ARGS)
+	$(PY) studies/loss_weights.py --n-trials 30 --storage $(STORAGE) --workers $(WORKERS) $(CONFIRMING) $(QUICK) $(ARGS)
 
 study-baselines: data ## the digit-only baseline over the same lr range (20 trials, QUICK)
-	$(PY) studies/baselines.py --n-trials 20 --storage $(STORAGE) --workers $(WORKERS) $(QUICK) $(ARGS)
+	$(PY) studies/baselines.py --n-trials 20 --storage $(STORAGE) --workers $(WORKERS) $(CONFIRMING) $(QUICK) $(ARGS)
 
 compare: $(STAMP) ## re-train the best of study-lr and study-baselines (5 seeds), write the report
 	$(PY) studies/compare.py --multitask lr --baseline baseline_lr --storage $(STORAGE) $(ARGS)

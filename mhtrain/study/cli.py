@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from mhtrain import ConfigError, one_line_errors, quiet
 from mhtrain.config import prepare_data
-from mhtrain.study import runner, slurm, space
+from mhtrain.study import confirm, runner, slurm, space
 from mhtrain.study.checkpoints import KEEP
 from mhtrain.study.pruners import NAMES as PRUNERS
 from mhtrain.study.storage import DEFAULT_STORAGE, HEARTBEAT_S, URL_FORMS, check_storage
@@ -57,6 +57,7 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
                    help="store trials' best-epoch weights as Optuna artifacts beside the storage: "
                         "all, or best (a trial that beats every one finished before it); default none")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    confirm.add_arguments(p)
     slurm.add_arguments(p)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides for every trial")
     return p
@@ -97,6 +98,7 @@ def main(study_name: str, description: str, argv: Sequence[str] | None = None,
     def run() -> int:
         quiet()
         check_args(args)
+        confirm.check(args)
         workers = count_arg("--workers", args.workers)
         study = space.load(study_name, keep_checkpoints=args.keep_checkpoints, name=args.study_name,
                            n_trials=args.n_trials, experiment=args.experiment, metric=args.metric,
@@ -117,7 +119,9 @@ def main(study_name: str, description: str, argv: Sequence[str] | None = None,
         ostudy, outcome = runner.run(study, args.storage, timeout=args.timeout, progress=not args.no_progress,
                                      workers=workers, heartbeat=args.heartbeat,
                                      allow_changes=args.allow_changes, warm=warm)
-        print(summary(ostudy, study.max_epochs, args.storage))
+        print(summary(ostudy, study.max_epochs, args.storage, confirm.val_images(space.base_config(study))))
+        if args.confirm and not (outcome.interrupted or outcome.timed_out):
+            print("\n".join(confirm.confirm(ostudy, args.confirm, args.confirm_seeds).lines()))
         print(how)
         for line in outcome.deaths:
             print(line)

@@ -9,6 +9,7 @@ from shlex import quote
 import optuna
 
 from mhtrain.study.checkpoints import ARTIFACT_DIR, CHECKPOINT
+from mhtrain.study.confirm import precision_lines
 from mhtrain.study.ledger import FINISHED
 from mhtrain.study.lifecycle import OVER_BUDGET
 from mhtrain.study.slurm import where
@@ -26,9 +27,10 @@ def _cold(first: optuna.trial.FrozenTrial) -> str:
     return f" ({start_up:.0f} s of it the first trial's start-up)" if start_up >= 1 else ""
 
 
-def summary(ostudy: optuna.Study, max_epochs: int, storage_url: str) -> str:
+def summary(ostudy: optuna.Study, max_epochs: int, storage_url: str, val_images: int | None = None) -> str:
     """Best value and params, trials by state, epochs used versus an unpruned search, time to
-    the best trial. `max_epochs` serves trials that did not record their own."""
+    the best trial. `max_epochs` serves trials that did not record their own; `val_images` gives
+    the best's binomial error and the runner-up's gap in images."""
     trials = [t for t in ostudy.get_trials(deepcopy=False) if not t.user_attrs.get(OVER_BUDGET)]
     by_state = Counter(t.state.name for t in trials)
     finished = [t for t in trials if t.state in FINISHED]
@@ -45,6 +47,7 @@ def summary(ostudy: optuna.Study, max_epochs: int, storage_url: str) -> str:
         lines.append(f"best {metric} = {best.value:.4f} (trial {best.number})")
         lines += [f"  {k} = {v:.6g}" if isinstance(v, float) else f"  {k} = {v}"
                   for k, v in best.params.items()]
+        lines += precision_lines(ostudy, val_images)
         started = sorted((t for t in trials if t.datetime_start), key=lambda t: t.datetime_start)
         if best.datetime_complete and started:
             seconds = (best.datetime_complete - started[0].datetime_start).total_seconds()
