@@ -130,7 +130,7 @@ def no_tf32():
 
 @pytest.mark.slow
 def test_population_trains_each_member_as_its_solo_run(bars, tmp_path, no_tf32, one_thread):
-    # Dropout off: a member draws its own masks, not its solo run's. In float32 the stacked
+    # Dropout on: a member draws its solo run's masks (counter-based in both). In float32 the stacked
     # step rounds differently (grouped convolutions, one criterion call over K*B samples), and
     # Adam turns the rounding noise that is the whole gradient of a conv bias before BatchNorm
     # into lr-sized steps: after an epoch a member's val accuracy is within ACC_GAP of its solo
@@ -140,7 +140,7 @@ def test_population_trains_each_member_as_its_solo_run(bars, tmp_path, no_tf32, 
     common = [f"data.data_dir={bars}", "data.verify=false", "data.val_size=500", "data.batch_size=32",
               "trainer.max_epochs=1", "test=false", "callbacks.model_checkpoint=null",
               "++trainer.enable_checkpointing=false", "trainer.enable_progress_bar=false",
-              "model.net.dropout=0.0"]
+              "model.net.dropout=0.25"]
     configs = [compose("multihead_cnn_mnist", [*common, *t, f"paths.output_dir={tmp_path}/pop{i}"])
                for i, t in enumerate(TRIALS)]
     solo_loss, solo = [], []
@@ -157,7 +157,7 @@ def test_population_trains_each_member_as_its_solo_run(bars, tmp_path, no_tf32, 
         member = source.results[i]
         acc = member.best["val/digit_acc"]
         assert abs(acc - solo[i].best["val/digit_acc"]) <= ACC_GAP, (i, acc, solo[i].best)
-        assert 0.3 < acc < 0.99  # learning, and not so easy that every run agrees anyway
+        assert 0.2 < acc < 0.99  # learning (chance: 0.1), and not so easy that every run agrees anyway
         assert member.epochs == 1 and member.params == 422_866 and member.stopped == "max_epochs"
         assert member.population == {"joined_epoch": 0, "members": 3} and member.test == {}
         assert set(member.train_history[0]) == set(solo[i].train_history[0])  # the same keys
