@@ -16,7 +16,8 @@ from mhtrain.result import FitResult
 @dataclass(eq=False)
 class Member:
     """One run of the population, built as its solo run builds it (`model` with the CPU generator
-    seeded as there); `seed` seeds its batch order and dropout streams."""
+    seeded as there, so its dropout streams too); `seed` seeds its batch order (and the streams of
+    a net's plain nn.Dropout layers, where a model built by hand has any)."""
 
     key: Any  # the supplier's handle for this run (an Optuna trial, a name)
     model: MultiheadLitModule

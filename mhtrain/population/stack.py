@@ -15,6 +15,7 @@ from torch.func import functional_call, vmap
 from mhtrain.models.dropout import counter_dropouts
 from mhtrain.population.check import BATCH_NORMS, check_layout, check_net, layout
 
+
 class MemberBatchNorm(nn.Module):
     """BatchNorm normalising in its parameters' dtype: under bf16 autocast functorch's batching
     rule fails on a bf16 input with float32 state; casting in and out gives what a solo run's
