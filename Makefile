@@ -14,7 +14,7 @@ WORKERS ?= 1
 CONFIRM ?=
 CONFIRMING = $(if $(CONFIRM),--confirm $(CONFIRM))
 
-.PHONY: help install data test test-all lint train emhcm exp-multihead-cnn-mnist ecm exp-cnn-mnist \
+.PHONY: help install lock lock-check data test test-all lint train emhcm exp-multihead-cnn-mnist ecm exp-cnn-mnist \
 	emhcc10 exp-multihead-cnn-cifar10 \
 	study-lr study-loss-weights study-baselines compare compare-weighting data-efficiency dashboard \
 	tensorboard mlflow
@@ -22,14 +22,29 @@ CONFIRMING = $(if $(CONFIRM),--confirm $(CONFIRM))
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_ -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-36s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# requirements.lock pins every package (torch 2.14.1, optuna 5.0.0, ...): a study's answer
+# depends on the sampler's version. `make lock` re-pins after pyproject.toml changes.
+LOCK := requirements.lock
+PIP_COMPILE = $(VENV)/bin/pip-compile --quiet --extra dev --extra postgres --extra mlflow --strip-extras \
+	--no-emit-index-url --no-emit-find-links pyproject.toml
+
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[dev,postgres,mlflow]'
+	$(PY) -m pip install -q -r $(LOCK)
+	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install the project (editable) with torch 2.14.1
+install: $(STAMP) ## create .venv and install the locked versions, the project editable
+
+lock: $(STAMP) ## re-pin requirements.lock to pyproject.toml (keeps every pin it can)
+	$(PIP_COMPILE) --output-file $(LOCK)
+	touch $(STAMP)
+
+lock-check: $(STAMP) ## fail when requirements.lock no longer matches pyproject.toml
+	cp $(LOCK) $(VENV)/lock-check.txt
+	$(PIP_COMPILE) --output-file $(VENV)/lock-check.txt
+	diff -I '^#' $(LOCK) $(VENV)/lock-check.txt || { echo "requirements.lock is stale: run make lock"; exit 1; }
 
 data: $(STAMP) ## acquire and verify MNIST into MHTRAIN_DATA_DIR (default ./data)
 	$(PY) -m mhtrain.data

@@ -359,3 +359,32 @@ def test_a_study_run_composes_and_builds_its_config_once(tiny, tmp_path, monkeyp
     assert cli.main("lr", "", ["--n-trials", "1", "--no-progress", "--storage", "sqlite:///s.db",
                                *tiny, "trainer.max_epochs=1"]) == 0
     assert calls == {"compose": 1, "build": 1}
+
+
+def test_a_study_records_its_versions_and_a_resume_under_others_warns(tiny, tmp_path, capsys):
+    from mhtrain.study import runner, space
+
+    study = space.load("lr", n_trials=1, population=1, extra_overrides=tiny)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    ostudy = runner.open_study(study, storage)
+    recorded = ostudy.user_attrs[runner.VERSIONS]
+    assert recorded == {"mhtrain": "0.1.0", "torch": torch_version(), "lightning": lightning_version(),
+                        "optuna": optuna.__version__}
+    runner.open_study(study, storage)
+    assert capsys.readouterr().err == ""  # same versions: nothing to say
+    ostudy.set_user_attr(runner.VERSIONS, {**recorded, "optuna": "4.0.0"})
+    runner.open_study(study, storage)
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"optuna 4.0.0 -> {optuna.__version__}" in line and line.startswith("warning: study lr")
+
+
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__.split("+")[0] if "+" in torch.__version__ else torch.__version__
+
+
+def lightning_version() -> str:
+    import lightning
+
+    return lightning.__version__

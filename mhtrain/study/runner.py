@@ -7,9 +7,11 @@ import hashlib
 import multiprocessing as mp
 import os
 import re
+import sys
 import time
 import uuid
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 
 import optuna
@@ -34,6 +36,8 @@ from mhtrain.study.workers import Outcome, Pool, supervise, visible_gpus
 RUNS_ROOT = Path("runs/studies")
 EARLIER = "earlier_configs"  # study user attribute: what it was before each --allow-changes
 CONFIG_WAIT_S = 10.0  # how long a process waits for the creator of a new study to store its config
+VERSIONS = "versions"  # study user attribute: the package versions it was begun with
+VERSIONED = ("mhtrain", "torch", "lightning", "optuna")
 IDENTITY = ("experiment", "metric", "direction", "search_space", "overrides")
 
 
@@ -77,8 +81,10 @@ def open_study(study: StudyConfig, storage_url: str, heartbeat: int = HEARTBEAT_
     if stored is None:  # new, or its creator died before storing its config: it is ours
         existing.set_metric_names([study.metric])
         existing.set_user_attr(OUTPUT_ROOT, str(output_root(study.name, storage_url, existing._study_id)))
+        existing.set_user_attr(VERSIONS, versions())
         existing.set_user_attr("config", study.to_dict())  # last: it marks the study as ready
     else:
+        warn_versions(existing.user_attrs.get(VERSIONS), study.name)
         changes = identity_changes(stored, study)
         if changes and not allow_changes:
             raise ConfigError(f"study {study.name} in {storage_url} was made differently "
@@ -94,6 +100,21 @@ def open_study(study: StudyConfig, storage_url: str, heartbeat: int = HEARTBEAT_
     if OUTPUT_ROOT not in ostudy.user_attrs:  # a study made before output roots were recorded
         ostudy.set_user_attr(OUTPUT_ROOT, str(output_root(study.name, storage_url, ostudy._study_id)))
     return ostudy
+
+
+def versions() -> dict[str, str]:
+    """The versions that decide a study's answer (Optuna 5.0 changed TPE's defaults, say)."""
+    return {name: metadata.version(name) for name in VERSIONED}
+
+
+def warn_versions(stored: dict | None, name: str) -> None:
+    """One line when a resumed study was begun with other versions: its trials mix them."""
+    now = versions()
+    changed = [f"{k} {v} -> {now[k]}" for k, v in sorted((stored or {}).items())
+               if k in now and v != now[k]]
+    if changed:
+        print(f"warning: study {name} was begun with other versions ({', '.join(changed)}); its "
+              "trials mix them (`make install` installs the locked ones)", file=sys.stderr)
 
 
 def stored_config(existing: optuna.Study) -> dict | None:
