@@ -88,6 +88,7 @@ def test_two_workers_reach_exactly_n(tiny_data, storage, name, tmp_path):
     stepped_back = [t for t in everything if t.user_attrs.get(OVER_BUDGET)]
     for t in stepped_back:  # asked in a race for the last slot: failed at once, never trained
         assert t.state == TrialState.FAIL and not t.params and not t.intermediate_values
+        assert t.user_attrs[FAIL_REASON].startswith("over budget")  # every FAIL says why
     ts = [t for t in everything if t not in stepped_back]
     assert len(ts) == 5
     assert len({t.user_attrs["owner"]["pid"] for t in ts}) == 2  # both workers ran trials

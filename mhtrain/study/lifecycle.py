@@ -66,6 +66,7 @@ class Lifecycle:
         ahead = self.ostudy.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
         if sum(t.number <= trial.number for t in ahead) > self.study.n_trials:
             trial.set_user_attr(OVER_BUDGET, True)
+            trial.set_user_attr(FAIL_REASON, "over budget: asked in a race for the last slot; never trained")
             self._tell(trial, TrialState.FAIL)
             return None
         self.running[trial.number] = trial
