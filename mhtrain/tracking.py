@@ -200,11 +200,21 @@ class TrialRun:
                 _warn(f"trial {self.number}'s {type(logger).__name__} could not record its end", e)
 
 
+def existing_store(uri: str) -> bool:
+    """Whether an MLflow URI read back from a storage names a store that already exists: a server,
+    or a SQLite or file store on disk. A storage is written by others, and MLflow creates a local
+    store wherever its URI points, so a stored URI never makes one."""
+    if uri.startswith(("http://", "https://")):
+        return True
+    path = uri.removeprefix("sqlite:///").removeprefix("file://")
+    return path != uri and Path(path).exists() or Path(uri).is_dir()
+
+
 def end_abandoned(trial: Any) -> None:
     """End FAILED the MLflow run of a trial whose worker died (the reaper failed the trial):
     MLflow has no heartbeat, so the run would otherwise show RUNNING for ever. Never raises."""
     uri = (trial.user_attrs.get(TRACKING) or {}).get("mlflow")
-    if uri is None:
+    if not isinstance(uri, str) or not existing_store(uri):
         return
     try:
         from mlflow.tracking import MlflowClient

@@ -376,3 +376,18 @@ def test_a_malformed_record_is_one_line_naming_the_file_and_field(built, tmp_pat
         pickle.dump(batch, f, protocol=4)
     assert cifar100mh.main(["validate", str(bad)]) == 2
     one_error_line(capsys, f"{bad / 'train_batch'}: {named}")
+
+
+def test_a_reaped_trials_stored_mlflow_uri_never_creates_a_store(tmp_path):
+    """The reaper ends a dead trial's MLflow run where the trial says it logged; a planted URI
+    would make MLflow create a database (or folders) there."""
+    from mhtrain import tracking
+    from mhtrain.study.storage import open_storage
+
+    planted = tmp_path / "elsewhere.db"
+    ostudy = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 'o.db'}"))
+    trial = ostudy.ask()
+    trial.set_user_attr(tracking.TRACKING, {"mlflow": f"sqlite:///{planted}"})
+    trial.set_user_attr("output_dir", str(tmp_path / "lr-0a1b2c3d" / "trial_0000"))
+    tracking.end_abandoned(ostudy.trials[0])
+    assert not planted.exists()
