@@ -5,9 +5,11 @@ Runs a tiny study through the real runner (SQLite storage, the real objective; t
 study at a few batches per epoch, no pruning) with a callback that times every batch, and splits
 each trial's cycle (one trial's start to the next's) into batches and the rest. The first trial
 (reading MNIST into memory) is reported apart. Target: < 0.3 s per trial. `--profile` adds where
-the rest goes, from cProfile over a second run.
+the rest goes, from cProfile over a second run. First it times `studies/lr.py --help` in CPU
+seconds (target < 1.5 s: the command line reads its arguments before importing torch);
+`--help-only` stops there.
 
-    python bench/overhead.py [--n-trials 10] [--epochs 2] [--subset 256] [--profile]
+    python bench/overhead.py [--n-trials 10] [--epochs 2] [--subset 256] [--profile] [--help-only]
 """
 
 from __future__ import annotations
@@ -17,9 +19,13 @@ import cProfile
 import io
 import os
 import pstats
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import optuna
 import torch
@@ -29,6 +35,20 @@ from mhtrain.study import runner, space
 
 FITS: list[dict[str, float]] = []  # one record per fit, in trial order
 TARGET_S = 0.3
+HELP_TARGET_S = 1.5
+LR_STUDY = Path(__file__).resolve().parent.parent / "studies" / "lr.py"
+
+
+def help_cpu_seconds(repeats: int = 3) -> float:
+    """Median CPU seconds (user + system) of `studies/lr.py --help`, CPU not wall: the cores may be
+    shared, and what matters is the work the command does before it can answer."""
+    seconds = []
+    for _ in range(repeats):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run([sys.executable, str(LR_STUDY), "--help"], check=True, stdout=subprocess.DEVNULL)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        seconds.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return statistics.median(seconds)
 
 
 class BatchClock(Callback):
@@ -104,7 +124,13 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--subset", type=int, default=256, help="training and validation images per trial")
     ap.add_argument("--profile", action="store_true", help="also profile a second run with cProfile")
+    ap.add_argument("--help-only", action="store_true", help="time `studies/lr.py --help` only")
     args = ap.parse_args()
+    help_s = help_cpu_seconds()
+    print(f"studies/lr.py --help: {help_s:.2f} s of CPU, median of 3 (target < {HELP_TARGET_S} s: "
+          f"{'met' if help_s < HELP_TARGET_S else 'missed'})")
+    if args.help_only:
+        return
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"optuna {optuna.__version__}; loss_weights study, {args.n_trials} trials x {args.epochs} "

@@ -388,3 +388,33 @@ def lightning_version() -> str:
     import lightning
 
     return lightning.__version__
+
+
+def test_help_answers_before_torch_or_lightning_are_imported():
+    """`--help` and a mistyped flag need only the parser: torch and Lightning cost seconds of CPU
+    (bench/overhead.py times it)."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "studies" / "lr.py"), "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "--n-trials" in proc.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()}
+    assert not {"torch", "lightning", "lightning.pytorch"} & imported
+
+
+@pytest.mark.parametrize("population", [1, 2])
+def test_a_trial_that_trains_all_its_epochs_is_complete_though_a_pruner_would_stop_it(
+        tiny, tmp_path, population):
+    from optuna.pruners import ThresholdPruner
+
+    from mhtrain.study import runner, space
+
+    states = {}
+    for epochs in (1, 2):
+        study = space.load("lr", n_trials=2, population=population, name=f"last_{epochs}",
+                           extra_overrides=[*tiny, f"trainer.max_epochs={epochs}",
+                                            "callbacks.early_stopping=null", "data.train_subset=64"])
+        ostudy = runner.open_study(study, f"sqlite:///{tmp_path / 'optuna.db'}")
+        ostudy.pruner = ThresholdPruner(lower=1.5)  # no accuracy reaches it: every report says prune
+        runner.work(study, ostudy)
+        states[epochs] = [(t.state, t.user_attrs["epochs"]) for t in ostudy.get_trials()]
+    assert states[1] == [(TrialState.COMPLETE, 1)] * 2  # its only epoch was its last
+    assert states[2] == [(TrialState.PRUNED, 1)] * 2  # stopped with an epoch still to train

@@ -6,14 +6,10 @@ import argparse
 from collections.abc import Sequence
 
 from mhtrain import ConfigError, one_line_errors, quiet
-from mhtrain.config import prepare_data
-from mhtrain.study import confirm, runner, slurm, space
+from mhtrain.study import confirm, slurm, space
 from mhtrain.study.checkpoints import KEEP
 from mhtrain.study.pruners import NAMES as PRUNERS
 from mhtrain.study.storage import DEFAULT_STORAGE, HEARTBEAT_S, URL_FORMS, check_storage
-from mhtrain.study.summary import summary
-from mhtrain.study.warmstart import load_source
-from mhtrain.study.workers import auto_workers
 
 
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -96,6 +92,13 @@ def main(study_name: str, description: str, argv: Sequence[str] | None = None,
     args = p.parse_args(slurm.glue(argv))
 
     def run() -> int:
+        # torch and Lightning come in here, once the arguments are read: `--help` stays instant
+        from mhtrain.config import prepare_data
+        from mhtrain.study import runner
+        from mhtrain.study.summary import summary
+        from mhtrain.study.warmstart import load_source
+        from mhtrain.study.workers import auto_workers
+
         quiet()
         check_args(args)
         confirm.check(args)

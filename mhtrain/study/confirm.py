@@ -26,7 +26,6 @@ from mhtrain import ConfigError
 from mhtrain.config import compose
 from mhtrain.evaluate.stats import LEVEL, holm, paired
 from mhtrain.study.untrusted import trial_record
-from mhtrain.train import fit
 
 ATTR = "confirmation"  # study user attribute: Confirmation.as_attr()
 TOP, SEEDS = 3, 3  # the defaults of --confirm and --confirm-seeds
@@ -150,6 +149,8 @@ def confirm(ostudy: optuna.Study, k: int = TOP, n_seeds: int = SEEDS,
             say: Callable[[str], None] = print) -> Confirmation:
     """Re-train the top k trials with n_seeds fresh seeds (seed by seed across the trials), judge
     them, store the verdict on the study and return it."""
+    from mhtrain.train import fit  # Lightning: only once a confirmation runs
+
     top = top_trials(ostudy, k)
     seeds = fresh_seeds(ostudy, n_seeds)
     metric = (ostudy.metric_names or [None])[0] or ostudy.user_attrs["config"]["metric"]

@@ -45,6 +45,7 @@ class Lifecycle:
         self.deadline = deadline
         self.running: dict[int, optuna.Trial] = {}
         self.pruned: set[int] = set()
+        self.epochs: dict[int, int] = {}  # each running trial's max_epochs: its last report's step
 
     def room(self) -> bool:
         """Whether the budget allows one more trial now: trials other workers are running count,
@@ -72,7 +73,9 @@ class Lifecycle:
         self.running[trial.number] = trial
         self.heartbeat.add([trial._trial_id])
         try:
-            return trial, trial_config(self.study, trial)
+            cfg = trial_config(self.study, trial)
+            self.epochs[trial.number] = cfg.trainer.max_epochs
+            return trial, cfg
         except BaseException as e:
             self.end(trial, error=e)
             raise
@@ -89,9 +92,10 @@ class Lifecycle:
     def report(self, trial: optuna.Trial, epoch: int, metrics: Mapping[str, float]) -> bool:
         """Report the metric after `epoch` (from 0); False when the pruner stops the trial. The
         step is the number of epochs trained, so a pruner's resources are epochs, as
-        bench/pruning.py measured them."""
+        bench/pruning.py measured them. The last epoch's report is not judged: a trial that
+        trained all its epochs is complete, whatever a pruner would say at that step."""
         trial.report(float(metrics[self.study.metric]), step=epoch + 1)
-        if trial.should_prune():
+        if epoch + 1 < self.epochs.get(trial.number, epoch + 2) and trial.should_prune():
             self.pruned.add(trial.number)
             return False
         return True
@@ -118,6 +122,7 @@ class Lifecycle:
             self.heartbeat.remove([trial._trial_id])
             self.running.pop(trial.number, None)
             self.pruned.discard(trial.number)
+            self.epochs.pop(trial.number, None)
             self._tell(trial, state, value if state == TrialState.COMPLETE else None)
             show(self.bar, self.ostudy, counts(self.ostudy), self.study.n_trials)
         return state
