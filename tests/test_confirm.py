@@ -111,3 +111,17 @@ def test_confirm_asks_for_two_configurations_and_two_seeds(tmp_path, monkeypatch
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
     assert not list(tmp_path.iterdir())
+
+
+def test_export_hands_over_the_confirmed_choice_and_refuses_a_planted_one(searched):
+    from mhtrain import ConfigError
+    from mhtrain.study.export import chosen_trial
+
+    ostudy = made(searched, [(1e-2, 0.99), (1e-3, 0.98)])
+    assert chosen_trial(ostudy).number == 0  # not confirmed: the search's best
+    ostudy.set_user_attr(confirm.ATTR, {"chosen": 1})
+    assert chosen_trial(ostudy).number == 1  # confirmed on fresh seeds: what `--confirm` printed
+    for planted in ("1; touch x", 7, True, None):  # a storage is written by others
+        ostudy.set_user_attr(confirm.ATTR, {"chosen": planted})
+        with pytest.raises(ConfigError, match="not a complete trial"):
+            chosen_trial(ostudy)

@@ -11,10 +11,12 @@ from pathlib import Path
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
+from optuna.trial import TrialState
 
 from mhtrain import ConfigError
 from mhtrain.config import CONF_DIR, compose
 from mhtrain.study.checkpoints import hand_over
+from mhtrain.study.confirm import ATTR as CONFIRMATION
 from mhtrain.study.storage import load_existing
 from mhtrain.study.untrusted import trial_record
 
@@ -42,10 +44,30 @@ def best_trial_yaml(trial: optuna.trial.FrozenTrial, experiment: str, overrides:
         else:
             OmegaConf.update(body, key, override.value(), force_add=True)
     header = (f"# @package _global_\n"
-              f"# Best trial ({trial.number}, {trial.value:.6f}) of study {study_name}.\n"
+              f"# Best trial ({trial.number}, {trial.value:.6f}) of study {study_name} "
+              f"(the confirmed choice if it ran --confirm).\n"
               f"# python -m mhtrain.train experiment=best_{study_name}\n"
               f"defaults:\n  - {experiment}\n{''.join(groups)}  - _self_\n\n")
     return header + OmegaConf.to_yaml(body)
+
+
+def chosen_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    """The trial an export hands over: the one `--confirm` chose on fresh seeds (the winner, or
+    its rule among the tied), else the search's best. The stored choice is data: it must name a
+    complete trial of this study."""
+    try:
+        best = study.best_trial
+    except ValueError:
+        raise ConfigError(f"study {study.study_name} has no completed trial yet; run it first") from None
+    confirmation = study.user_attrs.get(CONFIRMATION)
+    if confirmation is None:
+        return best
+    chosen = confirmation.get("chosen") if isinstance(confirmation, dict) else None
+    complete = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    if not isinstance(chosen, int) or isinstance(chosen, bool) or chosen not in complete:
+        raise ConfigError(f"study {study.study_name}: its stored confirmation chooses {chosen!r}, not a "
+                          "complete trial; run --confirm again or remove the study's `confirmation`")
+    return complete[chosen]
 
 
 def export(study_name: str, storage_url: str, conf_dir: Path = CONF_DIR,
@@ -53,10 +75,7 @@ def export(study_name: str, storage_url: str, conf_dir: Path = CONF_DIR,
     """Write the experiment file and check that it composes (a file that cannot train is
     removed); returns its path and the search-fidelity overrides it left out."""
     study = load_existing(study_name, storage_url)
-    try:
-        best = study.best_trial
-    except ValueError:
-        raise ConfigError(f"study {study_name} has no completed trial yet; run it first") from None
+    best = chosen_trial(study)
     experiment, overrides = trial_record(study, best)  # refused here, before anything is written
     path = conf_dir / "experiment" / f"best_{study_name}.yaml"
     path.write_text(best_trial_yaml(best, experiment, overrides, study_name, conf_dir, as_searched))
@@ -72,4 +91,4 @@ def export(study_name: str, storage_url: str, conf_dir: Path = CONF_DIR,
 def export_checkpoint(study_name: str, storage_url: str, dest: Path) -> Path | None:
     """Copy the best trial's kept checkpoint to `dest`; None if the study kept none for it."""
     study = load_existing(study_name, storage_url)
-    return hand_over(study, study.best_trial, dest, storage_url)
+    return hand_over(study, chosen_trial(study), dest, storage_url)
