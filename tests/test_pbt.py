@@ -11,6 +11,7 @@ import torch
 from optuna.trial import TrialState
 
 from mhtrain import ConfigError
+from mhtrain.evaluate.lineage import lineage_figure
 from mhtrain.population import Member
 from mhtrain.population.optim import adam_columns
 from mhtrain.population.pbt import LR, WEIGHTS, Controller, Pbt, hypers, quantiles
@@ -199,7 +200,8 @@ def test_a_pbt_study_is_refused_before_work_where_it_cannot_run(tiny_data):
         space.load("pbt_loss_weights", extra_overrides=[*tiny, f"model.scheduler={step_lr}"])
 
 
-def test_a_pbt_study_runs_from_one_command_and_records_each_members_lineage(tiny_data, tmp_path, monkeypatch):
+def test_a_pbt_study_runs_from_one_command_and_records_each_members_lineage(tiny_data, tmp_path, monkeypatch,
+                                                                             capsys):
     import optuna
 
     from mhtrain.study import cli
@@ -209,7 +211,11 @@ def test_a_pbt_study_runs_from_one_command_and_records_each_members_lineage(tiny
     args = ["--no-progress", "--storage", storage, *tiny_for(tiny_data, epochs=3),
             "data.train_subset=128", "data.val_size=64", "model.net.channels=[4,8]", "model.net.hidden=16"]
     assert cli.main("pbt_loss_weights", "", args) == 0
-    trials = optuna.load_study(study_name="pbt_loss_weights", storage=storage).get_trials()
+    out = capsys.readouterr().out
+    assert "population 4 per worker (4 as asked), storage" in out and "training every 1 epoch(s)" in out
+    assert "pbt: trial " in out and "  from epoch 0: its own start; model.optimizer.lr=" in out
+    ostudy = optuna.load_study(study_name="pbt_loss_weights", storage=storage)
+    trials = ostudy.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
     numbers = {t.number for t in trials}
     exploits = []
@@ -223,3 +229,10 @@ def test_a_pbt_study_runs_from_one_command_and_records_each_members_lineage(tiny
             assert 1e-4 <= seg[LR] <= 1e-2 and 0 <= seg["model.loss_weights.thickness"] <= 2
     # 4 members, quantile 0.25: one copy after each epoch that members go on from (1 and 2)
     assert sorted(s["epoch"] for s in exploits) == [1, 2]
+    # the lineage figure, on the dashboard: each member's curve, the 2 copies, 3 schedules each
+    stored = ostudy._storage.get_study_system_attrs(ostudy._study_id)
+    assert any(k.startswith("dashboard:plot_data:") for k in stored)
+    fig = lineage_figure(trials, "val/digit_acc", [LR, "model.loss_weights.thickness",
+                                                   "model.loss_weights.smoothness"], [LR])
+    assert len(fig.data) == 4 + 2 + 3 * 4
+    assert sum("copied trial" in (d.hovertext or "") for d in fig.data) == 2

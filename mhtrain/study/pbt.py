@@ -12,10 +12,15 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mhtrain import ConfigError
 from mhtrain.study.params import Param
+
+if TYPE_CHECKING:
+    import optuna
+
+    from mhtrain.study.space import StudyConfig
 
 SCHEDULE = "pbt_schedule"  # trial user attribute: the member's segments (see above)
 PBT_KEYS = ("interval", "quantile", "resample_probability", "perturbation_factors")
@@ -75,3 +80,23 @@ def segment(epoch: int, parent: int | None, space: Sequence[Param],
             values: Mapping[str, Any]) -> dict[str, Any]:
     """One entry of `pbt_schedule`."""
     return {"epoch": epoch, "parent": parent, **{p.key: values[p.key] for p in space}}
+
+
+def pbt_lines(ostudy: optuna.Study, study: StudyConfig) -> str:
+    """The best member's schedule and lineage, said after a run's summary."""
+    from optuna.trial import TrialState
+
+    keys = [p.key for p in study.search_space]
+    complete = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    done = [t for t in complete if SCHEDULE in t.user_attrs]
+    if not done:
+        return "pbt: no member has finished yet"
+    best = max(done, key=lambda t: t.value if study.direction == "maximize" else -t.value)
+    lines = [f"pbt: trial {best.number}'s schedule (its user attribute {SCHEDULE}; the lineage figure "
+             "is on the dashboard's Plots tab):"]
+    for seg in best.user_attrs[SCHEDULE]:
+        source = "its own start" if seg["parent"] is None else f"copied trial {seg['parent']}"
+        values = ", ".join(f"{k}={seg[k]:.4g}" if isinstance(seg[k], float) else f"{k}={seg[k]}"
+                           for k in keys)
+        lines.append(f"  from epoch {seg['epoch']}: {source}; {values}")
+    return "\n".join(lines)
