@@ -205,6 +205,7 @@ def test_a_pbt_study_runs_from_one_command_and_records_each_members_lineage(tiny
     import optuna
 
     from mhtrain.study import cli
+    from mhtrain.study.export import export
 
     monkeypatch.chdir(tmp_path)
     storage = f"sqlite:///{tmp_path / 'pbt.db'}"
@@ -236,3 +237,5 @@ def test_a_pbt_study_runs_from_one_command_and_records_each_members_lineage(tiny
                                                    "model.loss_weights.smoothness"], [LR])
     assert len(fig.data) == 4 + 2 + 3 * 4
     assert sum("copied trial" in (d.hovertext or "") for d in fig.data) == 2
+    with pytest.raises(ConfigError, match="answer is a schedule"):
+        export("pbt_loss_weights", storage)
