@@ -14,6 +14,7 @@ from mhtrain.data.datamodule import TensorDataModule
 from mhtrain.population.check import trainer_args as checked_trainer_args
 from mhtrain.population.members import MemberSource
 from mhtrain.population.module import PopulationModule
+from mhtrain.population.pbt import Pbt
 
 # runs until no member is left, logs nothing itself (members have their loggers), keeps no checkpoints
 POPULATION_TRAINER: dict[str, Any] = {
@@ -24,8 +25,9 @@ POPULATION_TRAINER: dict[str, Any] = {
 
 def train_population(datamodule: TensorDataModule, source: MemberSource, k: int,
                      trainer_args: Mapping[str, Any] | None = None,
-                     callbacks: Sequence[Callback] = ()) -> int:
-    """Train `source`'s members, up to `k` at once, on the solo runs' `trainer_args`; returns how many."""
+                     callbacks: Sequence[Callback] = (), pbt: Pbt | None = None) -> int:
+    """Train `source`'s members, up to `k` at once, on the solo runs' `trainer_args` (with `pbt`,
+    exploiting and exploring at epoch boundaries); returns how many."""
     if k < 1:
         raise ValueError(f"k={k}: a population has at least one member")
     args = {**checked_trainer_args(trainer_args or {}), **POPULATION_TRAINER}
@@ -34,7 +36,7 @@ def train_population(datamodule: TensorDataModule, source: MemberSource, k: int,
     first = source.next(k)
     if not first:
         return 0
-    module = PopulationModule(datamodule, source, k, first)
+    module = PopulationModule(datamodule, source, k, first, pbt)
     benchmark = torch.backends.cudnn.benchmark
     try:  # the Trainer sets cuDNN's global flag; the solo runs after this one get theirs back
         with warnings.catch_warnings():  # no optimizer for Lightning: the stack's Adam is manual

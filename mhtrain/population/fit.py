@@ -16,6 +16,7 @@ from mhtrain.config import build_model
 from mhtrain.population.check import check_config, check_member
 from mhtrain.population.engine import train_population
 from mhtrain.population.members import Member, MemberSource
+from mhtrain.population.pbt import Pbt
 
 
 def member_from_config(cfg: DictConfig, key: Any, base: DictConfig | None = None) -> Member:
@@ -44,8 +45,9 @@ def member_from_config(cfg: DictConfig, key: Any, base: DictConfig | None = None
 
 
 def fit_population(base: DictConfig, source: MemberSource, k: int,
-                   callbacks: Sequence[Callback] = ()) -> int:
-    """Train `source`'s members, up to `k` at once, on `base`'s data and Trainer settings."""
+                   callbacks: Sequence[Callback] = (), pbt: Pbt | None = None) -> int:
+    """Train `source`'s members, up to `k` at once, on `base`'s data and Trainer settings (with
+    population-based training when `pbt` is given)."""
     check_config(base, k=k)
     trainer_args = OmegaConf.to_container(base.trainer, resolve=True)
-    return train_population(instantiate(base.data), source, k, trainer_args, callbacks)
+    return train_population(instantiate(base.data), source, k, trainer_args, callbacks, pbt)

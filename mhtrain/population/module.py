@@ -10,6 +10,7 @@ import torch
 from mhtrain.data.datamodule import MemberBatches, TensorDataModule
 from mhtrain.population.check import check_model
 from mhtrain.population.members import Member, MemberSource
+from mhtrain.population.pbt import Controller, Pbt
 from mhtrain.population.runs import MemberRun
 from mhtrain.population.stacked import Stack
 
@@ -18,7 +19,7 @@ class PopulationModule(L.LightningModule):
     """Trains up to `k` members of `source` at once, manually; the stack is no submodule (no parameters)."""
 
     def __init__(self, datamodule: TensorDataModule, source: MemberSource, k: int,
-                 first: list[Member]) -> None:
+                 first: list[Member], pbt: Pbt | None = None) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.data, self.source, self.k = datamodule, source, k
@@ -27,6 +28,7 @@ class PopulationModule(L.LightningModule):
         self.runs: list[MemberRun] = []
         self._pending, self._val, self._epoch = first, {}, 0
         self.admitted = 0  # members trained so far
+        self.pbt = Controller(pbt) if pbt is not None else None
 
     # -- data: the datamodule's batches on this Trainer's device, one order per member
     def prepare_data(self) -> None:
@@ -85,6 +87,8 @@ class PopulationModule(L.LightningModule):
         self._epoch += 1
         free = self.k - len(keep)
         self._restack(keep, self.source.next(free) if free > 0 else [])
+        if self.pbt is not None:  # after the leavers went: only members that go on take part
+            self.pbt.step(self.stack, self.runs)
         if not self.runs:
             self.trainer.should_stop = True
 

@@ -66,11 +66,35 @@ class Stack:
             return
         self.rows["lr"] = torch.tensor([a["lr"] for a in self.args], dtype=torch.float64).to(self.device)
         self.rows["params"].requires_grad_(True)
-        decay = any(a["weight_decay"] != 0 for a in self.args)
-        self.cols = adam_columns(self.rows, decay, self.rows["params"].dtype)
+        self._columns()
         self.buffers = {k.removeprefix("buffer/"): v for k, v in self.rows.items() if k.startswith("buffer/")}
         with self.device:  # made where they are used, not copied there
             self.sums = {s: EpochSums(len(self.heads), members=len(self.args)) for s in ("train", "val")}
+
+    def _columns(self) -> None:
+        """Adam's [K, 1] factors, made again whenever a member's arguments change."""
+        decay = any(a["weight_decay"] != 0 for a in self.args)
+        self.cols = adam_columns(self.rows, decay, self.rows["params"].dtype)
+
+    def copy_member(self, dst: int, src: int) -> None:
+        """PBT's exploit as a row copy: member `src`'s whole training state over member `dst`, in
+        place and with no I/O (weights, BatchNorm statistics, dropout streams and draw counts, loss
+        weights, Adam arguments, moments and step), so `dst` goes on exactly as `src` would."""
+        with torch.no_grad():
+            for row in self.rows.values():  # `buffers` holds these very tensors
+                row[dst] = row[src]
+        self.args[dst] = dict(self.args[src])
+        self._columns()
+
+    def set_hypers(self, i: int, lr: float | None = None, priors: Sequence[float] | None = None) -> None:
+        """Member `i`'s learning rate and loss weights (in head order) from its next step on."""
+        with torch.no_grad():
+            if lr is not None:
+                self.rows["lr"][i] = float(lr)
+                self.args[i]["lr"] = float(lr)
+            if priors is not None:
+                self.rows["priors"][i] = torch.as_tensor(priors, dtype=self.rows["priors"].dtype)
+        self._columns()
 
     def train(self, mode: bool = True) -> None:
         self.nets.train(mode)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from mhtrain import ConfigError, one_line_errors, quiet
 from mhtrain.study import confirm, slurm, space
 from mhtrain.study.checkpoints import KEEP
+from mhtrain.study.pbt import pbt_lines
 from mhtrain.study.pruners import NAMES as PRUNERS
 from mhtrain.study.storage import DEFAULT_STORAGE, HEARTBEAT_S, URL_FORMS, check_storage
 
@@ -108,6 +109,9 @@ def main(study_name: str, description: str, argv: Sequence[str] | None = None,
                            sampler=args.sampler, pruner=args.pruner, seed=args.seed,
                            extra_overrides=args.overrides,
                            population=count_arg("--population", args.population))
+        if study.pbt is not None and args.confirm:
+            raise ConfigError("--confirm re-trains a trial's starting values; a PBT member's answer is its "
+                              "schedule (pbt_schedule), whose solo replay is not built yet")
         prepare_data(space.base_config(study))
         check_storage(args.storage)
         if args.slurm is not None or args.dry_run:
@@ -118,11 +122,19 @@ def main(study_name: str, description: str, argv: Sequence[str] | None = None,
         # how this run trains, said at its start and again under its summary
         how = (f"{study.name}: budget {study.n_trials} trials, {workers} worker(s), population "
                f"{study.population} per worker ({study.population_reason}), storage {args.storage}")
+        if study.pbt is not None:
+            how += f", population-based training every {study.pbt.interval} epoch(s)"
         print(how, flush=True)
         ostudy, outcome = runner.run(study, args.storage, timeout=args.timeout, progress=not args.no_progress,
                                      workers=workers, heartbeat=args.heartbeat,
                                      allow_changes=args.allow_changes, warm=warm)
         print(summary(ostudy, study.max_epochs, args.storage, confirm.val_images(space.base_config(study))))
+        if study.pbt is not None:  # the lineage figure to the dashboard's Plots tab, the best schedule here
+            from mhtrain.evaluate.lineage import store_lineage
+
+            store_lineage(ostudy, study.metric, [p.key for p in study.search_space],
+                          [p.key for p in study.search_space if p.log])
+            print(pbt_lines(ostudy, study))
         if args.confirm and not (outcome.interrupted or outcome.timed_out):
             print("\n".join(confirm.confirm(ostudy, args.confirm, args.confirm_seeds).lines()))
         print(how)

@@ -6,6 +6,7 @@ Lightning."""
 from __future__ import annotations
 
 import dataclasses
+import random
 import signal
 import threading
 from pathlib import Path
@@ -18,10 +19,12 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from mhtrain import tracking
 from mhtrain.population import Member
 from mhtrain.population.fit import fit_population, member_from_config
+from mhtrain.population.pbt import Pbt
 from mhtrain.result import FitResult
 from mhtrain.study import interrupt
 from mhtrain.study.ledger import reap
 from mhtrain.study.lifecycle import Lifecycle
+from mhtrain.study.pbt import SCHEDULE, explore, segment
 from mhtrain.study.trials import search_base
 from mhtrain.train import fit
 
@@ -137,17 +140,54 @@ class TrialMembers:
         self.runs.clear()
 
 
+class PbtMembers(TrialMembers):
+    """Trials as members that also exploit and explore (population-based training): explored
+    values stay in the study's search space; each trial's `pbt_schedule` is stored as it grows."""
+
+    def __init__(self, life: Lifecycle, base: Any) -> None:
+        super().__init__(life, base)
+        self.schedules: dict[int, list[dict[str, Any]]] = {}
+
+    def next(self, free: int) -> list[Member]:
+        members = super().next(free)
+        for member in members:
+            self._record(member.key, segment(0, None, self.life.study.search_space, member.key.params))
+        return members
+
+    def explore(self, values: dict[str, float], rng: random.Random) -> dict[str, float]:
+        study = self.life.study
+        return explore(study.search_space, study.pbt, values, rng)
+
+    def exploited(self, member: Member, parent: Member, epoch: int, values: dict[str, float]) -> None:
+        self._record(member.key, segment(epoch, parent.key.number, self.life.study.search_space, values))
+
+    def finish(self, member: Member, result: FitResult) -> None:
+        self.schedules.pop(member.key.number, None)
+        super().finish(member, result)
+
+    def _record(self, trial: optuna.Trial, entry: dict[str, Any]) -> None:
+        schedule = self.schedules.setdefault(trial.number, [])
+        schedule.append(entry)
+        trial.set_user_attr(SCHEDULE, schedule)
+
+
 class Population:
-    """Up to `k` trials at once as one stacked model; members join as others leave."""
+    """Up to `k` trials at once as one stacked model; members join as others leave (with the
+    study's `pbt`, the population trains by population-based training)."""
 
     def __init__(self, k: int) -> None:
         self.k = k
 
     def run(self, life: Lifecycle) -> None:
-        base = search_base(life.study.experiment, life.study.overrides)
-        members = TrialMembers(life, base)
+        study = life.study
+        base = search_base(study.experiment, study.overrides)
+        members, pbt = TrialMembers(life, base), None
+        if study.pbt is not None:
+            members = PbtMembers(life, base)
+            pbt = Pbt(members, study.metric, study.direction == "maximize", study.pbt.interval,
+                      study.pbt.quantile, seed=study.seed)
         try:
-            fit_population(base, members, self.k, callbacks=[StopOnRequest()])
+            fit_population(base, members, self.k, callbacks=[StopOnRequest()], pbt=pbt)
         except BaseException as e:
             life.fail_running(e)
             members.fail()

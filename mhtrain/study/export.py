@@ -75,6 +75,10 @@ def export(study_name: str, storage_url: str, conf_dir: Path = CONF_DIR,
     """Write the experiment file and check that it composes (a file that cannot train is
     removed); returns its path and the search-fidelity overrides it left out."""
     study = load_existing(study_name, storage_url)
+    if (study.user_attrs.get("config") or {}).get("pbt"):
+        raise ConfigError(f"study {study_name} trained by population-based training: its best trial's "
+                          "answer is a schedule (user attribute pbt_schedule), not one configuration; "
+                          "replaying a schedule solo is not built yet")
     best = chosen_trial(study)
     experiment, overrides = trial_record(study, best)  # refused here, before anything is written
     path = conf_dir / "experiment" / f"best_{study_name}.yaml"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +35,30 @@ class Param:
             return trial.suggest_int(self.key, int(self.low), int(self.high),
                                      step=int(self.step or 1), log=self.log)
         return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
+
+    def sample(self, rng: random.Random) -> Any:
+        """A value drawn from the distribution (uniform, or log-uniform with `log`), on its steps."""
+        if self.type == "categorical":
+            return rng.choice(self.choices)
+        if self.log:
+            return self.clip(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))
+        return self.clip(rng.uniform(self.low, self.high))
+
+    def clip(self, value: float) -> Any:
+        """`value` inside [low, high], on the nearest step, an int for an int range."""
+        value = min(max(value, self.low), self.high)
+        if self.step is not None or self.type == "int":
+            step = self.step or 1
+            value = min(self.low + round((value - self.low) / step) * step, self.high)
+        return int(round(value)) if self.type == "int" else float(value)
+
+    def perturb(self, value: Any, factor: float, rng: random.Random) -> Any:
+        """PBT's explore of one value (as Ray's): a range's value times `factor`, clipped to the
+        range (Ray does not clip); a choice's neighbour on either side."""
+        if self.type == "categorical":
+            i = self.choices.index(value) if value in self.choices else 0
+            return self.choices[min(max(i + rng.choice((-1, 1)), 0), len(self.choices) - 1)]
+        return self.clip(value * factor)
 
     def grid(self) -> list:
         """The values a grid search tries: the choices, or every step of a stepped range."""

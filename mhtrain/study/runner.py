@@ -38,7 +38,7 @@ EARLIER = "earlier_configs"  # study user attribute: what it was before each --a
 CONFIG_WAIT_S = 10.0  # how long a process waits for the creator of a new study to store its config
 VERSIONS = "versions"  # study user attribute: the package versions it was begun with
 VERSIONED = ("mhtrain", "torch", "lightning", "optuna")
-IDENTITY = ("experiment", "metric", "direction", "search_space", "overrides")
+IDENTITY = ("experiment", "metric", "direction", "search_space", "overrides", "pbt")
 
 
 def identity_changes(stored: dict, study: StudyConfig) -> list[str]:

@@ -15,6 +15,7 @@ from mhtrain import ConfigError
 from mhtrain.config import CONF_DIR, check, heads_of
 from mhtrain.study.checkpoints import KEEP
 from mhtrain.study.params import Param, parse_param, stored
+from mhtrain.study.pbt import PbtSpec, parse_pbt
 from mhtrain.study.pruners import PrunerSpec, build_pruner, parse_pruner
 from mhtrain.study.samplers import SAMPLERS as SAMPLER_REGISTRY
 from mhtrain.study.trials import search_base, study_base
@@ -23,7 +24,7 @@ SAMPLERS = tuple(SAMPLER_REGISTRY)
 # every key a study config may hold, with its default when the file leaves it out
 DEFAULTS: dict[str, Any] = {"name": None, "experiment": None, "metric": None, "direction": None,
                             "n_trials": 20, "seed": 0, "sampler": "tpe", "pruner": None,
-                            "search_space": {}, "overrides": [], "population": "auto"}
+                            "search_space": {}, "overrides": [], "population": "auto", "pbt": None}
 _ABSENT = object()
 
 
@@ -46,6 +47,7 @@ class StudyConfig:
     population: int = 1
     population_reason: str = "1 as asked"
     keep_checkpoints: str = "none"
+    pbt: PbtSpec | None = None  # population-based training (mhtrain/study/pbt.py)
 
     def to_dict(self) -> dict[str, Any]:
         """What the study is, as stored on it (JSON values), so a resumed run can be compared
@@ -54,7 +56,8 @@ class StudyConfig:
             "name": self.name, "experiment": self.experiment, "metric": self.metric,
             "direction": self.direction, "n_trials": self.n_trials, "seed": self.seed,
             "sampler": self.sampler, "pruner": self.pruner.to_dict(), "overrides": list(self.overrides),
-            "search_space": {p.key: stored(p) for p in self.search_space}}))
+            "search_space": {p.key: stored(p) for p in self.search_space},
+            "pbt": self.pbt.to_dict() if self.pbt else None}))
 
 
 def base_config(study: StudyConfig) -> DictConfig:
@@ -140,7 +143,15 @@ def load(config: str, keep_checkpoints: str = "none", **changes: Any) -> StudyCo
 
     k, why = population_size(raw["population"], search_base(raw["experiment"], overrides),
                              [p.key for p in space], keep_checkpoints != "none")
+    pbt = None if raw["pbt"] in (None, False) else parse_pbt(raw["pbt"])
+    if pbt is not None:
+        from mhtrain.population.pbt import check as check_pbt
+
+        check_pbt(cfg, [p.key for p in space])
+        if k < 2:
+            raise ConfigError(f"pbt needs a population of at least 2 members, got {k} ({why}); "
+                              "pass --population 4 (auto on a GPU)")
     return StudyConfig(name=raw["name"], experiment=raw["experiment"], metric=metric, direction=direction,
                        n_trials=raw["n_trials"], seed=raw["seed"], sampler=raw["sampler"], pruner=pruner,
                        search_space=space, overrides=overrides, max_epochs=cfg.trainer.max_epochs,
-                       population=k, population_reason=why, keep_checkpoints=keep_checkpoints)
+                       population=k, population_reason=why, keep_checkpoints=keep_checkpoints, pbt=pbt)
