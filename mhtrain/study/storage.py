@@ -135,8 +135,10 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT_S,
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
                                   heartbeat_stale_trial_callback=RetryStale(max_retry=MAX_RETRIES),
-                                  engine_kwargs={"pool_pre_ping": True} if url.startswith("postgresql")
-                                  else None)
+                                  # one idle connection a process, not SQLAlchemy's 3: PostgreSQL's
+                                  # default 100 then holds ~90 workers (bench/storage_load.py)
+                                  engine_kwargs={"pool_pre_ping": True, "pool_size": 1}
+                                  if url.startswith("postgresql") else None)
         except Exception as e:  # noqa: BLE001 - any driver error becomes one clear line
             if lost_schema_race(e) and time.monotonic() < deadline:
                 time.sleep(random.uniform(0.05, 0.5))  # the winner is writing the schema: re-open
