@@ -36,10 +36,12 @@ NOT_PASSED = {"slurm", "slurm_args", "dry_run", "warm_start", "allow_changes", "
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
-        "on a SLURM cluster", "Submit the study as a job array: each task is one worker (its own "
-        "--workers, its own GPU where the partition has them) on one shared --storage "
-        "(PostgreSQL; SQLite and Journal files are refused). The study is created first; the "
-        "command prints the job id and how to watch and cancel it.")
+        "on a SLURM cluster",
+        "Submit the study as a job array: each task is one worker (its own --workers, its own GPU\n"
+        "where the partition has them) on one shared --storage (PostgreSQL; SQLite and Journal\n"
+        "files are refused). The study is created first; the command prints the job id and how\n"
+        "to watch and cancel it. A task stopped by scancel, its time limit or a requeue fails its\n"
+        "running trial, which another task re-runs.")
     g.add_argument("--slurm", type=int, metavar="N", help="submit N array tasks, e.g. --slurm 8")
     g.add_argument("--slurm-args", default="", metavar='"ARGS"',
                    help='sbatch options for every task, e.g. "--partition=gpu --gres=gpu:1 --time=4:00:00"')
@@ -152,14 +154,17 @@ def task_command(p: argparse.ArgumentParser, args: argparse.Namespace, config: s
     return [*cmd, *args.overrides]
 
 
+def job_name(study: str) -> str:
+    return "mhtrain-" + "".join(c if c.isalnum() or c in "-_." else "_" for c in study)
+
+
 def job_script(command: list[str], n: int, name: str, storage: str, workdir: Path) -> str:
-    job = "mhtrain-" + "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     return "\n".join([
         "#!/bin/bash",
         f"# study {name} on {storage}: {n} array task(s), each one worker of the same study.",
         "# A task stopped by scancel, its time limit or a requeue fails its running trial (SIGTERM),",
         "# which another task re-runs; a requeued task rejoins the study.",
-        f"#SBATCH --job-name={job}",
+        f"#SBATCH --job-name={job_name(name)}",
         f"#SBATCH --array=0-{n - 1}",
         "#SBATCH --requeue",
         "#SBATCH --open-mode=append",
@@ -212,7 +217,7 @@ def submit(p: argparse.ArgumentParser, args: argparse.Namespace, config: str, st
         error = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
         raise ConfigError(f"sbatch refused the job: {error}")
     job = done.stdout.strip().split(";")[0]
-    log = workdir / LOG_DIR / f"mhtrain-*-{job}_<task>.out"
+    log = workdir / LOG_DIR / f"{job_name(study.name)}-{job}_<task>.out"
     print(f"submitted SLURM job {job}: {args.slurm} array task(s) of study {study.name} "
           f"(budget {study.n_trials} trials), logs {log}")
     print(f"watch:  squeue -j {job}   and   python -m mhtrain.study dashboard --storage {args.storage}")
