@@ -241,10 +241,11 @@ def test_multi_arm_compare_writes_the_report_and_a_second_run_retrains_nothing(
     assert ("| arm | seeds | test digit acc (%) | test thickness acc (%) | test smoothness acc (%) |"
             in md)
     assert "| baseline_lr (reference) | 2 |" in md and "| – | – |" in md
-    assert "| arm | difference (pp) | 95% CI (pp) | Welch p | Holm-adjusted p |" in md
+    assert ("| arm | difference (pp) | paired 95% CI, unadjusted (pp) | paired p | paired Holm-adjusted p "
+            "| Welch 95% CI, unadjusted (pp) | Welch p | Welch Holm-adjusted p | r over seeds |") in md
     for arm in ("equal_lr", "uncertainty_lr"):
         assert f"- {arm} " in md and "compared with baseline_lr" in md
-    assert "over 2 comparisons; 2 vs 2 seeds" in md and "nan" not in md
+    assert "paired over 2 shared seeds" in md and "over 2 comparisons;" in md and "nan" not in md
     html = (out / "report.html").read_text()
     for title in ("Test accuracy per seed", "Loss weights over epochs", "Optimization history",
                   "Intermediate values per epoch: uncertainty_lr"):
@@ -261,7 +262,8 @@ def test_multi_arm_compare_writes_the_report_and_a_second_run_retrains_nothing(
     assert cli.main(args) == 0
     again = capsys.readouterr().out
     assert again.count("(stored)") == 6 and "(trained" not in again
-    verdicts = lambda out: [line for line in out.splitlines() if "seeds)." in line]  # noqa: E731
+    verdicts = lambda out: [line for line in out.splitlines()  # noqa: E731
+                            if "(the reference):" in line or "compared with baseline_lr" in line]
     assert len(verdicts(first)) == 3 and verdicts(again) == verdicts(first)
 
     # the original two-arm options are the same comparison with one arm

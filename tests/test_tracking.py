@@ -236,7 +236,8 @@ def test_a_tracking_server_that_dies_costs_a_warning_per_trial_not_the_trial(mlf
     for lr in LRS[1:]:
         ostudy.enqueue_trial({"model.optimizer.lr": lr})
     runner.work(dataclasses.replace(study, n_trials=len(LRS)), ostudy)
-    assert [t.state for t in ostudy.get_trials()] == [TrialState.COMPLETE] * 2 + [TrialState.PRUNED]
+    # one epoch each: the pruner is not asked at a trial's last epoch, so all three complete
+    assert [t.state for t in ostudy.get_trials()] == [TrialState.COMPLETE] * 3
     warnings = [line for line in capfd.readouterr().err.splitlines() if line.startswith("warning: MLflow")]
     assert len(warnings) == 2, warnings  # one line per trial
     assert all("the study goes on without it" in w for w in warnings)
