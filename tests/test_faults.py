@@ -5,6 +5,7 @@ import multiprocessing as mp
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from bench.faults import children, inject, wait_gone
 from mhtrain.study import ledger
 from mhtrain.study.ledger import alive, owner
 from mhtrain.study.storage import open_storage
+from tests.conftest import ROOT, tiny_for
 from tests.test_workers import assert_intact, study_args, trials, wait_for_running
 
 
@@ -171,3 +173,31 @@ def test_a_killed_population_worker_is_rerun_member_by_member(tiny_data, kind, n
     for k in killed:
         assert ts[k.number].state == TrialState.FAIL
         assert any(t.params == k.params and t.state == TrialState.COMPLETE for t in ts)
+
+
+@pytest.mark.slow
+def test_a_killed_pbt_worker_loses_no_finished_member_and_the_study_resumes(tiny_data, name, tmp_path):
+    """PBT is a population like any other to the lifecycle: a SIGKILL fails the members it held,
+    they are re-run with their starting values, and the budget is exact."""
+    storage = f"sqlite:///{tmp_path / 'pbt.db'}"
+    args = [sys.executable, str(ROOT / "studies" / "pbt_loss_weights.py"), "--no-progress", "--storage",
+            storage, "--study-name", name, "--n-trials", "4", "--heartbeat", "1", *tiny_for(tiny_data, 4)]
+    first = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while not any(len(t.intermediate_values) >= 2 for t in trials(storage, name)):  # past a copy
+        assert time.monotonic() < deadline and first.poll() is None
+        time.sleep(0.3)
+    first.kill()
+    first.wait()
+    killed = [t for t in trials(storage, name) if t.state == TrialState.RUNNING]
+    assert len(killed) == 4  # the whole population was running
+    again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    ts = trials(storage, name)
+    assert_intact(ts, 4)
+    for k in killed:
+        assert ts[k.number].state == TrialState.FAIL
+        assert any(t.params == k.params and t.state == TrialState.COMPLETE for t in ts)
+    for t in ts:
+        if t.state == TrialState.COMPLETE:
+            assert t.user_attrs["pbt_schedule"][0]["epoch"] == 0  # each with its schedule
