@@ -150,29 +150,37 @@ def storage(request, tmp_path: Path) -> str:
             "postgres": url}[request.param]
 
 
-
-@pytest.mark.slow
-@pytest.mark.parametrize("kind", ["sqlite", "journal"])
-def test_a_killed_population_worker_is_rerun_member_by_member(tiny_data, kind, name, tmp_path):
-    storage = {"sqlite": f"sqlite:///{tmp_path / 'p.db'}", "journal": str(tmp_path / "p.journal")}[kind]
-    args = study_args(tiny_data, storage, name, 4, 5, "--population", "2")
-    first = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def kill_population_and_resume(args: list[str], storage: str, name: str, folder: Path, members: int,
+                               until) -> list[optuna.trial.FrozenTrial]:
+    """SIGKILL a population worker once `until(trials)` holds, run the same command again, and
+    check nothing was lost: the `members` it held failed, each re-run with its values to COMPLETE."""
+    first = subprocess.Popen(args, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
-    while sum(t.state == TrialState.RUNNING for t in trials(storage, name)) < 2:
+    while not until(trials(storage, name)):
         assert time.monotonic() < deadline and first.poll() is None
         time.sleep(0.3)
-    time.sleep(1.0)
     first.kill()
     first.wait()
     killed = [t for t in trials(storage, name) if t.state == TrialState.RUNNING]
-    assert len(killed) == 2  # both members of the stack were running
-    again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert len(killed) == members  # the whole stack was running
+    again = subprocess.run(args, cwd=folder, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     ts = trials(storage, name)
     assert_intact(ts, 4)
     for k in killed:
         assert ts[k.number].state == TrialState.FAIL
         assert any(t.params == k.params and t.state == TrialState.COMPLETE for t in ts)
+    return ts
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_killed_population_worker_is_rerun_member_by_member(tiny_data, kind, name, tmp_path):
+    storage = {"sqlite": f"sqlite:///{tmp_path / 'p.db'}", "journal": str(tmp_path / "p.journal")}[kind]
+    args = study_args(tiny_data, storage, name, 4, 5, "--population", "2")
+    both_running = lambda ts: sum(t.state == TrialState.RUNNING for t in ts) == 2  # noqa: E731
+    kill_population_and_resume(args, storage, name, tmp_path, 2, lambda ts: both_running(ts)
+                               and any(t.intermediate_values for t in ts if t.state == TrialState.RUNNING))
 
 
 @pytest.mark.slow
@@ -182,22 +190,8 @@ def test_a_killed_pbt_worker_loses_no_finished_member_and_the_study_resumes(tiny
     storage = f"sqlite:///{tmp_path / 'pbt.db'}"
     args = [sys.executable, str(ROOT / "studies" / "pbt_loss_weights.py"), "--no-progress", "--storage",
             storage, "--study-name", name, "--n-trials", "4", "--heartbeat", "1", *tiny_for(tiny_data, 4)]
-    first = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    while not any(len(t.intermediate_values) >= 2 for t in trials(storage, name)):  # past a copy
-        assert time.monotonic() < deadline and first.poll() is None
-        time.sleep(0.3)
-    first.kill()
-    first.wait()
-    killed = [t for t in trials(storage, name) if t.state == TrialState.RUNNING]
-    assert len(killed) == 4  # the whole population was running
-    again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stderr[-3000:]
-    ts = trials(storage, name)
-    assert_intact(ts, 4)
-    for k in killed:
-        assert ts[k.number].state == TrialState.FAIL
-        assert any(t.params == k.params and t.state == TrialState.COMPLETE for t in ts)
+    past_a_copy = lambda ts: any(len(t.intermediate_values) >= 2 for t in ts)  # noqa: E731
+    ts = kill_population_and_resume(args, storage, name, tmp_path, 4, past_a_copy)
     for t in ts:
         if t.state == TrialState.COMPLETE:
             assert t.user_attrs["pbt_schedule"][0]["epoch"] == 0  # each with its schedule
