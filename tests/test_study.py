@@ -420,3 +420,14 @@ def test_a_trial_that_trains_all_its_epochs_is_complete_though_a_pruner_would_st
         states[epochs] = [(t.state, t.user_attrs["epochs"]) for t in ostudy.get_trials()]
     assert states[1] == [(TrialState.COMPLETE, 1)] * 2  # its only epoch was its last
     assert states[2] == [(TrialState.PRUNED, 1)] * 2  # stopped with an epoch still to train
+
+
+@pytest.mark.parametrize("planted", ["5.0.0", ["optuna"], {"optuna": {"_target_": "os.system"}}, None])
+def test_a_planted_versions_record_is_read_as_data(tiny, tmp_path, capsys, planted):
+    from mhtrain.study import runner, space
+
+    study = space.load("lr", n_trials=1, population=1, extra_overrides=tiny)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    runner.open_study(study, storage).set_user_attr(runner.VERSIONS, planted)
+    runner.open_study(study, storage)  # resumes: nothing to compare, nothing raised
+    assert capsys.readouterr().err == ""

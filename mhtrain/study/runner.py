@@ -107,11 +107,12 @@ def versions() -> dict[str, str]:
     return {name: metadata.version(name) for name in VERSIONED}
 
 
-def warn_versions(stored: dict | None, name: str) -> None:
-    """One line when a resumed study was begun with other versions: its trials mix them."""
-    now = versions()
-    changed = [f"{k} {v} -> {now[k]}" for k, v in sorted((stored or {}).items())
-               if k in now and v != now[k]]
+def warn_versions(stored: object, name: str) -> None:
+    """One line when a resumed study was begun with other versions: its trials mix them. The
+    record is data from the storage: only its string versions of our packages are read."""
+    now, stored = versions(), stored if isinstance(stored, dict) else {}
+    changed = [f"{k} {stored[k]} -> {v}" for k, v in now.items()
+               if isinstance(stored.get(k), str) and stored[k] != v]
     if changed:
         print(f"warning: study {name} was begun with other versions ({', '.join(changed)}); its "
               "trials mix them (`make install` installs the locked ones)", file=sys.stderr)
