@@ -236,8 +236,8 @@ def curves(trials: list[Any]) -> list[str]:
     for t in trials:
         for name, place in (t.user_attrs.get(TRACKING) or {}).items():
             where.setdefault(name, set()).add(place)
-    study = ", ".join(sorted({experiment_name(t.user_attrs["output_dir"]) for t in trials
-                              if "mlflow" in (t.user_attrs.get(TRACKING) or {})}))
+    study = ", ".join(sorted({experiment_name(str(t.user_attrs.get("output_dir", "")))
+                              for t in trials if "mlflow" in (t.user_attrs.get(TRACKING) or {})}))
     lines = [f"curves: tensorboard --logdir {place} --host 127.0.0.1  (or `make tensorboard`)"
              for place in sorted({os.path.dirname(p.rstrip("/")) for p in where.get("tensorboard", ())})]
     for uri in sorted(where.get("mlflow", ())):

@@ -391,3 +391,14 @@ def test_a_reaped_trials_stored_mlflow_uri_never_creates_a_store(tmp_path):
     trial.set_user_attr("output_dir", str(tmp_path / "lr-0a1b2c3d" / "trial_0000"))
     tracking.end_abandoned(ostudy.trials[0])
     assert not planted.exists()
+
+
+def test_a_summary_of_trials_planted_without_their_folder_still_prints(tmp_path):
+    from mhtrain import tracking
+    from mhtrain.study.storage import open_storage
+
+    ostudy = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 'o.db'}"))
+    trial = ostudy.ask()
+    trial.set_user_attr(tracking.TRACKING, {"mlflow": "http://127.0.0.1:1"})  # no output_dir beside it
+    (line,) = tracking.curves(ostudy.trials)
+    assert line.startswith("curves: MLflow experiment")
