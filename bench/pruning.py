@@ -1,6 +1,6 @@
 """Pruners on equal terms: the loss-weight study under each pruner, for several sampler seeds.
 
-Per pruner it prints the epochs used as a share of the unpruned search, the wall time, the best
+Per pruner it prints the epochs used (fractions included: the share of batches) against the unpruned search, the wall time, the best
 value and the regret against the unpruned search of the same seed (mean and worst), then names
 the winner: the lowest epoch share with mean regret <= 0.1 pp.
 
@@ -10,18 +10,22 @@ where it stopped (its RNG state saved and restored around each pause, so interle
 nothing). Each pruner runs a real Optuna study (the study's sampler, a SQLite storage) whose trials
 report these curves, so TPE sees exactly what it would see live, pruned trials included. A
 configuration's training seed comes from its parameters, not from the trial number, so the same
-proposal gets the same curve under every pruner. Steps are epochs trained; a trial's last epoch
-(its max_epochs or an early stop) is never judged, as the objective does. Wall time counts the
-setup and the epochs each trial used, plus the study's own time.
+proposal gets the same curve under every pruner. Steps count the pruner's `report_every` epochs,
+as the study counts them: a sub-epoch pruner also sees each curve's first epoch at its fractions
+(read by the module's `evaluate` on the val set, which leaves training as it was). A trial's last
+epoch (its max_epochs or an early stop) is never judged, as the objective does. A trial stopped
+within an epoch pays for its share of that epoch's batches. Wall time counts the setup, the
+batches and the sub-epoch validations each trial used, plus the study's own time.
 
     python bench/pruning.py [--seeds 0 1 2] [--n-trials 24] [--epochs 10] [--train-subset 1500]
-        [--val-subset 2000] [--pruners none median sha:reduction_factor=4 ...] [--results FILE]
+        [--val-subset 2000] [--pruners none sha sha:report_every=0.25 ...] [--results FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import statistics
@@ -43,16 +47,21 @@ from mhtrain.study.samplers import make_sampler
 from mhtrain.study.trials import search_base, trial_values, with_values
 from mhtrain.train import fit
 
-CANDIDATES = ["none", "median", "sha:reduction_factor=3", "sha", "sha:reduction_factor=5", "hyperband"]
+CANDIDATES = ["none", "median", "sha", "hyperband", "sha:report_every=0.25", "sha:report_every=0.5"]
 TARGET_SHARE, TARGET_REGRET_PP = 0.25, 0.1
 
 
 class Curve(Callback):
-    """One configuration's training, advanced on demand one epoch at a time in its own thread."""
+    """One configuration's training, advanced on demand one epoch at a time in its own thread;
+    its first epoch also records the metric after each 1/`parts` of it (the study's sub-epoch
+    reports, read the same way: they leave the training as it was)."""
 
-    def __init__(self, cfg, metric: str, setup_s: float) -> None:
-        self.cfg, self.metric = cfg, metric
+    def __init__(self, cfg, metric: str, setup_s: float, parts: int) -> None:
+        self.cfg, self.metric, self.parts = cfg, metric, parts
         self.values: list[float] = []
+        self.probes: dict[float, float] = {}  # fraction of the first epoch -> metric there
+        self.probe_s = 0.0  # seconds one sub-epoch report costs (its validation pass)
+        self._at: dict[int, float] = {}
         self.seconds: list[float] = []  # per epoch; the first includes composing and building
         self.done, self.error, self._stop = False, None, False
         self._go, self._paused = threading.Semaphore(0), threading.Semaphore(0)
@@ -100,6 +109,18 @@ class Curve(Callback):
         if not trainer.sanity_checking:
             self._value = float(trainer.callback_metrics[self.metric])
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        n = trainer.num_training_batches
+        self._at = {max(1, round(n * i / self.parts)): i / self.parts for i in range(1, self.parts)}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if trainer.current_epoch == 0 and batch_idx + 1 in self._at:
+            start = time.perf_counter()
+            value = float(pl_module.evaluate(trainer.val_dataloaders)[self.metric])
+            self.probes[round(self._at[batch_idx + 1], 6)] = value
+            self.probe_s = time.perf_counter() - start
+            self._mark += self.probe_s  # an epoch's seconds are training's; a report is charged apart
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if not self._stop:
             self.values.append(self._value)
@@ -127,8 +148,8 @@ def _key(params: dict) -> tuple:
 class Curves:
     """Curves by parameters: the first proposal of a configuration starts it, later ones reuse it."""
 
-    def __init__(self, study: space.StudyConfig, folder: str) -> None:
-        self.study, self.folder = study, folder
+    def __init__(self, study: space.StudyConfig, folder: str, parts: int) -> None:
+        self.study, self.folder, self.parts = study, folder, parts
         self.runs: dict[tuple, Curve] = {}
 
     def __call__(self, params: dict) -> Curve:
@@ -139,7 +160,7 @@ class Curves:
             values = trial_values(self.study, optuna.trial.FixedTrial(params, number))
             base = search_base(self.study.experiment, self.study.overrides)
             cfg = with_values(base, [*values, f"paths.output_dir={self.folder}/{number}"])
-            self.runs[key] = Curve(cfg, self.study.metric, time.perf_counter() - start)
+            self.runs[key] = Curve(cfg, self.study.metric, time.perf_counter() - start, self.parts)
         return self.runs[key]
 
     def close(self) -> None:
@@ -157,20 +178,37 @@ def replay(study: space.StudyConfig, spec, seed: int, curves: Curves, max_epochs
     trained_before = sum(sum(r.seconds) for r in curves.runs.values())
     used_s = 0.0
 
+    every = spec.report_every
+    first = [i * every for i in range(1, round(1 / every))]  # the first epoch's sub-epoch reports
+
     def objective(trial: optuna.Trial) -> float:
         nonlocal used_s
         run = curves({p.key: p.suggest(trial) for p in study.search_space})
         values: list[float] = []
-        pruned = False
+        trained, pruned = 0.0, False
+        for fraction in first:  # as the study: judged within the first epoch, on the full val set
+            run.epoch(1)
+            values.append(run.probes[round(fraction, 6)])
+            trial.report(values[-1], step=round(fraction / every))
+            trained = fraction
+            used_s += run.probe_s
+            if trial.should_prune():
+                pruned = True
+                break
+        epochs = 0
         while not pruned:
-            value, last = run.epoch(len(values) + 1)
+            value, last = run.epoch(epochs + 1)
+            epochs, trained = epochs + 1, epochs + 1.0
             values.append(value)
-            trial.report(value, step=len(values))
+            trial.report(value, step=round(epochs / every))
             if last:
                 break
             pruned = trial.should_prune()
-        used_s += sum(run.seconds[: len(values)])
-        trial.set_user_attr("epochs", len(values))
+        # a stop within an epoch pays for its share of that epoch (and, as the study, one more
+        # validation pass where it stopped)
+        used_s += sum(run.seconds[:epochs]) + (trained - epochs) * run.seconds[0] + (
+            run.probe_s if trained < 1 else 0.0)
+        trial.set_user_attr("epochs", trained)
         if pruned:
             raise optuna.TrialPruned()
         return max(values) if study.direction == "maximize" else min(values)
@@ -207,7 +245,7 @@ def report(specs: list, results: dict, seeds: list[int], sign: float) -> None:
     base = {s: results[specs[0], s] for s in seeds}
     full = sum(base[s]["epochs"] for s in seeds)
     print(f"\n{'pruner':44} {'epochs':>7} {'share':>6} {'pruned':>6} {'wall s':>7} {'best':>7} "
-          f"{'regret pp':>9} {'worst':>6}")
+          f"{'regret pp':>9} {'worst':>6}   (epochs trained, fractions included: the share of batches)")
     rows = []
     for spec in specs:
         r = [results[spec, s] for s in seeds]
@@ -215,7 +253,7 @@ def report(specs: list, results: dict, seeds: list[int], sign: float) -> None:
         epochs = sum(x["epochs"] for x in r)
         rows.append((spec, epochs / full, statistics.mean(regret), max(regret)))
         pruned, wall, best = (statistics.mean(x[k] for x in r) for k in ("pruned", "seconds", "best"))
-        print(f"{label(spec):44} {epochs:7d} {100 * epochs / full:5.0f}% {pruned:6.1f} {wall:7.0f} "
+        print(f"{label(spec):44} {epochs:7.1f} {100 * epochs / full:5.0f}% {pruned:6.1f} {wall:7.0f} "
               f"{best:7.4f} {rows[-1][2]:+9.2f} {rows[-1][3]:+6.2f}")
     ok = [row for row in rows if row[2] <= TARGET_REGRET_PP]
     spec, share, mean, worst = min(ok, key=lambda row: row[1])
@@ -248,6 +286,7 @@ def main() -> None:
     baseline = parse_pruner("none")
     specs = [baseline, *(s for s in specs if s != baseline)]  # regret and share are against it
     seeds = args.seeds
+    parts = math.lcm(*(round(1 / s.report_every) for s in specs))  # every spec's first-epoch reports
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"optuna {optuna.__version__}; study {study.name} ({study.sampler}), {args.n_trials} trials x "
           f"{max_epochs} epochs, train_subset={args.train_subset}, val_subset={args.val_subset}, "
@@ -258,7 +297,7 @@ def main() -> None:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
-            curves = Curves(study, f"{tmp}/runs")
+            curves = Curves(study, f"{tmp}/runs", parts)
             try:
                 for spec in specs:
                     name = f"{where} seed {seed} {spec}"
@@ -269,7 +308,7 @@ def main() -> None:
                         args.results.write_text(json.dumps(kept, indent=1))
                     # where the unpruned search's best configuration went in this one
                     got = r.get("tried", {}).get(results[baseline, seed].get("best_key"), "not tried")
-                    print(f"seed {seed} {label(spec):44} epochs {r['epochs']:4d} pruned {r['pruned']:3d} "
+                    print(f"seed {seed} {label(spec):44} epochs {r['epochs']:6.1f} pruned {r['pruned']:3d} "
                           f"best {r['best']:.4f} wall {r['seconds']:6.0f} s; the unpruned best "
                           f"{got if 'tried' in r else '?'}{' epochs' if isinstance(got, int) else ''} "
                           f"[{time.perf_counter() - start:5.0f} s]", flush=True)

@@ -37,6 +37,7 @@ class FitResult:
     stopped: str = "max_epochs"
     checkpoint: str | None = None  # the best epoch's weights, when the run kept them
     population: Mapping[str, Any] | None = None
+    trained: float | None = None  # epochs trained, a fraction when a sub-epoch report stopped it
     best: Mapping[str, float] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -55,6 +56,14 @@ class FitResult:
     @property
     def epochs(self) -> int:
         return len(self.history)
+
+    @property
+    def compute(self) -> float:
+        """Epochs of training paid for: `trained` when known (a run stopped mid-epoch paid for
+        part of one), else the epochs validated."""
+        if self.trained is None:
+            return self.epochs
+        return int(self.trained) if float(self.trained).is_integer() else round(self.trained, 3)
 
     @property
     def final(self) -> Mapping[str, float]:

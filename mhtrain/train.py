@@ -105,10 +105,14 @@ def fit(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> FitResult:
     if cfg.get("test"):
         trainer.test(model, datamodule=b.datamodule, ckpt_path=best_path, verbose=False, weights_only=True)
         test = _metrics(trainer, "test/")
+    per_epoch = trainer.num_training_batches
+    trained = ((trainer.fit_loop.epoch_loop.total_batch_idx + 1) / per_epoch
+               if 0 < per_epoch < float("inf") else None)
     return FitResult(history=b.history.epochs, train_history=b.history.train, test=test,
                      seconds=seconds, params=sum(p.numel() for p in model.parameters()),
                      heads=model.head_names, output_dir=str(output_dir), checkpoint=best_path,
-                     stopped=_stopped(trainer, len(b.history.epochs), cfg.trainer.max_epochs))
+                     stopped=_stopped(trainer, len(b.history.epochs), cfg.trainer.max_epochs),
+                     trained=trained)
 
 
 def summary_table(result: FitResult) -> str:

@@ -97,3 +97,28 @@ def test_bad_pruner_is_refused_in_one_line(spec, message):
 def test_min_resource_beyond_the_epochs_is_refused():
     with pytest.raises(ConfigError, match="min_resource=4 exceeds the experiment's trainer.max_epochs=3"):
         build_pruner({"name": "sha", "min_resource": 4}, max_epochs=3)
+
+
+@pytest.mark.parametrize("every, message", [
+    (0.3, r"pruner.report_every=0.3: must be 1 or 1/n of an epoch"),
+    (1.5, r"pruner.report_every=1.5: must be between 0 and 1"),
+    (0, r"pruner.report_every=0.0: must be 1 or 1/n of an epoch"),
+    ("quarter", r"pruner.report_every='quarter': must be a number"),
+])
+def test_a_report_every_that_is_no_fraction_of_an_epoch_is_refused(every, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_pruner({"name": "sha", "report_every": every})
+
+
+def test_sub_epoch_steps_keep_one_unit_for_every_resource():
+    """Steps count `report_every` epochs: Hyperband's max resource is the epochs in those steps,
+    and a study of epoch steps records its pruner as before (older studies resume unchanged)."""
+    assert build_pruner({"name": "hyperband", "report_every": 0.25}, 9)._max_resource == 36
+    assert build_pruner("hyperband", 9)._max_resource == 9
+    assert parse_pruner("sha").to_dict() == {"name": "sha", "min_resource": 1, "reduction_factor": 4,
+                                             "min_early_stopping_rate": 0, "bootstrap_count": 0}
+    quarter = parse_pruner({"name": "sha", "report_every": 0.25})
+    assert quarter.report_every == 0.25 and parse_pruner(quarter.to_dict()) == quarter
+    with pytest.raises(ConfigError, match=r"min_resource=40 exceeds the experiment's trainer.max_epochs"
+                                          r"=9 \(36 steps of 0.25 epoch\)"):
+        build_pruner({"name": "sha", "min_resource": 40, "report_every": 0.25}, 9)

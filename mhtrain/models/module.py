@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import lightning as L
@@ -137,15 +137,34 @@ class MultiheadLitModule(L.LightningModule):
         return dict(zip(self.head_names, effective_weights(self.priors, self.log_variances).tolist(),
                         strict=True))
 
-    def _step(self, batch: tuple[torch.Tensor, dict[str, torch.Tensor]], split: str) -> torch.Tensor:
+    def _step(self, batch: tuple[torch.Tensor, dict[str, torch.Tensor]], split: str,
+              sums: EpochSums | None = None) -> torch.Tensor:
         x, targets = batch
         logits = self(x)
         losses = torch.stack([self.criteria[h](logits[h], targets[h]) for h in self.head_names])
         total = weighted_total(losses, self.priors, self.log_variances)
         with torch.no_grad():
             correct = torch.stack([(logits[h].argmax(1) == targets[h]).sum() for h in self.head_names])
-            self.sums[f"{split}_sums"].add(correct, losses, total, len(x))
+            (sums or self.sums[f"{split}_sums"]).add(correct, losses, total, len(x))
         return total
+
+    @torch.no_grad()
+    def evaluate(self, batches: Iterable[Any]) -> dict[str, torch.Tensor]:
+        """The `val/…` metrics of the model as it is now, mid-epoch: a sub-epoch pruning report
+        reads them. Eval mode draws no dropout mask and moves no BatchNorm statistic, and the
+        epoch's own sums are not touched, so training goes on exactly as it would have."""
+        was_training = self.training
+        sums = EpochSums(len(self.head_names)).to(self.device)
+        self.eval()
+        try:
+            for x, targets in batches:
+                self._step((x.to(self.device), {h: t.to(self.device) for h, t in targets.items()}),
+                           "val", sums)
+        finally:
+            self.train(was_training)
+        accs, head_losses, total = sums.compute_and_reset()
+        weights = effective_weights(self.priors, self.log_variances)
+        return epoch_metrics("val", self.head_names, accs, head_losses, total, weights)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")

@@ -45,18 +45,40 @@ class StopOnRequest(Callback):
 
 
 class PruningCallback(Callback):
-    """Reports each validation epoch's metrics through the lifecycle; stops training cleanly
-    when the pruner says so (`stop_reason` tells `fit` why it ended)."""
+    """Reports the metric through the lifecycle at each validation (an epoch's end) and, when the
+    pruner's `report_every` is a fraction, at those fractions of the first epoch too: read there
+    by the module's `evaluate` on the val set, which leaves training as it would have been. Stops
+    training cleanly when the pruner says so (`stop_reason` tells `fit` why it ended)."""
 
     def __init__(self, life: Lifecycle, trial: optuna.Trial) -> None:
         self.life, self.trial = life, trial
         self.stop_reason: str | None = None
+        self.probes: dict[int, float] = {}  # batch of the first epoch -> epochs trained there
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        parts, batches = round(1 / self.life.study.pruner.report_every), trainer.num_training_batches
+        if parts > 1 and batches != float("inf"):
+            self.probes = {max(1, round(batches * i / parts)): i / parts for i in range(1, parts)}
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        epochs = self.probes.get(batch_idx + 1) if trainer.current_epoch == 0 else None
+        if epochs is None or self.stop_reason:
+            return
+        metrics = {k: float(v) for k, v in pl_module.evaluate(trainer.val_dataloaders).items()}
+        for logger in trainer.loggers:  # on the epoch-end curves, at the step trained so far
+            logger.log_metrics({**metrics, "epoch": epochs}, step=trainer.global_step - 1)
+        self._judge(trainer, epochs, metrics)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
+        # a sub-epoch stop makes Lightning validate once more where it stopped: judged already
+        if trainer.sanity_checking or self.stop_reason:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        if not self.life.report(self.trial, trainer.current_epoch, metrics):
+        self._judge(trainer, trainer.current_epoch + 1, metrics)
+
+    def _judge(self, trainer: L.Trainer, epochs: float, metrics: dict[str, float]) -> None:
+        if not self.life.report(self.trial, epochs, metrics):
             self.stop_reason = "pruned"
             trainer.should_stop = True
 
@@ -120,7 +142,7 @@ class TrialMembers:
         return members
 
     def report(self, member: Member, epoch: int, metrics: dict[str, float]) -> bool:
-        return self.life.report(member.key, epoch, metrics)
+        return self.life.report(member.key, epoch + 1, metrics)
 
     def finish(self, member: Member, result: FitResult) -> None:
         # a member matches its solo run only up to floating-point order: say with whom it ran

@@ -89,13 +89,15 @@ class Lifecycle:
             raise
         return self.end(trial, result)
 
-    def report(self, trial: optuna.Trial, epoch: int, metrics: Mapping[str, float]) -> bool:
-        """Report the metric after `epoch` (from 0); False when the pruner stops the trial. The
-        step is the number of epochs trained, so a pruner's resources are epochs, as
-        bench/pruning.py measured them. The last epoch's report is not judged: a trial that
-        trained all its epochs is complete, whatever a pruner would say at that step."""
-        trial.report(float(metrics[self.study.metric]), step=epoch + 1)
-        if epoch + 1 < self.epochs.get(trial.number, epoch + 2) and trial.should_prune():
+    def report(self, trial: optuna.Trial, epochs: float, metrics: Mapping[str, float]) -> bool:
+        """Report the metric after `epochs` epochs trained (a fraction in the first epoch when the
+        pruner reports sub-epoch); False when the pruner stops the trial. The step counts the
+        pruner's `report_every` epochs, one unit for every trial, as bench/pruning.py measured
+        them. The last epoch's report is not judged: a trial that trained all its epochs is
+        complete, whatever a pruner would say at that step."""
+        step = round(epochs / self.study.pruner.report_every)
+        trial.report(float(metrics[self.study.metric]), step=step)
+        if epochs < self.epochs.get(trial.number, epochs + 1) and trial.should_prune():
             self.pruned.add(trial.number)
             return False
         return True
@@ -137,7 +139,7 @@ class Lifecycle:
         for key, value in result.best.items():
             if key.endswith("_acc") or key == self.study.metric:
                 trial.set_user_attr(f"best_{key}", value)
-        for key, value in (("epochs", result.epochs), ("seconds", round(result.seconds, 2)),
+        for key, value in (("epochs", result.compute), ("seconds", round(result.seconds, 2)),
                            ("params", result.params), ("stopped", result.stopped),
                            ("population", result.population)):
             if value is not None:

@@ -143,6 +143,10 @@ def load(config: str, keep_checkpoints: str = "none", **changes: Any) -> StudyCo
 
     k, why = population_size(raw["population"], search_base(raw["experiment"], overrides),
                              [p.key for p in space], keep_checkpoints != "none")
+    if k > 1 and pruner.report_every < 1:
+        raise ConfigError(f"pruner.report_every={pruner.report_every:g} with a population of {k} ({why}): "
+                          "members leave a population at epoch ends, so a sub-epoch report would "
+                          "save nothing; pass --population 1 or set report_every: 1")
     pbt = None if raw["pbt"] in (None, False) else parse_pbt(raw["pbt"])
     if pbt is not None:
         from mhtrain.population.pbt import check as check_pbt

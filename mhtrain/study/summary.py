@@ -53,7 +53,7 @@ def summary(ostudy: optuna.Study, max_epochs: int, storage_url: str, val_images:
             seconds = (best.datetime_complete - started[0].datetime_start).total_seconds()
             lines.append(f"time to the best trial: {seconds:.0f} s of searching{_cold(started[0])}")
     if full:
-        lines.append(f"epochs used: {epochs} of {full} an unpruned search would run "
+        lines.append(f"epochs used: {round(epochs, 2):g} of {full} an unpruned search would run "
                      f"({100 * epochs / full:.0f}%)")
     sources = sorted({str(t.user_attrs[WARM]).rpartition("#")[0] for t in trials if WARM in t.user_attrs})
     if sources:
