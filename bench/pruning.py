@@ -1,8 +1,8 @@
 """Pruners on equal terms: the loss-weight study under each pruner, for several sampler seeds.
 
-Per pruner it prints the epochs used (fractions included: the share of batches) against the unpruned search, the wall time, the best
-value and the regret against the unpruned search of the same seed (mean and worst), then names
-the winner: the lowest epoch share with mean regret <= 0.1 pp.
+Per pruner it prints the epochs used (fractions included: the share of batches) against the
+unpruned search, the wall time, the best value and the regret against the unpruned search of the
+same seed (mean and worst), then names the winner: the lowest share with mean regret <= 0.1 pp.
 
 Every configuration is trained once, not once per pruner: a study replays its trials on learning
 curves that are trained on demand, epoch by epoch, each in its own paused training that resumes
