@@ -107,7 +107,7 @@ compare-weighting: data ## searched, equal and learned loss weights vs digit-onl
 	$(PY) -m mhtrain.study run loss_weights --n-trials $(LOSS_WEIGHTS_TRIALS) --storage $(STORAGE) \
 		--workers $(WORKERS) $(QUICK)
 	$(PY) studies/compare.py --arms $(WEIGHTING_ARMS) --reference baseline_lr --seeds $(SEEDS) \
-		--storage $(STORAGE) --name weighting $(RERUN)
+		--pair loss_weights:equal_lr --storage $(STORAGE) --name weighting $(RERUN)
 
 # data-efficiency: where do the extra heads help? At each training-set size every arm is searched
 # on its own (EFFICIENCY_TRIALS trials at EFFICIENCY_SEARCH), then its best re-trained for SEEDS seeds
@@ -119,7 +119,8 @@ EFFICIENCY_RERUN ?= trainer.max_epochs=3
 
 data-efficiency: data ## extra heads vs digit-only at 500 / 2,000 / 10,000 / all training images (SEEDS seeds)
 	$(PY) studies/compare.py $(EFFICIENCY_RERUN) --arms $(EFFICIENCY_ARMS) --reference baseline_lr \
-		--seeds $(SEEDS) --storage $(STORAGE) --name data_efficiency --n-trials $(EFFICIENCY_TRIALS) \
+		--seeds $(SEEDS) --pair loss_weights:equal_lr --storage $(STORAGE) --name data_efficiency \
+		--n-trials $(EFFICIENCY_TRIALS) \
 		--over data.train_subset=$(EFFICIENCY_SIZES) $(EFFICIENCY_SEARCH) $(ARGS)
 
 dashboard: $(STAMP) ## optuna-dashboard on http://127.0.0.1:8080 for the default storage

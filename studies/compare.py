@@ -56,6 +56,9 @@ def parser() -> argparse.ArgumentParser:
     arms.add_argument("--multitask", help="one study to compare with --baseline (default lr)")
     p.add_argument("--reference", "--baseline", dest="reference", default="baseline_lr",
                    help="the study every arm is compared with (default baseline_lr)")
+    p.add_argument("--pair", action="append", default=[], metavar="ARM:OTHER",
+                   help="also compare ARM with OTHER (paired, in the same Holm family), repeatable, "
+                        "e.g. --pair loss_weights:equal_lr")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"default {DEFAULT_STORAGE}")
     p.add_argument("--seeds", type=int, default=5, help="re-runs per arm (default 5)")
     p.add_argument("--first-seed", type=int, default=1000, help="seeds are first-seed … +K-1")
@@ -85,9 +88,18 @@ def arm_names(args: argparse.Namespace) -> list[str]:
         raise ConfigError(f"--arms {' '.join(names)}: an arm is named twice")
     if len(names) < 2:
         raise ConfigError(f"--arms {' '.join(names)}: name at least one arm besides the reference")
+    for pair in args.pair:
+        arm, _, other = pair.partition(":")
+        if not {arm, other} <= set(names) or arm == other:
+            raise ConfigError(f"--pair {pair}: name two different arms of --arms as ARM:OTHER, "
+                              f"e.g. --pair {names[0]}:{names[-1]}")
     if args.over is None and (args.n_trials is not None or args.search is not None):
         raise ConfigError("--n-trials and --search apply to a sweep only; add --over KEY=V1,V2,...")
     return names
+
+
+def pairs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    return [tuple(p.split(":", 1)) for p in args.pair]
 
 
 def show(metric: str, study: str, seed: int, value: float, trained: bool, seconds: float) -> None:
@@ -109,7 +121,7 @@ def compare(args: argparse.Namespace) -> int:
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     arms = reruns.rerun_arms(studies, seeds, args.overrides, on_done=partial(show, metric))
     reference = arms[names.index(args.reference)]
-    comparison = report.Comparison(arms, reference, metric, contrasts(arms, reference, metric),
+    comparison = report.Comparison(arms, reference, metric, contrasts(arms, reference, metric, pairs(args)),
                                    list(args.overrides), test_images(studies[0], args.overrides))
     default = "_".join(n for n in names if n != args.reference) + f"_vs_{args.reference}"
     md, html = report.write(REPORTS / (args.name or default), comparison,
@@ -134,7 +146,7 @@ def swept(args: argparse.Namespace) -> int:
     arms, tally = sweep.run(plan, args.storage, progress=sys.stderr.isatty(),
                             on_done=partial(show, plan.metric))
     result = sweep_report.analyse(over, plan.points, arms, args.reference, plan.metric,
-                                  test_images(arms[0][0].study, plan.cells[0].rerun))
+                                  test_images(arms[0][0].study, plan.cells[0].rerun), pairs(args))
     default = "_".join(n for n in names if n != args.reference) + f"_vs_{args.reference}_over_{over.short}"
     setup = sweep_report.describe(result, n_trials, search, args.overrides, plan.full)
     md, html = sweep_report.write(REPORTS / (args.name or default), result, setup,

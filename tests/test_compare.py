@@ -173,6 +173,22 @@ def test_contrasts_show_welch_beside_the_paired_test_then_holm_over_the_arms():
     assert "over 2 comparisons;" in result[1].sentence()
 
 
+def test_a_pair_beside_the_reference_joins_the_same_holm_family():
+    """`--pair a:b`: a − b seed by seed, judged with the contrasts against the reference."""
+    ref = [0.90, 0.91, 0.92, 0.91]
+    values = {"a": [0.93, 0.945, 0.95, 0.935], "b": [0.90, 0.92, 0.93, 0.91], "r": ref}
+    arms = {name: Arm(optuna.create_study(study_name=name), [0, 1, 2, 3],
+                      [{"test/digit_acc": v} for v in vs]) for name, vs in values.items()}
+    result = contrasts(list(arms.values()), arms["r"], "test/digit_acc", [("a", "b")])
+    assert [(c.arm, c.reference, c.label("r")) for c in result] == [
+        ("a", "r", "a"), ("b", "r", "b"), ("a", "b", "a − b")]
+    raw = [stats.ttest_rel(values[x], values[y]).pvalue for x, y in (("a", "r"), ("b", "r"), ("a", "b"))]
+    assert [c.paired.p for c in result] == pytest.approx(raw)
+    assert [c.paired.p_holm for c in result] == pytest.approx(holm(raw)) and {c.family for c in result} == {3}
+    assert result[2].differences == pytest.approx([0.03, 0.025, 0.02, 0.025])
+    assert result[2].sentence().startswith("a improves test/digit_acc compared with b: 94.00% vs 91.50%")
+
+
 def test_the_report_leaves_out_figures_the_trials_cannot_support(tmp_path, capfd):
     comparison = few_trial_comparison(complete=1)
     with warnings.catch_warnings(record=True) as caught:
@@ -282,6 +298,8 @@ def test_multi_arm_compare_writes_the_report_and_a_second_run_retrains_nothing(
     (["--arms", "a", "a"], "named twice"),
     (["--seeds", "1"], "need at least 2"),
     (["--search", "trainer.max_epochs=1"], "apply to a sweep only"),
+    (["--arms", "lr", "--pair", "lr:nope"], "--pair lr:nope: name two different arms of --arms"),
+    (["--arms", "lr", "--pair", "lr:lr"], "--pair lr:lr: name two different arms"),
 ])
 def test_compare_refuses_bad_input_in_one_line(args, message, storage, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

@@ -87,9 +87,28 @@ def test_the_table_the_sentences_and_the_figure(result, tmp_path):
     md, html = sweep_report.write(tmp_path, result, setup, "sweep")
     text = md.read_text()
     assert "| train_subset | arm |" in text and "`null` means the full training set: 55,000 images" in text
-    assert "all 4 comparisons of the sweep at once (2 arms x 2 values)" in text
+    assert "all 4 comparisons of the sweep at once (2 contrasts x 2 values)" in text
     page = html.read_text()
     assert "`" not in page and page.count("Plotly.newPlot") == 2 and html.stat().st_size < 100_000
+
+
+def test_a_pair_is_judged_at_every_value_in_the_sweeps_family():
+    arms = [[stored_arm(a, p.value) for a in ("loss_weights", "equal_lr", "baseline_lr")] for p in POINTS]
+    r = sweep_report.analyse(OVER, POINTS, arms, "baseline_lr", METRIC, pairs=[("loss_weights", "equal_lr")])
+    assert r.family == 6 and [[c.label("baseline_lr") for c in cs] for cs in r.contrasts] == [
+        ["loss_weights", "equal_lr", "loss_weights − equal_lr"]] * 2
+    vs = (("loss_weights", "baseline_lr"), ("equal_lr", "baseline_lr"), ("loss_weights", "equal_lr"))
+    raw = [contrast(a, VALUES[v][a], b, VALUES[v][b], METRIC).paired.p
+           for v in ("500", "null") for a, b in vs]
+    assert [c.paired.p_holm for cs in r.contrasts for c in cs] == pytest.approx(holm(raw))
+    rows = sweep_report.table(r)
+    assert [row[:3] for row in rows[4:5]] == [["500", "loss_weights − equal_lr", ""]]
+    assert rows[4][3].startswith("+1.07 [")
+    assert "; loss_weights − equal_lr +1.07 pp (paired" in sweep_report.sentence(r, 0)
+    seeds = sweep_report.seed_table(r)
+    assert [row[1] for row in seeds if row[0] == "500"][-1] == "loss_weights − equal_lr (pp)"
+    assert "all 6 comparisons of the sweep at once (3 contrasts x 2 values)" in " ".join(
+        sweep_report.describe(r, 12, [], [], None))
 
 
 @pytest.mark.parametrize(("text", "message"), [

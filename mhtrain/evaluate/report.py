@@ -76,7 +76,8 @@ def contrast_table(c: Comparison) -> Table:
     return [["arm", "difference (pp)", f"paired {level} CI, {UNADJUSTED} (pp)", "paired p",
              "paired Holm-adjusted p", f"Welch {level} CI, {UNADJUSTED} (pp)", "Welch p",
              "Welch Holm-adjusted p", "r over seeds"],
-            *([x.arm, f"{100 * x.diff:+.2f}", f"{100 * x.paired.low:+.2f} to {100 * x.paired.high:+.2f}",
+            *([x.label(c.reference.name), f"{100 * x.diff:+.2f}",
+               f"{100 * x.paired.low:+.2f} to {100 * x.paired.high:+.2f}",
                p_text(x.paired.p), p_text(x.paired.p_holm),
                f"{100 * x.welch.low:+.2f} to {100 * x.welch.high:+.2f}", p_text(x.welch.p),
                p_text(x.welch.p_holm), r_text(x.r)] for x in c.contrasts)]
@@ -85,11 +86,9 @@ def contrast_table(c: Comparison) -> Table:
 def seed_table(c: Comparison) -> Table:
     """The primary metric seed by seed, and each arm's difference from the reference per seed, so
     a reader can redo any statistic."""
-    ref = c.reference.values(c.metric)
-    others = [a for a in c.arms if a is not c.reference]
-    return [["seed", *(a.name for a in c.arms), *(f"{a.name} − {c.reference.name} (pp)" for a in others)],
+    return [["seed", *(a.name for a in c.arms), *(f"{x.arm} − {x.reference} (pp)" for x in c.contrasts)],
             *([str(seed), *(f"{100 * a.values(c.metric)[i]:.2f}" for a in c.arms),
-               *(f"{100 * (a.values(c.metric)[i] - ref[i]):+.2f}" for a in others)]
+               *(f"{100 * x.differences[i]:+.2f}" for x in c.contrasts)]
               for i, seed in enumerate(c.reference.seeds))]
 
 

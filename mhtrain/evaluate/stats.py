@@ -130,6 +130,10 @@ class Contrast:
     def significant(self) -> bool:
         return not math.isnan(self.paired.p_holm) and self.paired.p_holm < 1 - LEVEL
 
+    def label(self, reference: str) -> str:
+        """The contrast as a table names it: the arm, or `arm − other` for a pair beside the reference."""
+        return self.arm if self.reference == reference else f"{self.arm} − {self.reference}"
+
     def verdict(self) -> str:
         """How the arm did, in a word or three: improves, hurts, no significant difference."""
         if math.isnan(self.paired.p):
@@ -210,12 +214,21 @@ def adjust(family: Sequence[Contrast]) -> list[Contrast]:
             for c, a, b in zip(family, by_paired, by_welch, strict=True)]
 
 
-def contrasts(arms: Sequence[Arm], reference: Arm, metric: str) -> list[Contrast]:
-    """Every arm but the reference against it, seed by seed, Holm-adjusted as one family."""
+def family(arms: Sequence[Arm], reference: str, metric: str,
+           pairs: Sequence[tuple[str, str]] = ()) -> list[Contrast]:
+    """Every arm but the reference against it, then each extra (arm, other) pair, seed by seed
+    (not yet adjusted): what one family of comparisons holds."""
+    by_name = {a.name: a for a in arms}
+    ref = by_name[reference]
     for a in arms:
-        if a.seeds != reference.seeds:
-            raise ConfigError(f"{a.name} ran seeds {a.seeds}, {reference.name} {reference.seeds}: "
+        if a.seeds != ref.seeds:
+            raise ConfigError(f"{a.name} ran seeds {a.seeds}, {ref.name} {ref.seeds}: "
                               "a paired comparison needs the same seeds")
-    ref = reference.values(metric)
-    return adjust([contrast(a.name, a.values(metric), reference.name, ref, metric)
-                   for a in arms if a.name != reference.name])
+    vs = [(a, ref) for a in arms if a is not ref] + [(by_name[x], by_name[y]) for x, y in pairs]
+    return [contrast(a.name, a.values(metric), b.name, b.values(metric), metric) for a, b in vs]
+
+
+def contrasts(arms: Sequence[Arm], reference: Arm, metric: str,
+              pairs: Sequence[tuple[str, str]] = ()) -> list[Contrast]:
+    """Every arm but the reference against it, and each extra pair, Holm-adjusted as one family."""
+    return adjust(family(arms, reference.name, metric, pairs))

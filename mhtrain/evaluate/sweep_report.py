@@ -23,7 +23,7 @@ from mhtrain.evaluate.stats import (
     UNADJUSTED,
     Contrast,
     adjust,
-    contrast,
+    family,
     mean_ci,
     p_text,
     plural,
@@ -42,7 +42,7 @@ class SweepResult:
     arms: list[list[Arm]]  # per point, every arm (the reference among them)
     reference: str
     metric: str
-    contrasts: list[list[Contrast]]  # per point, every other arm against the reference
+    contrasts: list[list[Contrast]]  # per point, every other arm against the reference, then pairs
     test_images: int | None = None  # the test split's size, for its binomial error
 
     @property
@@ -54,15 +54,12 @@ class SweepResult:
 
 
 def analyse(over: Over, points: Sequence[Point], arms: Sequence[Sequence[Arm]], reference: str,
-            metric: str, test_images: int | None = None) -> SweepResult:
-    """Every arm against the reference at every value; Holm over all of them at once, so a
-    difference found at one value out of many is judged as one of many."""
-    family = []
-    for point_arms in arms:
-        ref = next(a for a in point_arms if a.name == reference)
-        family += [contrast(a.name, a.values(metric), ref.name, ref.values(metric), metric)
-                   for a in point_arms if a.name != reference]
-    adjusted, per_point = adjust(family), len(arms[0]) - 1
+            metric: str, test_images: int | None = None,
+            pairs: Sequence[tuple[str, str]] = ()) -> SweepResult:
+    """Every arm against the reference at every value, and each extra (arm, other) pair; Holm
+    over all of them at once, so a difference found at one value out of many is judged as one of many."""
+    every = [c for point_arms in arms for c in family(point_arms, reference, metric, pairs)]
+    adjusted, per_point = adjust(every), len(arms[0]) - 1 + len(pairs)
     split = [adjusted[i * per_point:(i + 1) * per_point] for i in range(len(arms))]
     return SweepResult(over, list(points), [list(a) for a in arms], reference, metric, split, test_images)
 
@@ -78,7 +75,8 @@ def sentence(r: SweepResult, i: int) -> str:
         judged = ("cannot be judged: the per-seed differences have no spread" if math.isnan(c.paired.p) else
                   f"paired {UNADJUSTED} {100 * LEVEL:.0f}% CI {pp(c.paired.low)} to {pp(c.paired.high)}, "
                   f"Holm-adjusted p = {c.paired.p_holm:.3g}: {c.verdict()}; Welch p = {p_text(c.welch.p)}")
-        parts.append(f"{c.arm} {100 * sum(c.arm_values) / len(c.arm_values):.2f}%, {pp(c.diff)} ({judged})")
+        mean = f" {100 * sum(c.arm_values) / len(c.arm_values):.2f}%," if c.reference == r.reference else ""
+        parts.append(f"{c.label(r.reference)}{mean} {pp(c.diff)} ({judged})")
     seeds = len(ref.records)
     return (f"{where}, against {r.reference} at {100 * sum(ref.values(r.metric)) / seeds:.2f}% "
             f"{r.metric}: {'; '.join(parts)}; Holm over {'all ' * (r.family > 1)}"
@@ -92,15 +90,20 @@ def table(r: SweepResult) -> Table:
              f"vs {r.reference} (pp) [paired {level} CI, {UNADJUSTED}]", "paired p", "paired Holm-adjusted p",
              f"Welch {level} CI, {UNADJUSTED} (pp)", "Welch p", "r over seeds"]]
     for i, point in enumerate(r.points):
-        by_arm = {c.arm: c for c in r.contrasts[i]}
+        by_arm = {c.arm: c for c in r.contrasts[i] if c.reference == r.reference}
         for a in r.arms[i]:
             c = by_arm.get(a.name)
-            vs = (["reference", "", "", "", "", ""] if c is None else
-                  [f"{100 * c.diff:+.2f} [{100 * c.paired.low:+.2f}, {100 * c.paired.high:+.2f}]",
-                   p_text(c.paired.p), p_text(c.paired.p_holm),
-                   f"{100 * c.welch.low:+.2f} to {100 * c.welch.high:+.2f}", p_text(c.welch.p), r_text(c.r)])
+            vs = ["reference", "", "", "", "", ""] if c is None else _versus(c)
             rows.append([point.label, a.name, with_ci(a.values(r.metric)), *vs])
+        rows += [[point.label, c.label(r.reference), "", *_versus(c)]
+                 for c in r.contrasts[i] if c.reference != r.reference]
     return rows
+
+
+def _versus(c: Contrast) -> list[str]:
+    return [f"{100 * c.diff:+.2f} [{100 * c.paired.low:+.2f}, {100 * c.paired.high:+.2f}]",
+            p_text(c.paired.p), p_text(c.paired.p_holm),
+            f"{100 * c.welch.low:+.2f} to {100 * c.welch.high:+.2f}", p_text(c.welch.p), r_text(c.r)]
 
 
 def best_table(r: SweepResult) -> Table:
@@ -151,7 +154,8 @@ def figures(r: SweepResult) -> list[Figure]:
                      "arrayminus": [m - lo for m, lo, _ in cis]}))
         if name == r.reference:
             continue
-        cs = [next(c for c in r.contrasts[i] if c.arm == name) for i in range(len(r.points))]
+        cs = [next(c for c in r.contrasts[i] if c.arm == name and c.reference == r.reference)
+              for i in range(len(r.points))]
         diff.add_trace(go.Scatter(
             x=_dodge(xs, axis, k, len(names)), y=[100 * c.diff for c in cs], name=name, mode="lines+markers",
             error_y={"type": "data", "symmetric": False,
@@ -174,7 +178,7 @@ def describe(r: SweepResult, n_trials: int, search: Sequence[str], rerun: Sequen
              f"{' '.join(f'`{o}`' for o in search) or 'the study defaults'}, the same for every arm.",
              setup_text(seeds, [*rerun, f"{r.over.key}=<value>"], "Then each arm's best configuration was",
                         f"all {plural(r.family, 'comparison')} of the sweep at once "
-                        f"({plural(len(r.arms[0]) - 1, 'arm')} x {plural(len(r.points), 'value')})")]
+                        f"({plural(len(r.contrasts[0]), 'contrast')} x {plural(len(r.points), 'value')})")]
     if r.over.is_subset and full is not None:
         lines.append(f"`null` means the full training set: {full:,} images (the training split less "
                      "the validation set). Every value trains for the same epochs, so a smaller set "
@@ -196,7 +200,7 @@ def seed_table(r: SweepResult) -> Table:
     for i, point in enumerate(r.points):
         for a in r.arms[i]:
             rows.append([point.label, a.name, *(f"{100 * v:.2f}" for v in a.values(r.metric))])
-        rows += [[point.label, f"{c.arm} − {r.reference} (pp)",
+        rows += [[point.label, f"{c.arm} − {c.reference} (pp)",
                   *(f"{100 * d:+.2f}" for d in c.differences)] for c in r.contrasts[i]]
     return rows
 
