@@ -114,13 +114,14 @@ compare-weighting: data ## searched, equal and learned loss weights vs digit-onl
 EFFICIENCY_ARMS := loss_weights equal_lr baseline_lr
 EFFICIENCY_SIZES ?= 500,2000,10000,null
 EFFICIENCY_TRIALS ?= 12
+# trials per searched parameter: loss_weights (3 keys) gets 36, equal_lr and baseline_lr (1 key) 12
 EFFICIENCY_SEARCH ?= --search trainer.max_epochs=3
 EFFICIENCY_RERUN ?= trainer.max_epochs=3
 
 data-efficiency: data ## extra heads vs digit-only at 500 / 2,000 / 10,000 / all training images (SEEDS seeds)
 	$(PY) studies/compare.py $(EFFICIENCY_RERUN) --arms $(EFFICIENCY_ARMS) --reference baseline_lr \
 		--seeds $(SEEDS) --pair loss_weights:equal_lr --storage $(STORAGE) --name data_efficiency \
-		--n-trials $(EFFICIENCY_TRIALS) \
+		--n-trials $(EFFICIENCY_TRIALS) --per-parameter \
 		--over data.train_subset=$(EFFICIENCY_SIZES) $(EFFICIENCY_SEARCH) $(ARGS)
 
 dashboard: $(STAMP) ## optuna-dashboard on http://127.0.0.1:8080 for the default storage

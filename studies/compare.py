@@ -67,6 +67,9 @@ def parser() -> argparse.ArgumentParser:
                    help="sweep: compare at each value of one config key, "
                         "e.g. data.train_subset=500,2000,null")
     p.add_argument("--n-trials", type=int, help=f"with --over: trials per study (default {sweep.N_TRIALS})")
+    p.add_argument("--per-parameter", action="store_true",
+                   help="with --over: --n-trials per searched parameter, so an arm searching 3 keys "
+                        "gets 3x the trials of one searching 1 (an equal budget per parameter)")
     p.add_argument("--search", action="append", metavar="KEY=VALUE",
                    help="with --over: one override of every arm's search, repeatable, e.g. "
                         "--search trainer.max_epochs=3 --search data.batch_size=128 "
@@ -93,8 +96,9 @@ def arm_names(args: argparse.Namespace) -> list[str]:
         if not {arm, other} <= set(names) or arm == other:
             raise ConfigError(f"--pair {pair}: name two different arms of --arms as ARM:OTHER, "
                               f"e.g. --pair {names[0]}:{names[-1]}")
-    if args.over is None and (args.n_trials is not None or args.search is not None):
-        raise ConfigError("--n-trials and --search apply to a sweep only; add --over KEY=V1,V2,...")
+    if args.over is None and (args.n_trials is not None or args.search is not None or args.per_parameter):
+        raise ConfigError("--n-trials, --per-parameter and --search apply to a sweep only; "
+                          "add --over KEY=V1,V2,...")
     return names
 
 
@@ -137,10 +141,13 @@ def swept(args: argparse.Namespace) -> int:
               if args.search is None else tuple(args.search))  # sweeping epochs drops the default
     n_trials = sweep.N_TRIALS if args.n_trials is None else args.n_trials
     seeds = tuple(range(args.first_seed, args.first_seed + args.seeds))
-    plan = sweep.plan(over, names, search, args.overrides, seeds, n_trials, args.storage)
+    plan = sweep.plan(over, names, search, args.overrides, seeds, n_trials, args.storage, args.per_parameter)
+    trials = {c.arm: c.study.n_trials for c in plan.cells}
+    budget = (f"{n_trials} trials per searched parameter ({', '.join(f'{a} {n}' for a, n in trials.items())})"
+              if args.per_parameter else f"{n_trials} trials")
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per study, not Optuna's own
     print(f"sweep of {over.key} over {', '.join(over.values)}: {len(names)} arms, "
-          f"{len(plan.cells)} studies of {n_trials} trials ({' '.join(search)}), "
+          f"{len(plan.cells)} studies of {budget} ({' '.join(search)}), "
           f"{len(plan.cells) * len(seeds)} re-runs", flush=True)
     start = time.monotonic()
     arms, tally = sweep.run(plan, args.storage, progress=sys.stderr.isatty(),
@@ -148,7 +155,7 @@ def swept(args: argparse.Namespace) -> int:
     result = sweep_report.analyse(over, plan.points, arms, args.reference, plan.metric,
                                   test_images(arms[0][0].study, plan.cells[0].rerun), pairs(args))
     default = "_".join(n for n in names if n != args.reference) + f"_vs_{args.reference}_over_{over.short}"
-    setup = sweep_report.describe(result, n_trials, search, args.overrides, plan.full)
+    setup = sweep_report.describe(result, budget, search, args.overrides, plan.full)
     md, html = sweep_report.write(REPORTS / (args.name or default), result, setup,
                                   f"{report.title_of(names, args.reference)}, over {over.key}",
                                   args.single_file)

@@ -298,6 +298,7 @@ def test_multi_arm_compare_writes_the_report_and_a_second_run_retrains_nothing(
     (["--arms", "a", "a"], "named twice"),
     (["--seeds", "1"], "need at least 2"),
     (["--search", "trainer.max_epochs=1"], "apply to a sweep only"),
+    (["--per-parameter"], "--n-trials, --per-parameter and --search apply to a sweep only"),
     (["--arms", "lr", "--pair", "lr:nope"], "--pair lr:nope: name two different arms of --arms"),
     (["--arms", "lr", "--pair", "lr:lr"], "--pair lr:lr: name two different arms"),
 ])

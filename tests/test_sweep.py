@@ -83,7 +83,7 @@ def test_the_table_the_sentences_and_the_figure(result, tmp_path):
                    for y, lo, hi in zip(trace.y, trace.error_y.arrayminus, trace.error_y.array, strict=True))
     assert [t.name for t in diff.data] == ["loss_weights", "equal_lr"]
 
-    setup = sweep_report.describe(result, 12, ["trainer.max_epochs=3"], [], 55_000)
+    setup = sweep_report.describe(result, "12 trials", ["trainer.max_epochs=3"], [], 55_000)
     md, html = sweep_report.write(tmp_path, result, setup, "sweep")
     text = md.read_text()
     assert "| train_subset | arm |" in text and "`null` means the full training set: 55,000 images" in text
@@ -108,7 +108,7 @@ def test_a_pair_is_judged_at_every_value_in_the_sweeps_family():
     seeds = sweep_report.seed_table(r)
     assert [row[1] for row in seeds if row[0] == "500"][-1] == "loss_weights − equal_lr (pp)"
     assert "all 6 comparisons of the sweep at once (3 contrasts x 2 values)" in " ".join(
-        sweep_report.describe(r, 12, [], [], None))
+        sweep_report.describe(r, "12 trials", [], [], None))
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -212,3 +212,14 @@ def test_a_subset_sweeps_reruns_train_on_a_subset_drawn_per_seed(tiny_overrides,
     assert len(subsets[0]) == len(subsets[1]) == 100 and not torch.equal(*subsets)
     search = compose(cell.study.experiment, cell.study.overrides)
     assert search.data.get("subset_seed") is None  # the search keeps one subset for every trial
+
+
+def test_per_parameter_gives_every_searched_key_the_same_budget(tiny_overrides, tmp_path):
+    over = sweep.parse_over("data.train_subset=100,200")
+    arms = ["loss_weights", "equal_lr", "baseline_lr"]
+    budgets = {}
+    for per in (False, True):
+        p = sweep.plan(over, arms, tiny_overrides, [], (1000, 1001), 4, f"sqlite:///{tmp_path / 'o.db'}", per)
+        budgets[per] = {(c.arm, c.point.value): c.study.n_trials for c in p.cells}
+    assert set(budgets[False].values()) == {4}
+    assert budgets[True] == {(a, v): 12 if a == "loss_weights" else 4 for a in arms for v in ("100", "200")}

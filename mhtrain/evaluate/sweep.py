@@ -128,9 +128,11 @@ def _points(over: Over, sizes: dict[str, int]) -> tuple[Point, ...]:
 
 
 def plan(over: Over, arms: Sequence[str], search: Sequence[str], rerun: Sequence[str],
-         seeds: Sequence[int], n_trials: int, storage_url: str) -> Plan:
+         seeds: Sequence[int], n_trials: int, storage_url: str, per_parameter: bool = False) -> Plan:
     """Compose and check every study and every re-run configuration of the sweep, read the data
-    sizes, and refuse bad input in one line before anything is trained or written."""
+    sizes, and refuse bad input in one line before anything is trained or written. With
+    `per_parameter`, an arm gets `n_trials` per parameter it searches: an arm searching three
+    keys is not judged on a third of the search a one-key arm gets."""
     if n_trials < 1:
         raise ConfigError(f"--n-trials {n_trials}: must be >= 1")
     for overrides, where in ((search, "--search"), (rerun, "the re-run overrides")):
@@ -138,6 +140,7 @@ def plan(over: Over, arms: Sequence[str], search: Sequence[str], rerun: Sequence
             raise ConfigError(f"--over {over.key} is swept; do not set it in {where} too")
     check_storage(storage_url)
     metrics: dict[str, str] = {}
+    budget: dict[str, int] = {}
     sizes: dict[str, int] = {}
     full = None
     for arm in arms:
@@ -147,6 +150,7 @@ def plan(over: Over, arms: Sequence[str], search: Sequence[str], rerun: Sequence
             raise ConfigError(f"--over {over.key}: no such key in experiment {base.experiment} "
                               f"(arm {arm}); check the spelling against `python -m mhtrain.train --cfg job`")
         metrics[arm] = base.metric
+        budget[arm] = n_trials * (len(base.search_space) if per_parameter else 1)
     if len(set(metrics.values())) > 1:
         raise ConfigError(f"the arms optimize different metrics {metrics}: nothing to compare")
     if len({study_name("", over, v) for v in over.values}) < len(over.values):
@@ -158,7 +162,7 @@ def plan(over: Over, arms: Sequence[str], search: Sequence[str], rerun: Sequence
         for arm in arms:
             setting = over.override(value)
             try:
-                study = space.load(arm, name=study_name(arm, over, value), n_trials=n_trials,
+                study = space.load(arm, name=study_name(arm, over, value), n_trials=budget[arm],
                                    extra_overrides=[*search, setting])
                 training_images(compose(study.experiment, study.overrides))
                 cfg = compose(study.experiment, [*study.overrides, *rerun, setting, *per_seed, *RERUN_MODE])

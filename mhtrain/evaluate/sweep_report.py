@@ -169,12 +169,12 @@ def figures(r: SweepResult) -> list[Figure]:
                    f"{100 * LEVEL:.0f}% CI)", diff)]
 
 
-def describe(r: SweepResult, n_trials: int, search: Sequence[str], rerun: Sequence[str],
+def describe(r: SweepResult, budget: str, search: Sequence[str], rerun: Sequence[str],
              full: int | None) -> list[str]:
     """How the numbers were made: budget, fidelities, intervals, the family, what `null` means."""
     seeds = r.arms[0][0].seeds
     lines = [f"At every value of `{r.over.key}` ({', '.join(p.value for p in r.points)}) each arm's study "
-             f"was searched on its own: {n_trials} trials with its config's pruner, search fidelity "
+             f"was searched on its own: {budget} with its config's pruner, search fidelity "
              f"{' '.join(f'`{o}`' for o in search) or 'the study defaults'}, the same for every arm.",
              setup_text(seeds, [*rerun, f"{r.over.key}=<value>"], "Then each arm's best configuration was",
                         f"all {plural(r.family, 'comparison')} of the sweep at once "
