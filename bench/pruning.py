@@ -263,25 +263,61 @@ def report(specs: list, results: dict, seeds: list[int], sign: float) -> None:
           f"<= {TARGET_REGRET_PP} pp)")
 
 
+def probe_cost(study: space.StudyConfig, folder: str, steps: int = 40) -> str:
+    """What one sub-epoch report costs at this fidelity: a val pass against a training epoch (its
+    batches timed on the module's own step, a plain loop's rate)."""
+    from mhtrain.train import build
+
+    b = build(with_values(search_base(study.experiment, study.overrides), [f"paths.output_dir={folder}"]))
+    dm, model = b.datamodule, b.model
+    dm.prepare_data()
+    dm.setup("fit")
+    opt = model.configure_optimizers()
+    opt = opt["optimizer"] if isinstance(opt, dict) else opt
+    train, val = dm.train_dataloader(), dm.val_dataloader()
+    batches, steps = iter(train), min(steps, len(train) - 5)
+    model.train()
+    for i in range(steps + 5):
+        if i == 5:
+            start = time.perf_counter()
+        opt.zero_grad()
+        model.training_step(next(batches), i).backward()
+        opt.step()
+    epoch_s = (time.perf_counter() - start) / steps * len(train)
+    model.evaluate(val)  # warm
+    start = time.perf_counter()
+    model.evaluate(val)
+    val_s = time.perf_counter() - start
+    return (f"a sub-epoch report costs one val pass: {val_s:.2f} s over {len(val.index):,} images, "
+            f"{100 * val_s / epoch_s:.1f}% of a training epoch ({epoch_s:.1f} s for {len(train)} batches)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                     help="sampler seeds, as offsets from the study seed")
     ap.add_argument("--n-trials", type=int, default=24)
     ap.add_argument("--epochs", type=int, help="max epochs = max resource (default: the experiment's)")
-    ap.add_argument("--train-subset", type=int, default=1500)
-    ap.add_argument("--val-subset", type=int, default=2000)
+    ap.add_argument("--train-subset", type=int, default=1500, help="0: every training image")
+    ap.add_argument("--val-subset", type=int, default=2000, help="0: every validation image")
     ap.add_argument("--pruners", nargs="+", default=CANDIDATES,
                     help="name or name:key=value,...; none (the baseline) always runs")
     ap.add_argument("--results", type=Path, help="JSON file keeping every (seed, pruner) result as it "
                     "comes: a rerun with the same flags computes only what is missing")
+    ap.add_argument("--probe-cost", action="store_true",
+                    help="only time one sub-epoch report against a training epoch at this fidelity")
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    fidelity = [f"data.train_subset={args.train_subset}", f"data.val_subset={args.val_subset}"]
+    fidelity = [f"data.{k}={v or 'null'}" for k, v in (("train_subset", args.train_subset),
+                                                         ("val_subset", args.val_subset))]
     if args.epochs:
         fidelity.append(f"trainer.max_epochs={args.epochs}")
     study = space.load("loss_weights", n_trials=args.n_trials, extra_overrides=fidelity)
     max_epochs = int(space.base_config(study).trainer.max_epochs)
+    if args.probe_cost:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(probe_cost(study, tmp), flush=True)
+        return
     specs = [parse_candidate(p) for p in args.pruners]
     baseline = parse_pruner("none")
     specs = [baseline, *(s for s in specs if s != baseline)]  # regret and share are against it
