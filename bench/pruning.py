@@ -38,11 +38,10 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
-import yaml
 from lightning.pytorch.callbacks import Callback
 
 from mhtrain.study import space
-from mhtrain.study.pruners import build_pruner, parse_pruner
+from mhtrain.study.pruners import build_pruner, from_text, parse_pruner
 from mhtrain.study.samplers import make_sampler
 from mhtrain.study.trials import search_base, trial_values, with_values
 from mhtrain.train import fit
@@ -227,10 +226,7 @@ def replay(study: space.StudyConfig, spec, seed: int, curves: Curves, max_epochs
 
 def parse_candidate(text: str):
     """`name` or `name:key=value,key=value` → a PrunerSpec."""
-    name, _, rest = text.partition(":")
-    args = dict(kv.split("=", 1) for kv in rest.split(",") if kv)
-    return parse_pruner({"name": name, **{k: yaml.safe_load(v) for k, v in args.items()}},
-                        where=f"--pruners {text}")
+    return parse_pruner(from_text(text), where=f"--pruners {text}")
 
 
 def label(spec) -> str:

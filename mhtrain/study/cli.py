@@ -10,6 +10,7 @@ from mhtrain.study import confirm, slurm, space
 from mhtrain.study.checkpoints import KEEP
 from mhtrain.study.pbt import pbt_lines
 from mhtrain.study.pruners import NAMES as PRUNERS
+from mhtrain.study.pruners import from_text
 from mhtrain.study.storage import DEFAULT_STORAGE, HEARTBEAT_S, URL_FORMS, check_storage
 
 
@@ -30,7 +31,9 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
                    "the metric becomes that experiment's optimized_metric")
     p.add_argument("--metric", help="val metric to optimize (default: the experiment's)")
     p.add_argument("--sampler", choices=space.SAMPLERS, help="default from the study config")
-    p.add_argument("--pruner", choices=PRUNERS, help="default from the study config")
+    p.add_argument("--pruner", metavar="NAME[:KEY=V,...]",
+                   help=f"{', '.join(PRUNERS)}, arguments after a colon, e.g. sha:report_every=0.25 "
+                        "(default from the study config)")
     p.add_argument("--seed", type=int, help="study seed; trial seed = seed + trial number")
     p.add_argument("--timeout", type=float, metavar="SECONDS",
                    help="start no new trial after this many seconds")
@@ -106,8 +109,8 @@ def main(study_name: str, description: str, argv: Sequence[str] | None = None,
         workers = count_arg("--workers", args.workers)
         study = space.load(study_name, keep_checkpoints=args.keep_checkpoints, name=args.study_name,
                            n_trials=args.n_trials, experiment=args.experiment, metric=args.metric,
-                           sampler=args.sampler, pruner=args.pruner, seed=args.seed,
-                           extra_overrides=args.overrides,
+                           sampler=args.sampler, pruner=args.pruner and from_text(args.pruner),
+                           seed=args.seed, extra_overrides=args.overrides,
                            population=count_arg("--population", args.population))
         if study.pbt is not None and args.confirm:
             raise ConfigError("--confirm re-trains a trial's starting values; a PBT member's answer is its "

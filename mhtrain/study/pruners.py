@@ -126,6 +126,20 @@ def parse_pruner(spec: str | Mapping[str, Any] | PrunerSpec | None, where: str =
     return PrunerSpec(name, tuple(args.items()))
 
 
+def from_text(text: str) -> dict[str, Any]:
+    """`name` or `name:key=value,key=value` (the command line's form) → the mapping `pruner:`
+    takes; values read as YAML scalars, checked by `parse_pruner`."""
+    import yaml
+
+    name, _, rest = text.partition(":")
+    pairs = [kv.partition("=") for kv in rest.split(",") if kv]
+    bad = [k for k, eq, _ in pairs if not eq]
+    if bad:
+        raise ConfigError(f"--pruner {text}: write arguments as key=value after the name, "
+                          "e.g. sha:report_every=0.25")
+    return {"name": name, **{k: yaml.safe_load(v) for k, _, v in pairs}}
+
+
 def build_pruner(spec: PrunerSpec | str | Mapping[str, Any], max_epochs: int) -> P.BasePruner:
     """The Optuna pruner for trials of at most `max_epochs` epochs (Hyperband's max resource, in
     steps of `report_every` epochs)."""
