@@ -112,8 +112,8 @@ class Recorder:
         self.seen.append(dict(values))
         return {**values, LR: values[LR] * 2}
 
-    def exploited(self, member, parent, epoch: int, values) -> None:
-        self.told.append((member.key, parent.key, epoch, dict(values)))
+    def exploited(self, member, parent, epoch: int, parent_epoch: int, values) -> None:
+        self.told.append((member.key, parent.key, epoch, parent_epoch, dict(values)))
 
 
 def population(scores: list[float]) -> tuple[Stack, list[MemberRun]]:
@@ -135,7 +135,7 @@ def test_the_worst_member_copies_the_best_and_goes_on_with_explored_values():
     best = {k: v[2].detach().clone() for k, v in stack.rows.items()}
     assert Controller(Pbt(explorer, "val/digit_acc")).step(stack, runs) == [(1, 2)]
     assert explorer.seen == [hypers(stack, 2)] and hypers(stack, 2)[LR] == 3e-3
-    assert explorer.told == [("m1", "m2", 1, {**hypers(stack, 2), LR: 6e-3})]
+    assert explorer.told == [("m1", "m2", 1, 1, {**hypers(stack, 2), LR: 6e-3})]
     for key, row in stack.rows.items():
         assert torch.equal(row[1], best[key] if key != "lr" else torch.tensor(6e-3, dtype=torch.float64)), key
     assert runs[1].optimizer.param_groups[0]["lr"] == 6e-3  # what the next restack reads back
@@ -227,6 +227,7 @@ def test_a_pbt_study_runs_from_one_command_and_records_each_members_lineage(tiny
         for seg in schedule[1:]:
             exploits.append(seg)
             assert seg["epoch"] in (1, 2) and seg["parent"] in numbers - {t.number}
+            assert seg["parent_epoch"] == seg["epoch"]  # all four joined together
             assert 1e-4 <= seg[LR] <= 1e-2 and 0 <= seg["model.loss_weights.thickness"] <= 2
     # 4 members, quantile 0.25: one copy after each epoch that members go on from (1 and 2)
     assert sorted(s["epoch"] for s in exploits) == [1, 2]
@@ -239,3 +240,22 @@ def test_a_pbt_study_runs_from_one_command_and_records_each_members_lineage(tiny
     assert sum("copied trial" in (d.hovertext or "") for d in fig.data) == 2
     with pytest.raises(ConfigError, match="answer is a schedule"):
         export("pbt_loss_weights", storage)
+
+
+def test_a_copy_from_a_member_that_joined_earlier_links_from_the_parents_own_epoch():
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    def member(number: int, curve: dict[int, float], schedule: list[dict]):
+        t = create_trial(params={LR: 1e-3}, distributions={LR: FloatDistribution(1e-4, 1e-2, log=True)},
+                         value=max(curve.values()), intermediate_values=curve,
+                         user_attrs={SCHEDULE: schedule})
+        t.number = number
+        return t
+
+    parent = member(0, {1: 0.5, 2: 0.6, 3: 0.7, 4: 0.8}, [{"epoch": 0, "parent": None, LR: 1e-3}])
+    late = member(1, {1: 0.2, 2: 0.75}, [{"epoch": 0, "parent": None, LR: 1e-3},
+                                         {"epoch": 1, "parent": 0, "parent_epoch": 3, LR: 2e-3}])
+    fig = lineage_figure([parent, late], "val/digit_acc", [LR])
+    link = next(d for d in fig.data if "copied trial 0" in (d.hovertext or ""))
+    assert list(link.x) == [3, 2] and list(link.y) == [0.7, 0.75]  # from the parent's 3rd epoch

@@ -32,9 +32,10 @@ def lineage_figure(trials: Sequence[optuna.trial.FrozenTrial], metric: str, keys
         schedule = t.user_attrs[SCHEDULE]
         for seg in schedule[1:]:  # a copy after `epoch` epochs: from its parent's point to its next
             parent, e = curves.get(seg["parent"], {}), seg["epoch"]
-            if e in parent and e + 1 in curves[t.number]:
+            p = seg.get("parent_epoch", e)  # the parent's epochs then (it may have joined earlier)
+            if p in parent and e + 1 in curves[t.number]:
                 fig.add_trace(go.Scatter(
-                    x=[e, e + 1], y=[parent[e], curves[t.number][e + 1]], mode="lines",
+                    x=[p, e + 1], y=[parent[p], curves[t.number][e + 1]], mode="lines",
                     line={"color": color, "dash": "dot"}, legendgroup=name, showlegend=False,
                     hovertext=f"{name} copied trial {seg['parent']} after epoch {e}", hoverinfo="text"),
                     row=1, col=1)

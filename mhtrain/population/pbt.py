@@ -46,8 +46,10 @@ class Explorer(Protocol):
     def explore(self, values: Mapping[str, float], rng: random.Random) -> dict[str, float]:
         """Values near `values` (the copied member's, by config key) within the search space."""
 
-    def exploited(self, member: Member, parent: Member, epoch: int, values: Mapping[str, float]) -> None:
-        """`member` copied `parent`'s state after `epoch` epochs and goes on with `values`."""
+    def exploited(self, member: Member, parent: Member, epoch: int, parent_epoch: int,
+                  values: Mapping[str, float]) -> None:
+        """`member`, `epoch` epochs trained, copied `parent`'s state (`parent_epoch` epochs trained:
+        members that joined at different times differ) and goes on with `values`."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,6 @@ class Controller:
             set_hypers(stack, i, values)
             run.optimizer.param_groups[0]["lr"] = stack.args[i]["lr"]  # what `restack` reads back
             run.stopper = copy.deepcopy(runs[j].stopper)
-            pbt.explorer.exploited(run.member, runs[j].member, len(run.history), values)
+            pbt.explorer.exploited(run.member, runs[j].member, len(run.history), len(runs[j].history), values)
             pairs.append((i, j))
         return pairs

@@ -180,8 +180,10 @@ class PbtMembers(TrialMembers):
         study = self.life.study
         return explore(study.search_space, study.pbt, values, rng)
 
-    def exploited(self, member: Member, parent: Member, epoch: int, values: dict[str, float]) -> None:
-        self._record(member.key, segment(epoch, parent.key.number, self.life.study.search_space, values))
+    def exploited(self, member: Member, parent: Member, epoch: int, parent_epoch: int,
+                  values: dict[str, float]) -> None:
+        self._record(member.key, segment(epoch, parent.key.number, self.life.study.search_space, values,
+                                         parent_epoch))
 
     def finish(self, member: Member, result: FitResult) -> None:
         self.schedules.pop(member.key.number, None)

@@ -4,8 +4,10 @@ defaults), its explore step within the study's search space, and what each trial
 One trial per member. Its params are the values it started with; its user attribute
 `pbt_schedule` is its schedule and lineage at once, one segment per stretch of epochs:
 `{"epoch": epochs trained when it began, "parent": the trial whose state it copied then (None:
-its own start), <searched key>: value, ...}`, stored again at each exploit, so a killed worker
-loses no segment already begun. Its curve (intermediate values) runs on across copies."""
+its own start), "parent_epoch": the epochs that state had trained (a copy only), <searched key>:
+value, ...}`, stored again at each exploit, so a killed worker loses no segment already begun.
+Its curve (intermediate values) runs on across copies. A member's weights at its end trained along
+its lineage: its parent's up to `parent_epoch` (recursively), then its own last segment."""
 
 from __future__ import annotations
 
@@ -77,9 +79,10 @@ def explore(space: Sequence[Param], spec: PbtSpec, values: Mapping[str, Any],
 
 
 def segment(epoch: int, parent: int | None, space: Sequence[Param],
-            values: Mapping[str, Any]) -> dict[str, Any]:
+            values: Mapping[str, Any], parent_epoch: int | None = None) -> dict[str, Any]:
     """One entry of `pbt_schedule`."""
-    return {"epoch": epoch, "parent": parent, **{p.key: values[p.key] for p in space}}
+    copied = {} if parent is None else {"parent_epoch": parent_epoch}
+    return {"epoch": epoch, "parent": parent, **copied, **{p.key: values[p.key] for p in space}}
 
 
 def pbt_lines(ostudy: optuna.Study, study: StudyConfig) -> str:
