@@ -8,9 +8,11 @@ import random
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from mhtrain import ConfigError
+from mhtrain.config import compose
 from mhtrain.evaluate.lineage import lineage_figure
 from mhtrain.population import Member
 from mhtrain.population.optim import adam_columns
@@ -19,7 +21,7 @@ from mhtrain.population.runs import MemberRun
 from mhtrain.population.stacked import Stack
 from mhtrain.study.params import parse_param
 from mhtrain.study.pbt import SCHEDULE, PbtSpec, explore, parse_pbt
-from tests.conftest import tiny_for
+from tests.conftest import ROOT, tiny_for
 from tests.device_guards import in_step
 from tests.test_gpu_path import DEVICES, HEADS, batch, joining, lit
 
@@ -205,12 +207,14 @@ def test_a_pbt_study_runs_from_one_command_and_records_each_members_lineage(tiny
     import optuna
 
     from mhtrain.study import cli
-    from mhtrain.study.export import export
+    from mhtrain.study.export import chosen_trial, export
+    from mhtrain.study.replay import lineage
+    from mhtrain.train import fit
 
     monkeypatch.chdir(tmp_path)
     storage = f"sqlite:///{tmp_path / 'pbt.db'}"
     args = ["--no-progress", "--storage", storage, *tiny_for(tiny_data, epochs=3),
-            "data.train_subset=128", "data.val_size=64", "model.net.channels=[4,8]", "model.net.hidden=16"]
+            "data.train_subset=128", "data.val_size=64", "model.net.hidden=16"]
     assert cli.main("pbt_loss_weights", "", args) == 0
     out = capsys.readouterr().out
     assert "population 4 per worker (4 as asked), storage" in out and "training every 1 epoch(s)" in out
@@ -238,8 +242,26 @@ def test_a_pbt_study_runs_from_one_command_and_records_each_members_lineage(tiny
                                                    "model.loss_weights.smoothness"], [LR])
     assert len(fig.data) == 4 + 2 + 3 * 4
     assert sum("copied trial" in (d.hovertext or "") for d in fig.data) == 2
-    with pytest.raises(ConfigError, match="answer is a schedule"):
-        export("pbt_loss_weights", storage)
+    # the best member's answer re-runs solo: the export retraces its lineage from its first member
+    chosen = chosen_trial(ostudy)
+    root, schedule = lineage(ostudy, chosen)
+    path, _ = export("pbt_loss_weights", storage, conf_dir=ROOT / "conf")
+    try:
+        cfg = compose("best_pbt_loss_weights", ["test=false", f"paths.output_dir={tmp_path / 'replay'}"])
+        assert OmegaConf.to_container(cfg.callbacks.pbt_replay.schedule) == schedule
+        assert cfg.seed == root.number and cfg.trainer.max_epochs == 3  # the root's seed, the fidelity
+        solo = [row["val/digit_acc"] for row in fit(cfg).history]
+    finally:
+        path.unlink()
+    by_number = {t.number: t for t in trials}
+    retraced = []  # the lineage's own curve: each stretch's member at its own epochs
+    for i, stretch in enumerate(schedule):
+        end = schedule[i + 1]["epoch"] if i + 1 < len(schedule) else 3
+        skip = stretch["order"]["skip"] if stretch["order"] else 0
+        curve = by_number[stretch["trial"]].intermediate_values
+        retraced += [curve[skip + 1 + e - stretch["epoch"]] for e in range(stretch["epoch"], end)]
+    # equal up to floating-point order (stacked and solo steps round differently): one image of 64
+    assert max(abs(a - b) for a, b in zip(solo, retraced, strict=True)) <= 1 / 64 + 1e-9, (solo, retraced)
 
 
 def test_a_copy_from_a_member_that_joined_earlier_links_from_the_parents_own_epoch():

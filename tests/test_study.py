@@ -97,7 +97,7 @@ def test_budget_is_the_total_and_a_rerun_resumes(tiny, storage, monkeypatch, tmp
 
 STUDY_CONFIGS = sorted(p.stem for p in (ROOT / "conf" / "study").glob("*.yaml")
                        if not p.stem.startswith("zz_test"))
-# a PBT study's answer is a schedule: export refuses it (tests/test_pbt.py)
+# a PBT study exports its best member's lineage as a replay (tests/test_pbt.py)
 EXPORTED = [c for c in STUDY_CONFIGS if not c.startswith("pbt_")]
 
 

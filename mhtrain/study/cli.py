@@ -114,7 +114,7 @@ def main(study_name: str, description: str, argv: Sequence[str] | None = None,
                            population=count_arg("--population", args.population))
         if study.pbt is not None and args.confirm:
             raise ConfigError("--confirm re-trains a trial's starting values; a PBT member's answer is its "
-                              "schedule (pbt_schedule), whose solo replay is not built yet")
+                              "lineage: `python -m mhtrain.study export` writes it as a solo replay")
         prepare_data(space.base_config(study))
         check_storage(args.storage)
         if args.slurm is not None or args.dry_run:

@@ -17,6 +17,7 @@ from mhtrain import ConfigError
 from mhtrain.config import CONF_DIR, compose
 from mhtrain.study.checkpoints import hand_over
 from mhtrain.study.confirm import ATTR as CONFIRMATION
+from mhtrain.study.replay import lineage
 from mhtrain.study.storage import load_existing
 from mhtrain.study.untrusted import trial_record
 
@@ -31,9 +32,11 @@ def fidelity_overrides(overrides: list[str]) -> list[str]:
 
 
 def best_trial_yaml(trial: optuna.trial.FrozenTrial, experiment: str, overrides: list[str],
-                    study_name: str, conf_dir: Path = CONF_DIR, as_searched: bool = False) -> str:
+                    study_name: str, conf_dir: Path = CONF_DIR, as_searched: bool = False,
+                    replay: list[dict] | None = None) -> str:
     """The trial's experiment and group choices as defaults, its other (checked) overrides as
-    values (without its fidelity and seed unless `as_searched`)."""
+    values (without its fidelity and seed unless `as_searched`); with `replay`, the callback that
+    retraces a PBT member's lineage from this trial's start."""
     body, groups = OmegaConf.create({}), []
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.key_or_group
@@ -43,9 +46,14 @@ def best_trial_yaml(trial: optuna.trial.FrozenTrial, experiment: str, overrides:
             groups.append(f"  - override /{key}: {override.value()}\n")
         else:
             OmegaConf.update(body, key, override.value(), force_add=True)
-    header = (f"# @package _global_\n"
-              f"# Best trial ({trial.number}, {trial.value:.6f}) of study {study_name} "
-              f"(the confirmed choice if it ran --confirm).\n"
+    if replay is not None:
+        OmegaConf.update(body, "callbacks.pbt_replay",
+                         {"_target_": "mhtrain.schedule.ScheduleReplay", "schedule": replay}, force_add=True)
+    what = (f"Best trial ({trial.number}, {trial.value:.6f}) of study {study_name} "
+            "(the confirmed choice if it ran --confirm)." if replay is None else
+            f"Best member (trial {replay[-1]['trial']}) of PBT study {study_name}, retraced solo from "
+            f"the start of trial {trial.number}, its lineage's first member, at the study's fidelity.")
+    header = (f"# @package _global_\n# {what}\n"
               f"# python -m mhtrain.train experiment=best_{study_name}\n"
               f"defaults:\n  - {experiment}\n{''.join(groups)}  - _self_\n\n")
     return header + OmegaConf.to_yaml(body)
@@ -75,14 +83,13 @@ def export(study_name: str, storage_url: str, conf_dir: Path = CONF_DIR,
     """Write the experiment file and check that it composes (a file that cannot train is
     removed); returns its path and the search-fidelity overrides it left out."""
     study = load_existing(study_name, storage_url)
-    if (study.user_attrs.get("config") or {}).get("pbt"):
-        raise ConfigError(f"study {study_name} trained by population-based training: its best trial's "
-                          "answer is a schedule (user attribute pbt_schedule), not one configuration; "
-                          "replaying a schedule solo is not built yet")
-    best = chosen_trial(study)
+    best, replay = chosen_trial(study), None
+    if (study.user_attrs.get("config") or {}).get("pbt"):  # a schedule: its lineage, retraced solo
+        best, replay = lineage(study, best)
+        as_searched = True
     experiment, overrides = trial_record(study, best)  # refused here, before anything is written
     path = conf_dir / "experiment" / f"best_{study_name}.yaml"
-    path.write_text(best_trial_yaml(best, experiment, overrides, study_name, conf_dir, as_searched))
+    path.write_text(best_trial_yaml(best, experiment, overrides, study_name, conf_dir, as_searched, replay))
     if conf_dir == CONF_DIR:
         try:
             compose(f"best_{study_name}")

@@ -96,7 +96,7 @@ def pbt_lines(ostudy: optuna.Study, study: StudyConfig) -> str:
         return "pbt: no member has finished yet"
     best = max(done, key=lambda t: t.value if study.direction == "maximize" else -t.value)
     lines = [f"pbt: trial {best.number}'s schedule (its user attribute {SCHEDULE}; the lineage figure "
-             "is on the dashboard's Plots tab):"]
+             "is on the dashboard's Plots tab; `python -m mhtrain.study export` writes it as a solo replay):"]
     for seg in best.user_attrs[SCHEDULE]:
         source = "its own start" if seg["parent"] is None else f"copied trial {seg['parent']}"
         values = ", ".join(f"{k}={seg[k]:.4g}" if isinstance(seg[k], float) else f"{k}={seg[k]}"
