@@ -31,9 +31,12 @@ class ScheduleReplay(Callback):
     """`schedule`: entries `{epoch: E, values: {key: value}, order: {seed: S, skip: K} | null}`,
     applied when epoch E (from 0) starts. Keys are `model.optimizer.lr` and
     `model.loss_weights.<head>`; `order` makes the epochs from E on draw the batch order of a run
-    seeded S that has trained K epochs (at epoch 0 the run's own seed decides it)."""
+    seeded S that has trained K epochs (at epoch 0 the run's own seed decides it). With
+    `orders=False` the run keeps its own batch order: the schedule's values replayed on a fresh
+    seed, as a confirmation run trains them."""
 
-    def __init__(self, schedule: Sequence[Mapping[str, Any]]) -> None:
+    def __init__(self, schedule: Sequence[Mapping[str, Any]], orders: bool = True) -> None:
+        self.orders = orders
         if isinstance(schedule, DictConfig | ListConfig):
             schedule = OmegaConf.to_container(schedule, resolve=True)
         self.entries = sorted((dict(e) for e in schedule), key=lambda e: e["epoch"])
@@ -63,7 +66,7 @@ class ScheduleReplay(Callback):
                     if WEIGHTS + head in values:
                         pl_module.priors[i] = float(values[WEIGHTS + head])
                         pl_module.loss_weights[head] = float(values[WEIGHTS + head])
-            if e.get("order"):  # read when the epoch's first batch is drawn, after this hook
+            if self.orders and e.get("order"):  # read at the epoch's first batch, after this hook
                 batches = trainer.train_dataloader
                 batches.generator = batch_generator(int(e["order"]["seed"]), int(e["order"]["skip"]),
                                                     len(batches.index))

@@ -110,6 +110,18 @@ def test_the_replay_sets_values_and_batch_orders_at_the_epochs_it_names(tiny_ove
         assert torch.equal(seen.rows[epoch][2], batches.gather(order[:batches.batch_size])[0])
 
 
+def test_without_orders_the_run_keeps_its_own_batch_order(tiny_overrides):
+    """`orders=False`: the values replayed on the run's own seed (a fresh-seed re-run)."""
+    cfg = compose("multihead_cnn_mnist", [*tiny_overrides, "test=false", "callbacks.early_stopping=null"])
+    firsts = []
+    switch = [{"epoch": 1, "values": {LR: 0.002}, "order": {"seed": 7, "skip": 1}}]
+    for replay in (None, ScheduleReplay(switch, orders=False)):
+        seen = Seen()
+        fit(cfg, callbacks=[seen, *([replay] if replay else [])])
+        firsts.append(seen.rows[1][2])
+    assert torch.equal(*firsts)
+
+
 def test_a_schedule_that_sets_anything_else_is_refused():
     with pytest.raises(ValueError, match="keys model.optimizer.lr and model.loss_weights.<head> only"):
         ScheduleReplay([{"epoch": 1, "values": {"trainer.max_epochs": 3}}])
