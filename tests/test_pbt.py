@@ -206,6 +206,7 @@ def test_a_pbt_study_runs_from_one_command_and_records_each_members_lineage(tiny
                                                                              capsys):
     import optuna
 
+    from mhtrain.evaluate.reruns import rerun_best, rerun_config
     from mhtrain.study import cli
     from mhtrain.study.export import chosen_trial, export
     from mhtrain.study.replay import lineage
@@ -260,6 +261,12 @@ def test_a_pbt_study_runs_from_one_command_and_records_each_members_lineage(tiny
         skip = stretch["order"]["skip"] if stretch["order"] else 0
         curve = by_number[stretch["trial"]].intermediate_values
         retraced += [curve[skip + 1 + e - stretch["epoch"]] for e in range(stretch["epoch"], end)]
+    # a comparison re-trains the answer on fresh seeds: the schedule's values, each seed's own order
+    rerun = rerun_config(ostudy, 2000)
+    assert rerun.seed == 2000 and rerun.callbacks.pbt_replay.orders is False
+    assert OmegaConf.to_container(rerun.callbacks.pbt_replay.schedule) == schedule
+    arm = rerun_best(ostudy, [2000])
+    assert 0 < arm.values("test/digit_acc")[0] <= 1
     # equal up to floating-point order (stacked and solo steps round differently): one image of 64
     assert max(abs(a - b) for a, b in zip(solo, retraced, strict=True)) <= 1 / 64 + 1e-9, (solo, retraced)
 

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mhtrain import ConfigError
 from mhtrain.config import compose
 from mhtrain.contract import metric_key
 from mhtrain.result import FitResult
+from mhtrain.study.replay import replay_node, replayed
 from mhtrain.study.storage import open_storage
 from mhtrain.study.untrusted import trial_record
 from mhtrain.train import fit
@@ -90,14 +91,19 @@ class Arm:
 
 def rerun_config(ostudy: optuna.Study, seed: int, extra: Sequence[str] = ()) -> DictConfig:
     """The composed config that re-trains the study's best trial with `seed` and `extra` on top
-    (checked, like every composed config, before anything trains)."""
+    (checked, like every composed config, before anything trains). A PBT study's best is its
+    member's schedule: replayed from its lineage's first member, on `seed`'s own batch order."""
     best = ostudy.best_trial
-    experiment, overrides = trial_record(ostudy, best)
+    start, schedule = replayed(ostudy, best)
+    experiment, overrides = trial_record(ostudy, start)
     kept = [o for o in overrides if not o.startswith("seed=")]
     fidelity = f"_{hashlib.sha1('|'.join(extra).encode()).hexdigest()[:8]}" if extra else ""
     name = re.sub(r"[^A-Za-z0-9_.@:+-]", "_", ostudy.study_name)  # one folder a Hydra override can carry
     out = f"paths.output_dir={RERUN_ROOT}/{name}/trial{best.number}_seed{seed}{fidelity}"
-    return compose(experiment, [*kept, f"seed={seed}", *extra, *RERUN_MODE, out])
+    cfg = compose(experiment, [*kept, f"seed={seed}", *extra, *RERUN_MODE, out])
+    if schedule is not None:
+        OmegaConf.update(cfg, "callbacks.pbt_replay", replay_node(schedule, orders=False), force_add=True)
+    return cfg
 
 
 def record_of(result: FitResult) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from mhtrain import ConfigError
 from mhtrain.config import CONF_DIR, compose
 from mhtrain.study.checkpoints import hand_over
 from mhtrain.study.confirm import ATTR as CONFIRMATION
-from mhtrain.study.replay import lineage
+from mhtrain.study.replay import replay_node, replayed
 from mhtrain.study.storage import load_existing
 from mhtrain.study.untrusted import trial_record
 
@@ -47,8 +47,7 @@ def best_trial_yaml(trial: optuna.trial.FrozenTrial, experiment: str, overrides:
         else:
             OmegaConf.update(body, key, override.value(), force_add=True)
     if replay is not None:
-        OmegaConf.update(body, "callbacks.pbt_replay",
-                         {"_target_": "mhtrain.schedule.ScheduleReplay", "schedule": replay}, force_add=True)
+        OmegaConf.update(body, "callbacks.pbt_replay", replay_node(replay), force_add=True)
     what = (f"Best trial ({trial.number}, {trial.value:.6f}) of study {study_name} "
             "(the confirmed choice if it ran --confirm)." if replay is None else
             f"Best member (trial {replay[-1]['trial']}) of PBT study {study_name}, retraced solo from "
@@ -83,10 +82,8 @@ def export(study_name: str, storage_url: str, conf_dir: Path = CONF_DIR,
     """Write the experiment file and check that it composes (a file that cannot train is
     removed); returns its path and the search-fidelity overrides it left out."""
     study = load_existing(study_name, storage_url)
-    best, replay = chosen_trial(study), None
-    if (study.user_attrs.get("config") or {}).get("pbt"):  # a schedule: its lineage, retraced solo
-        best, replay = lineage(study, best)
-        as_searched = True
+    best, replay = replayed(study, chosen_trial(study))  # a PBT answer: its lineage, retraced solo
+    as_searched = as_searched or replay is not None
     experiment, overrides = trial_record(study, best)  # refused here, before anything is written
     path = conf_dir / "experiment" / f"best_{study_name}.yaml"
     path.write_text(best_trial_yaml(best, experiment, overrides, study_name, conf_dir, as_searched, replay))

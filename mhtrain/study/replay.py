@@ -56,6 +56,20 @@ def _seed(ostudy: optuna.Study, trial: optuna.trial.FrozenTrial) -> int:
 Trial = optuna.trial.FrozenTrial
 
 
+def replay_node(schedule: list[dict], orders: bool = True) -> dict[str, Any]:
+    """The config node of the callback that replays `schedule` (with its batch orders, or on the
+    run's own seed)."""
+    return {"_target_": "mhtrain.schedule.ScheduleReplay", "schedule": schedule, "orders": orders}
+
+
+def replayed(ostudy: optuna.Study, trial: Trial) -> tuple[Trial, list[dict] | None]:
+    """The trial whose record a re-run of `trial` starts from, and the schedule it replays (None
+    for a study without PBT: the trial itself, as searched)."""
+    if (ostudy.user_attrs.get("config") or {}).get("pbt"):
+        return lineage(ostudy, trial)
+    return trial, None
+
+
 def lineage(ostudy: optuna.Study, final: Trial) -> tuple[Trial, list[dict]]:
     """The path's first trial (the solo run's configuration) and the replay schedule of `final`."""
     keys = list((ostudy.user_attrs.get("config") or {}).get("search_space") or {})
