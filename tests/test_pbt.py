@@ -206,6 +206,7 @@ def test_a_pbt_study_runs_from_one_command_and_records_each_members_lineage(tiny
                                                                              capsys):
     import optuna
 
+    from mhtrain.evaluate.report import study_items
     from mhtrain.evaluate.reruns import rerun_best, rerun_config
     from mhtrain.study import cli
     from mhtrain.study.export import chosen_trial, export
@@ -267,6 +268,8 @@ def test_a_pbt_study_runs_from_one_command_and_records_each_members_lineage(tiny
     assert OmegaConf.to_container(rerun.callbacks.pbt_replay.schedule) == schedule
     arm = rerun_best(ostudy, [2000])
     assert 0 < arm.values("test/digit_acc")[0] <= 1
+    said = [i for i in study_items(arm) if i.startswith("re-runs replay its lineage's schedule: ")]
+    assert said and f"from epoch 0 (trial {root.number})" in said[0]  # not the member's own start
     # equal up to floating-point order (stacked and solo steps round differently): one image of 64
     assert max(abs(a - b) for a, b in zip(solo, retraced, strict=True)) <= 1 / 64 + 1e-9, (solo, retraced)
 

@@ -15,6 +15,7 @@ from mhtrain.evaluate.figures import comparison_figures
 from mhtrain.evaluate.power import power_line, sampling_line
 from mhtrain.evaluate.reruns import Arm
 from mhtrain.evaluate.stats import INTERVAL, LEVEL, UNADJUSTED, Contrast, mean_ci, p_text, r_text
+from mhtrain.study.replay import replayed
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,11 @@ def study_items(a: Arm) -> list[str]:
              if ("loss_weights" in o or "weighting" in o) and o.lstrip("+~").split("=")[0] not in best.params]
     if fixed:
         items.append(f"fixed: {', '.join(f'`{o}`' for o in fixed)}")
+    _, schedule = replayed(a.study, best)
+    if schedule is not None:  # a PBT member: its re-runs replay its lineage's schedule, not the above
+        stretches = [f"from epoch {s['epoch']} (trial {s['trial']}) " + ", ".join(
+            f"`{k.rsplit('.', 1)[-1]}` {v:.4g}" for k, v in s["values"].items()) for s in schedule]
+        items.append(f"re-runs replay its lineage's schedule: {'; '.join(stretches)}")
     items.append(f"re-runs: {len(a.records)} seeds, {duration(rerun_s)} training, "
                  f"{sum(r.get('epochs', 0) for r in a.records) / len(a.records):.1f} epochs on average")
     return items
