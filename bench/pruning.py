@@ -254,7 +254,7 @@ def report(specs: list, results: dict, seeds: list[int], sign: float) -> None:
     ok = [row for row in rows if row[2] <= TARGET_REGRET_PP]
     spec, share, mean, worst = min(ok, key=lambda row: row[1])
     met = "meets" if share <= TARGET_SHARE else "misses"
-    print(f"winner: {spec} at {100 * share:.0f}% of the unpruned epochs, regret {mean:+.2f} pp mean, "
+    print(f"winner: {label(spec)} at {100 * share:.0f}% of the unpruned epochs, regret {mean:+.2f} pp mean, "
           f"{worst:+.2f} pp worst ({met} the target of <= {100 * TARGET_SHARE:.0f}% with mean regret "
           f"<= {TARGET_REGRET_PP} pp)")
 
