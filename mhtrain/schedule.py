@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from mhtrain import ConfigError
 from mhtrain.population.pbt import LR, WEIGHTS
 
 
@@ -43,7 +44,7 @@ class ScheduleReplay(Callback):
         for e in self.entries:
             bad = [k for k in e["values"] if k != LR and not k.startswith(WEIGHTS)]
             if bad or (e.get("order") and e["epoch"] == 0):
-                raise ValueError(f"schedule entry {e}: keys {LR} and {WEIGHTS}<head> only, and no "
+                raise ConfigError(f"schedule entry {e}: keys {LR} and {WEIGHTS}<head> only, and no "
                                  "order at epoch 0 (the run's seed sets it)")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -51,7 +52,7 @@ class ScheduleReplay(Callback):
         for e in self.entries:
             unknown = sorted(k for k in e["values"] if k.startswith(WEIGHTS) and k not in heads)
             if unknown:
-                raise ValueError(f"schedule entry at epoch {e['epoch']}: {unknown} name no head "
+                raise ConfigError(f"schedule entry at epoch {e['epoch']}: {unknown} name no head "
                                  f"of {sorted(heads)}")
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
