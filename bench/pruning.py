@@ -41,7 +41,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from mhtrain.study import space
-from mhtrain.study.pruners import build_pruner, from_text, parse_pruner
+from mhtrain.study.pruners import build_pruner, from_text, parse_pruner, sub_epoch_points
 from mhtrain.study.samplers import make_sampler
 from mhtrain.study.trials import search_base, trial_values, with_values
 from mhtrain.train import fit
@@ -109,8 +109,7 @@ class Curve(Callback):
             self._value = float(trainer.callback_metrics[self.metric])
 
     def on_train_start(self, trainer, pl_module) -> None:
-        n = trainer.num_training_batches
-        self._at = {max(1, round(n * i / self.parts)): i / self.parts for i in range(1, self.parts)}
+        self._at = sub_epoch_points(trainer.num_training_batches, 1 / self.parts)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if trainer.current_epoch == 0 and batch_idx + 1 in self._at:

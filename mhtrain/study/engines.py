@@ -25,6 +25,7 @@ from mhtrain.study import interrupt
 from mhtrain.study.ledger import reap
 from mhtrain.study.lifecycle import Lifecycle
 from mhtrain.study.pbt import SCHEDULE, explore, segment
+from mhtrain.study.pruners import sub_epoch_points
 from mhtrain.study.trials import search_base
 from mhtrain.train import fit
 
@@ -56,9 +57,8 @@ class PruningCallback(Callback):
         self.probes: dict[int, float] = {}  # batch of the first epoch -> epochs trained there
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        parts, batches = round(1 / self.life.study.pruner.report_every), trainer.num_training_batches
-        if parts > 1 and batches != float("inf"):
-            self.probes = {max(1, round(batches * i / parts)): i / parts for i in range(1, parts)}
+        if trainer.num_training_batches != float("inf"):
+            self.probes = sub_epoch_points(trainer.num_training_batches, self.life.study.pruner.report_every)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:

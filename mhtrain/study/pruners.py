@@ -126,6 +126,13 @@ def parse_pruner(spec: str | Mapping[str, Any] | PrunerSpec | None, where: str =
     return PrunerSpec(name, tuple(args.items()))
 
 
+def sub_epoch_points(batches: int, report_every: float) -> dict[int, float]:
+    """Batch of the first epoch (from 1) -> the epochs trained there, for each sub-epoch report
+    of `report_every` (none for whole epochs): where the study and bench/pruning.py read them."""
+    parts = round(1 / report_every)
+    return {max(1, round(batches * i / parts)): i / parts for i in range(1, parts)}
+
+
 def from_text(text: str) -> dict[str, Any]:
     """`name` or `name:key=value,key=value` (the command line's form) → the mapping `pruner:`
     takes; values read as YAML scalars, checked by `parse_pruner`."""
