@@ -113,14 +113,17 @@ def test_confirm_asks_for_two_configurations_and_two_seeds(tmp_path, monkeypatch
     assert not list(tmp_path.iterdir())
 
 
-def test_export_hands_over_the_confirmed_choice_and_refuses_a_planted_one(searched):
+def test_export_and_compare_hand_on_the_confirmed_choice_and_refuse_a_planted_one(searched):
     from mhtrain import ConfigError
-    from mhtrain.study.export import chosen_trial
+    from mhtrain.evaluate.reruns import rerun_config
+    from mhtrain.study.confirm import chosen_trial
 
     ostudy = made(searched, [(1e-2, 0.99), (1e-3, 0.98)])
     assert chosen_trial(ostudy).number == 0  # not confirmed: the search's best
+    assert rerun_config(ostudy, 9).model.optimizer.lr == 1e-2
     ostudy.set_user_attr(confirm.ATTR, {"chosen": 1})
     assert chosen_trial(ostudy).number == 1  # confirmed on fresh seeds: what `--confirm` printed
+    assert rerun_config(ostudy, 9).model.optimizer.lr == 1e-3  # compare re-trains the same answer
     for planted in ("1; touch x", 7, True, None):  # a storage is written by others
         ostudy.set_user_attr(confirm.ATTR, {"chosen": planted})
         with pytest.raises(ConfigError, match="not a complete trial"):

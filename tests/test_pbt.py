@@ -206,17 +206,20 @@ def test_a_pbt_study_runs_from_one_command_and_records_each_members_lineage(tiny
                                                                              capsys):
     import optuna
 
+    from mhtrain.evaluate.figures import comparison_figures
     from mhtrain.evaluate.report import study_items
     from mhtrain.evaluate.reruns import rerun_best, rerun_config
     from mhtrain.study import cli
-    from mhtrain.study.export import chosen_trial, export
+    from mhtrain.study.confirm import chosen_trial, confirm_config
+    from mhtrain.study.export import export
     from mhtrain.study.replay import lineage
     from mhtrain.train import fit
 
     monkeypatch.chdir(tmp_path)
     storage = f"sqlite:///{tmp_path / 'pbt.db'}"
-    args = ["--no-progress", "--storage", storage, *tiny_for(tiny_data, epochs=3),
-            "data.train_subset=128", "data.val_size=64", "model.net.hidden=16"]
+    args = ["--no-progress", "--storage", storage, "--confirm", "2", "--confirm-seeds", "2",
+            *tiny_for(tiny_data, epochs=3), "data.train_subset=128", "data.val_size=64",
+            "model.net.hidden=16"]
     assert cli.main("pbt_loss_weights", "", args) == 0
     out = capsys.readouterr().out
     assert "population 4 per worker (4 as asked), storage" in out and "training every 1 epoch(s)" in out
@@ -224,7 +227,7 @@ def test_a_pbt_study_runs_from_one_command_and_records_each_members_lineage(tiny
     ostudy = optuna.load_study(study_name="pbt_loss_weights", storage=storage)
     trials = ostudy.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
-    numbers = {t.number for t in trials}
+    numbers, by_number = {t.number for t in trials}, {t.number: t for t in trials}
     exploits = []
     for t in trials:
         schedule = t.user_attrs[SCHEDULE]
@@ -244,8 +247,16 @@ def test_a_pbt_study_runs_from_one_command_and_records_each_members_lineage(tiny
                                                    "model.loss_weights.smoothness"], [LR])
     assert len(fig.data) == 4 + 2 + 3 * 4
     assert sum("copied trial" in (d.hovertext or "") for d in fig.data) == 2
-    # the best member's answer re-runs solo: the export retraces its lineage from its first member
+    # --confirm re-trains the top 2 members' answers, their lineages replayed on fresh seeds
+    assert "confirmation: top 2 trials re-trained with fresh seeds 4, 5 on the validation split" in out
+    confirmed = ostudy.user_attrs["confirmation"]
+    for number in confirmed["trials"]:
+        cfg, (_, replays) = confirm_config(ostudy, by_number[number], 4), lineage(ostudy, by_number[number])
+        assert OmegaConf.to_container(cfg.callbacks.pbt_replay.schedule) == replays
+        assert cfg.seed == 4 and cfg.callbacks.pbt_replay.orders is False and cfg.test is False
+    # the chosen member's answer re-runs solo: the export retraces its lineage from its first member
     chosen = chosen_trial(ostudy)
+    assert chosen.number == confirmed["chosen"]
     root, schedule = lineage(ostudy, chosen)
     path, _ = export("pbt_loss_weights", storage, conf_dir=ROOT / "conf")
     try:
@@ -255,7 +266,6 @@ def test_a_pbt_study_runs_from_one_command_and_records_each_members_lineage(tiny
         solo = [row["val/digit_acc"] for row in fit(cfg).history]
     finally:
         path.unlink()
-    by_number = {t.number: t for t in trials}
     retraced = []  # the lineage's own curve: each stretch's member at its own epochs
     for i, stretch in enumerate(schedule):
         end = schedule[i + 1]["epoch"] if i + 1 < len(schedule) else 3
@@ -270,6 +280,7 @@ def test_a_pbt_study_runs_from_one_command_and_records_each_members_lineage(tiny
     assert 0 < arm.values("test/digit_acc")[0] <= 1
     said = [i for i in study_items(arm) if i.startswith("re-runs replay its lineage's schedule: ")]
     assert said and f"from epoch 0 (trial {root.number})" in said[0]  # not the member's own start
+    assert "PBT lineage: pbt_loss_weights" in [f.title for f in comparison_figures([arm], "test/digit_acc")]
     # equal up to floating-point order (stacked and solo steps round differently): one image of 64
     assert max(abs(a - b) for a, b in zip(solo, retraced, strict=True)) <= 1 / 64 + 1e-9, (solo, retraced)
 

@@ -15,6 +15,7 @@ from optuna.trial import create_trial
 
 from mhtrain import ConfigError
 from mhtrain.config import compose
+from mhtrain.evaluate.lineage import study_lineage
 from mhtrain.schedule import ScheduleReplay, batch_generator
 from mhtrain.study.pbt import SCHEDULE
 from mhtrain.study.replay import lineage
@@ -28,6 +29,7 @@ def pbt_study(schedules: dict[int, list[dict]], planted: bool = False) -> optuna
     """A PBT study as a run stores it: its config, and each member's record and schedule (a
     `planted` one says nothing about where its member started)."""
     ostudy = optuna.create_study(study_name="pbt", direction="maximize")
+    ostudy.set_metric_names(["val/digit_acc"])
     ostudy.set_user_attr("config", {"experiment": "multihead_cnn_mnist", "overrides": [], "pbt": {},
                                     "search_space": {LR: {}, THICK: {}}})
     for number, schedule in sorted(schedules.items()):
@@ -63,19 +65,26 @@ def test_a_members_lineage_is_retraced_through_copies_of_copies_and_late_joins()
     assert lineage(ostudy, ostudy.trials[0])[1] == [schedule[0]]
 
 
-@pytest.mark.parametrize("planted, says", [
-    ({0: [{"epoch": 0, "parent": None, LR: {"_target_": "os.system"}, THICK: 1.0}]}, "a nested node"),
-    ({0: "rm -rf /"}, "not a list of segments"),
-    ({0: [seg(0, 1e-3), seg(1, 1e-3, 7, 1)]}, "parent 7 (no such trial)"),
-    ({0: [seg(0, 1e-3), seg(2, 1e-3, 1, 3)], 1: [seg(0, 1e-3), seg(2, 1e-3, 0, 3)]}, "has a cycle"),
-    ({0: [seg(2, 1e-3)]}, "not its own start at epoch 0"),
-    ({0: [seg(0, 1e-3), seg(1, 1e-3, 1, True)], 1: [seg(0, 1e-3)]}, "parent_epoch='True' (not an integer"),
+@pytest.mark.parametrize("planted, says, drawn", [
+    ({0: [{"epoch": 0, "parent": None, LR: {"_target_": "os.system"}, THICK: 1.0}]}, "a nested node", False),
+    ({0: "rm -rf /"}, "not a list of segments", False),
+    ({0: [seg(0, 1e-3), seg(1, 1e-3, 7, 1)]}, "parent 7 (no such trial)", True),
+    ({0: [seg(0, 1e-3), seg(2, 1e-3, 1, 3)], 1: [seg(0, 1e-3), seg(2, 1e-3, 0, 3)]}, "has a cycle", True),
+    ({0: [seg(2, 1e-3)]}, "not its own start at epoch 0", False),
+    ({0: [seg(0, 1e-3), seg(1, 1e-3, 1, True)], 1: [seg(0, 1e-3)]}, "parent_epoch='True'", False),
 ])
-def test_a_planted_schedule_is_refused_in_one_line(planted, says):
+def test_a_planted_schedule_is_refused_in_one_line(planted, says, drawn):
+    """By the replay (export, compare, --confirm) and by the lineage figure (dashboard, report),
+    which draws a lineage with a missing parent or a cycle (no link to draw) but no bad segment."""
     ostudy = pbt_study(planted, planted=True)
     with pytest.raises(ConfigError, match=re.escape(says)) as e:
         lineage(ostudy, ostudy.trials[0])
     assert "\n" not in str(e.value) and "records are data" in str(e.value)
+    if drawn:
+        assert study_lineage(ostudy).data
+    else:
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            study_lineage(ostudy)
 
 
 class Seen(Callback):

@@ -16,8 +16,10 @@ import plotly.graph_objects as go
 from optuna.trial import TrialState
 
 from mhtrain.evaluate.document import Figure
+from mhtrain.evaluate.lineage import study_lineage
 from mhtrain.evaluate.reruns import Arm
 from mhtrain.evaluate.stats import plural
+from mhtrain.study.replay import is_pbt
 
 MIN_COMPLETE = 10  # completed trials (the only ones importances and contours use) needed to say anything
 
@@ -107,6 +109,8 @@ def comparison_figures(arms: list[Arm], metric: str) -> list[Figure]:
     for s in studies:
         figs.append(drawn(f"Intermediate values per epoch: {s.study_name}",
                           lambda s=s: vis.plot_intermediate_values(s)))
+        if is_pbt(s):  # who copied whom, when, and each member's schedule
+            figs.append(Figure(f"PBT lineage: {s.study_name}", study_lineage(s)))
     for s in studies:
         params = sorted({p for t in s.get_trials(deepcopy=False) for p in t.params})
         if len(params) > 1:  # with one parameter its importance is 1.0 by definition

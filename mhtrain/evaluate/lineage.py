@@ -4,7 +4,7 @@ optuna-dashboard (its Plots tab) when a PBT run ends."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import optuna
 import plotly.graph_objects as go
@@ -12,13 +12,16 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from mhtrain.study.pbt import SCHEDULE
+from mhtrain.study.replay import segments
+from mhtrain.study.untrusted import study_metric
 
 GRAPH_ID = "pbt_lineage"  # its id among the dashboard's study plots (stored again each run)
 
 
 def lineage_figure(trials: Sequence[optuna.trial.FrozenTrial], metric: str, keys: Sequence[str],
-                   log_keys: Sequence[str] = ()) -> go.Figure:
-    """Members (trials with a `pbt_schedule`) by epochs trained: `metric`, then each of `keys`."""
+                   log_keys: Sequence[str] = (), study: str = "") -> go.Figure:
+    """Members (trials with a `pbt_schedule`, checked: a malformed one is refused in one line) by
+    epochs trained: `metric`, then each of `keys`."""
     members = [t for t in trials if SCHEDULE in t.user_attrs]
     curves = {t.number: t.intermediate_values for t in members}
     fig = make_subplots(rows=1 + len(keys), cols=1, shared_xaxes=True, vertical_spacing=0.06,
@@ -29,10 +32,10 @@ def lineage_figure(trials: Sequence[optuna.trial.FrozenTrial], metric: str, keys
         steps = sorted(curves[t.number])
         fig.add_trace(go.Scatter(x=steps, y=[curves[t.number][s] for s in steps], mode="lines+markers",
                                  name=name, legendgroup=name, line={"color": color}), row=1, col=1)
-        schedule = t.user_attrs[SCHEDULE]
+        schedule = segments(t, keys, study)
         for seg in schedule[1:]:  # a copy after `epoch` epochs: from its parent's point to its next
-            parent, e = curves.get(seg["parent"], {}), seg["epoch"]
-            p = seg.get("parent_epoch", e)  # the parent's epochs then (it may have joined earlier)
+            # p: the parent's epochs at the copy (it may have joined earlier)
+            parent, e, p = curves.get(seg["parent"], {}), seg["epoch"], seg["parent_epoch"]
             if p in parent and e + 1 in curves[t.number]:
                 fig.add_trace(go.Scatter(
                     x=[p, e + 1], y=[parent[p], curves[t.number][e + 1]], mode="lines",
@@ -42,7 +45,7 @@ def lineage_figure(trials: Sequence[optuna.trial.FrozenTrial], metric: str, keys
         end = max(steps, default=0)
         for row, key in enumerate(keys, start=2):  # a value holds from its segment's start on
             x = [seg["epoch"] for seg in schedule] + [end]
-            y = [seg[key] for seg in schedule] + [schedule[-1][key]]
+            y = [seg["values"][key] for seg in schedule] + [schedule[-1]["values"][key]]
             fig.add_trace(go.Scatter(x=x, y=y, mode="lines", line={"color": color, "shape": "hv"},
                                      name=name, legendgroup=name, showlegend=False), row=row, col=1)
     for row, key in enumerate(keys, start=2):
@@ -54,10 +57,21 @@ def lineage_figure(trials: Sequence[optuna.trial.FrozenTrial], metric: str, keys
     return fig
 
 
-def store_lineage(ostudy: optuna.Study, metric: str, keys: Sequence[str],
-                  log_keys: Sequence[str] = ()) -> None:
+def study_lineage(ostudy: optuna.Study) -> go.Figure:
+    """A stored PBT study's lineage figure: its searched keys (log axes where searched on a log
+    scale) from its recorded config, its metric from the study."""
+    config = ostudy.user_attrs.get("config")
+    config = config if isinstance(config, Mapping) else {}
+    space = config.get("search_space")
+    space = space if isinstance(space, Mapping) else {}
+    keys = [k for k in space if isinstance(k, str)]
+    log_keys = [k for k in keys if isinstance(space[k], Mapping) and space[k].get("log") is True]
+    return lineage_figure(ostudy.get_trials(deepcopy=False), study_metric(ostudy), keys, log_keys,
+                          ostudy.study_name)
+
+
+def store_lineage(ostudy: optuna.Study) -> None:
     """Draw the study's lineage and store it where optuna-dashboard shows it."""
     from optuna_dashboard import save_plotly_graph_object
 
-    fig = lineage_figure(ostudy.get_trials(deepcopy=False), metric, keys, log_keys)
-    save_plotly_graph_object(ostudy, fig, graph_object_id=GRAPH_ID)
+    save_plotly_graph_object(ostudy, study_lineage(ostudy), graph_object_id=GRAPH_ID)

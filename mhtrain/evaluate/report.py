@@ -15,6 +15,7 @@ from mhtrain.evaluate.figures import comparison_figures
 from mhtrain.evaluate.power import power_line, sampling_line
 from mhtrain.evaluate.reruns import Arm
 from mhtrain.evaluate.stats import INTERVAL, LEVEL, UNADJUSTED, Contrast, mean_ci, p_text, r_text
+from mhtrain.study.confirm import chosen_trial
 from mhtrain.study.replay import replayed
 
 
@@ -97,13 +98,16 @@ def study_items(a: Arm) -> list[str]:
     """One arm's study, best configuration (searched values, then what was fixed) and re-runs."""
     trials = a.study.get_trials(deepcopy=False)
     states = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
-    best = a.study.best_trial
+    best = chosen_trial(a.study)
     search_s = sum(t.user_attrs.get("seconds", 0) for t in trials)
     rerun_s = sum(r.get("seconds", 0) for r in a.records)
     items = [f"experiment: `{best.user_attrs.get('experiment')}`",
              f"trials: {', '.join(f'{n} {s}' for s, n in states.items() if n)}; "
              f"training time {duration(search_s)}",
              f"best val value: {best.value:.4f} (trial {best.number})"]
+    if best.number != a.study.best_trial.number:
+        items[-1] = (f"answer: trial {best.number}, val {best.value:.4f}, chosen by `--confirm` on fresh "
+                     f"seeds over the search's best, trial {a.study.best_trial.number}")
     items += [f"`{k}` = {v:.6g}" if isinstance(v, float) else f"`{k}` = {v}" for k, v in best.params.items()]
     fixed = [o for o in best.user_attrs.get("overrides", [])  # the searched values are listed above
              if ("loss_weights" in o or "weighting" in o) and o.lstrip("+~").split("=")[0] not in best.params]

@@ -5,22 +5,21 @@ run again re-trains nothing and an interrupted one resumes where it stopped."""
 from __future__ import annotations
 
 import hashlib
-import re
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from mhtrain import ConfigError
-from mhtrain.config import compose
 from mhtrain.contract import metric_key
 from mhtrain.result import FitResult
-from mhtrain.study.replay import replay_node, replayed
+from mhtrain.study.confirm import chosen_trial
+from mhtrain.study.replay import retrain_config
 from mhtrain.study.storage import open_storage
-from mhtrain.study.untrusted import trial_record
+from mhtrain.study.untrusted import study_metric, trial_record
 from mhtrain.train import fit
 
 RERUNS = "reruns"  # study user attribute: {"trial<n>|seed<s>|<extra overrides>": rerun record}
@@ -33,8 +32,7 @@ OnDone = Callable[[str, int, float, bool, float], None]
 
 def test_metric(ostudy: optuna.Study) -> str:
     """The test counterpart of the study's val metric (val/digit_acc -> test/digit_acc)."""
-    metric = (ostudy.metric_names or [None])[0] or ostudy.user_attrs["config"]["metric"]
-    return "test/" + metric.removeprefix("val/")
+    return "test/" + study_metric(ostudy).removeprefix("val/")
 
 
 def open_arms(storage_url: str, names: Sequence[str]) -> list[optuna.Study]:
@@ -48,11 +46,7 @@ def open_arms(storage_url: str, names: Sequence[str]) -> list[optuna.Study]:
             ostudy = optuna.load_study(study_name=name, storage=storage)
         except KeyError:
             raise ConfigError(f"no study {name} in {storage_url}; run it first") from None
-        try:
-            best = ostudy.best_trial
-        except ValueError:
-            raise ConfigError(f"study {name} has no completed trial; run it first") from None
-        trial_record(ostudy, best)
+        trial_record(ostudy, chosen_trial(ostudy))
         studies.append(ostudy)
     metrics = {s.study_name: test_metric(s) for s in studies}
     if len(set(metrics.values())) > 1:
@@ -91,19 +85,9 @@ class Arm:
 
 def rerun_config(ostudy: optuna.Study, seed: int, extra: Sequence[str] = ()) -> DictConfig:
     """The composed config that re-trains the study's best trial with `seed` and `extra` on top
-    (checked, like every composed config, before anything trains). A PBT study's best is its
-    member's schedule: replayed from its lineage's first member, on `seed`'s own batch order."""
-    best = ostudy.best_trial
-    start, schedule = replayed(ostudy, best)
-    experiment, overrides = trial_record(ostudy, start)
-    kept = [o for o in overrides if not o.startswith("seed=")]
+    (a PBT study's best: its member's schedule, replayed from its lineage's first member)."""
     fidelity = f"_{hashlib.sha1('|'.join(extra).encode()).hexdigest()[:8]}" if extra else ""
-    name = re.sub(r"[^A-Za-z0-9_.@:+-]", "_", ostudy.study_name)  # one folder a Hydra override can carry
-    out = f"paths.output_dir={RERUN_ROOT}/{name}/trial{best.number}_seed{seed}{fidelity}"
-    cfg = compose(experiment, [*kept, f"seed={seed}", *extra, *RERUN_MODE, out])
-    if schedule is not None:
-        OmegaConf.update(cfg, "callbacks.pbt_replay", replay_node(schedule, orders=False), force_add=True)
-    return cfg
+    return retrain_config(ostudy, chosen_trial(ostudy), seed, RERUN_ROOT, [*extra, *RERUN_MODE], fidelity)
 
 
 def record_of(result: FitResult) -> dict[str, Any]:
@@ -117,9 +101,10 @@ def record_of(result: FitResult) -> dict[str, Any]:
 
 def rerun_best(ostudy: optuna.Study, seeds: Sequence[int], extra: Sequence[str] = (),
                on_done: OnDone = lambda *_: None, label: str | None = None) -> Arm:
-    """Re-train the best trial with each seed and test it; stored runs are not repeated. A run is
-    stored under its trial, seed and fidelity: a new best trial or other overrides re-train."""
-    best = ostudy.best_trial
+    """Re-train the study's answer (`chosen_trial`: its best, or what `--confirm` chose) with each
+    seed and test it; stored runs are not repeated. A run is stored under its trial, seed and
+    fidelity: a new answer or other overrides re-train."""
+    best = chosen_trial(ostudy)
     metric = test_metric(ostudy)
     records = []
     for seed in seeds:

@@ -112,9 +112,6 @@ def main(study_name: str, description: str, argv: Sequence[str] | None = None,
                            sampler=args.sampler, pruner=args.pruner and from_text(args.pruner),
                            seed=args.seed, extra_overrides=args.overrides,
                            population=count_arg("--population", args.population))
-        if study.pbt is not None and args.confirm:
-            raise ConfigError("--confirm re-trains a trial's starting values; a PBT member's answer is its "
-                              "lineage: `python -m mhtrain.study export` writes it as a solo replay")
         prepare_data(space.base_config(study))
         check_storage(args.storage)
         if args.slurm is not None or args.dry_run:
@@ -135,8 +132,7 @@ def main(study_name: str, description: str, argv: Sequence[str] | None = None,
         if study.pbt is not None:  # the lineage figure to the dashboard's Plots tab, the best schedule here
             from mhtrain.evaluate.lineage import store_lineage
 
-            store_lineage(ostudy, study.metric, [p.key for p in study.search_space],
-                          [p.key for p in study.search_space if p.log])
+            store_lineage(ostudy)
             print(pbt_lines(ostudy, study))
         if args.confirm and not (outcome.interrupted or outcome.timed_out):
             print("\n".join(confirm.confirm(ostudy, args.confirm, args.confirm_seeds).lines()))

@@ -23,9 +23,9 @@ from omegaconf import DictConfig
 from optuna.trial import TrialState
 
 from mhtrain import ConfigError
-from mhtrain.config import compose
 from mhtrain.evaluate.stats import LEVEL, holm, paired
-from mhtrain.study.untrusted import trial_record
+from mhtrain.study.replay import retrain_config
+from mhtrain.study.untrusted import study_metric
 
 ATTR = "confirmation"  # study user attribute: Confirmation.as_attr()
 TOP, SEEDS = 3, 3  # the defaults of --confirm and --confirm-seeds
@@ -116,6 +116,25 @@ def judge(metric: str, direction: str, trials: Sequence[int], seeds: Sequence[in
                         candidate, p_holm, winner, tied, chosen)
 
 
+def chosen_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    """The study's answer, the trial export and compare hand on: the one `--confirm` chose on
+    fresh seeds (the winner, or its rule among the tied), else the search's best. The stored
+    choice is data: it must name a complete trial of this study."""
+    try:
+        best = study.best_trial
+    except ValueError:
+        raise ConfigError(f"study {study.study_name} has no completed trial yet; run it first") from None
+    confirmation = study.user_attrs.get(ATTR)
+    if confirmation is None:
+        return best
+    chosen = confirmation.get("chosen") if isinstance(confirmation, dict) else None
+    complete = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    if not isinstance(chosen, int) or isinstance(chosen, bool) or chosen not in complete:
+        raise ConfigError(f"study {study.study_name}: its stored confirmation chooses {chosen!r}, not a "
+                          "complete trial; run --confirm again or remove the study's `confirmation`")
+    return complete[chosen]
+
+
 def top_trials(ostudy: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
     """The k best complete trials, best first (the search's ranking)."""
     done = [t for t in ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
@@ -136,13 +155,9 @@ def fresh_seeds(ostudy: optuna.Study, n: int) -> list[int]:
 
 
 def confirm_config(ostudy: optuna.Study, trial: optuna.trial.FrozenTrial, seed: int) -> DictConfig:
-    """The trial's configuration at the study's fidelity with `seed`, trained without the test split."""
-    experiment, overrides = trial_record(ostudy, trial)
-    kept = [o for o in overrides if not o.startswith("seed=")]
-    name = re.sub(r"[^A-Za-z0-9_.@:+-]", "_", ostudy.study_name)
-    out = f"paths.output_dir={ROOT}/{name}/trial{trial.number}_seed{seed}"
-    return compose(experiment, [*kept, f"seed={seed}", "test=false", "trainer.enable_progress_bar=false",
-                                out])
+    """The trial's configuration at the study's fidelity with `seed` (a PBT member's: its replayed
+    schedule), trained without the test split."""
+    return retrain_config(ostudy, trial, seed, ROOT, ["test=false", "trainer.enable_progress_bar=false"])
 
 
 def confirm(ostudy: optuna.Study, k: int = TOP, n_seeds: int = SEEDS,
@@ -153,7 +168,7 @@ def confirm(ostudy: optuna.Study, k: int = TOP, n_seeds: int = SEEDS,
 
     top = top_trials(ostudy, k)
     seeds = fresh_seeds(ostudy, n_seeds)
-    metric = (ostudy.metric_names or [None])[0] or ostudy.user_attrs["config"]["metric"]
+    metric = study_metric(ostudy)
     configs = {(t.number, s): confirm_config(ostudy, t, s) for s in seeds for t in top}  # all checked first
     values: dict[int, list[float]] = {t.number: [] for t in top}
     for s in seeds:

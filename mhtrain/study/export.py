@@ -11,12 +11,11 @@ from pathlib import Path
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
-from optuna.trial import TrialState
 
 from mhtrain import ConfigError
 from mhtrain.config import CONF_DIR, compose
 from mhtrain.study.checkpoints import hand_over
-from mhtrain.study.confirm import ATTR as CONFIRMATION
+from mhtrain.study.confirm import chosen_trial
 from mhtrain.study.replay import replay_node, replayed
 from mhtrain.study.storage import load_existing
 from mhtrain.study.untrusted import trial_record
@@ -56,25 +55,6 @@ def best_trial_yaml(trial: optuna.trial.FrozenTrial, experiment: str, overrides:
               f"# python -m mhtrain.train experiment=best_{study_name}\n"
               f"defaults:\n  - {experiment}\n{''.join(groups)}  - _self_\n\n")
     return header + OmegaConf.to_yaml(body)
-
-
-def chosen_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
-    """The trial an export hands over: the one `--confirm` chose on fresh seeds (the winner, or
-    its rule among the tied), else the search's best. The stored choice is data: it must name a
-    complete trial of this study."""
-    try:
-        best = study.best_trial
-    except ValueError:
-        raise ConfigError(f"study {study.study_name} has no completed trial yet; run it first") from None
-    confirmation = study.user_attrs.get(CONFIRMATION)
-    if confirmation is None:
-        return best
-    chosen = confirmation.get("chosen") if isinstance(confirmation, dict) else None
-    complete = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
-    if not isinstance(chosen, int) or isinstance(chosen, bool) or chosen not in complete:
-        raise ConfigError(f"study {study.study_name}: its stored confirmation chooses {chosen!r}, not a "
-                          "complete trial; run --confirm again or remove the study's `confirmation`")
-    return complete[chosen]
 
 
 def export(study_name: str, storage_url: str, conf_dir: Path = CONF_DIR,

@@ -10,10 +10,14 @@ is not one is refused in one line."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Any
 
 import optuna
+from omegaconf import DictConfig, OmegaConf
 
+from mhtrain.config import compose
 from mhtrain.study.pbt import SCHEDULE
 from mhtrain.study.untrusted import refuse, scalar, trial_record
 
@@ -24,8 +28,10 @@ def _int(where: str, key: str, value: Any, low: int = 0) -> int:
     return value
 
 
-def _segments(ostudy: optuna.Study, trial: optuna.trial.FrozenTrial, keys: list[str]) -> list[dict]:
-    where = f"study {ostudy.study_name}, trial {trial.number}"
+def segments(trial: optuna.trial.FrozenTrial, keys: Sequence[str], study: str = "") -> list[dict]:
+    """`trial`'s checked `pbt_schedule`: per stretch its `epoch`, `parent`, `parent_epoch` and the
+    `values` of `keys`; anything else is refused in one line naming `study` and the trial."""
+    where = f"study {study}, trial {trial.number}" if study else f"trial {trial.number}"
     raw = trial.user_attrs.get(SCHEDULE)
     if not isinstance(raw, list) or not raw or not all(isinstance(s, dict) for s in raw):
         refuse(where, f"{SCHEDULE} (not a list of segments)")
@@ -62,10 +68,33 @@ def replay_node(schedule: list[dict], orders: bool = True) -> dict[str, Any]:
     return {"_target_": "mhtrain.schedule.ScheduleReplay", "schedule": schedule, "orders": orders}
 
 
+def retrain_config(ostudy: optuna.Study, trial: Trial, seed: int, root: str, overrides: Sequence[str],
+                   suffix: str = "") -> DictConfig:
+    """`trial`'s configuration re-trained with `seed` and `overrides` on top, in its own folder
+    under `root` (composed, so checked before anything trains). A PBT member's is its lineage: the
+    record of its first member, with the callback that replays its schedule's values on `seed`'s
+    own batch order."""
+    start, schedule = replayed(ostudy, trial)
+    experiment, stored = trial_record(ostudy, start)
+    kept = [o for o in stored if not o.startswith("seed=")]
+    name = re.sub(r"[^A-Za-z0-9_.@:+-]", "_", ostudy.study_name)  # one folder a Hydra override can carry
+    out = f"paths.output_dir={root}/{name}/trial{trial.number}_seed{seed}{suffix}"
+    cfg = compose(experiment, [*kept, f"seed={seed}", *overrides, out])
+    if schedule is not None:
+        OmegaConf.update(cfg, "callbacks.pbt_replay", replay_node(schedule, orders=False), force_add=True)
+    return cfg
+
+
+def is_pbt(ostudy: optuna.Study) -> bool:
+    """Whether the study's recorded config trains with population-based training."""
+    config = ostudy.user_attrs.get("config")
+    return isinstance(config, dict) and bool(config.get("pbt"))
+
+
 def replayed(ostudy: optuna.Study, trial: Trial) -> tuple[Trial, list[dict] | None]:
     """The trial whose record a re-run of `trial` starts from, and the schedule it replays (None
     for a study without PBT: the trial itself, as searched)."""
-    if (ostudy.user_attrs.get("config") or {}).get("pbt"):
+    if is_pbt(ostudy):
         return lineage(ostudy, trial)
     return trial, None
 
@@ -80,7 +109,7 @@ def lineage(ostudy: optuna.Study, final: Trial) -> tuple[Trial, list[dict]]:
         trial = trials.get(number)
         if trial is None:
             refuse(f"study {ostudy.study_name}", f"{SCHEDULE} parent {number} (no such trial)")
-        segs = [s for s in _segments(ostudy, trial, keys) if upto is None or s["epoch"] < upto]
+        segs = [s for s in segments(trial, keys, ostudy.study_name) if upto is None or s["epoch"] < upto]
         seg = segs[-1]
         if (number, seg["epoch"]) in seen:  # a sound path takes each segment at most once
             refuse(f"study {ostudy.study_name}, trial {final.number}",

@@ -83,6 +83,20 @@ def is_config(group: str, name: Any) -> bool:
             and (CONF_DIR / group / f"{name}.yaml").is_file())
 
 
+METRIC = re.compile(r"val/[A-Za-z0-9_]+")  # a val metric's name, as the contract writes them
+
+
+def study_metric(ostudy: optuna.Study) -> str:
+    """The val metric the study optimizes (its metric name, else its recorded config's), checked to
+    be a metric's name: reports and re-runs read metrics by it."""
+    config = ostudy.user_attrs.get("config")
+    recorded = config.get("metric") if isinstance(config, Mapping) else None
+    metric = (ostudy.metric_names or [None])[0] or recorded
+    if not isinstance(metric, str) or not METRIC.fullmatch(metric):
+        refuse(f"study {ostudy.study_name}", f"metric {str(metric)[:40]!r} (not a val/<name> metric)")
+    return metric
+
+
 def trial_record(ostudy: optuna.Study, trial: optuna.trial.FrozenTrial) -> tuple[str, list[str]]:
     """The stored trial's experiment and overrides, checked against the study's recorded config:
     what `export` writes and `compare` re-trains. Each override must set a key the study searches
