@@ -84,8 +84,8 @@ class Arm:
 
 
 def rerun_config(ostudy: optuna.Study, seed: int, extra: Sequence[str] = ()) -> DictConfig:
-    """The composed config that re-trains the study's best trial with `seed` and `extra` on top
-    (a PBT study's best: its member's schedule, replayed from its lineage's first member)."""
+    """The composed config that re-trains the study's answer (`chosen_trial`) with `seed` and
+    `extra` on top (a PBT member's: its schedule, replayed from its lineage's first member)."""
     fidelity = f"_{hashlib.sha1('|'.join(extra).encode()).hexdigest()[:8]}" if extra else ""
     return retrain_config(ostudy, chosen_trial(ostudy), seed, RERUN_ROOT, [*extra, *RERUN_MODE], fidelity)
 
