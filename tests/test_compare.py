@@ -103,6 +103,7 @@ def test_each_weighting_study_loads_and_runs(config, params, learned, tiny_overr
     lines = "\n".join(report.study_items(Arm(ostudy, [0], [{"seconds": 1.0, "epochs": 1}])))
     for key in params:
         assert lines.count(key) == 1, lines
+    assert "summed over trials" not in lines  # solo trials: their times add up to the study's
 
 
 def test_the_lr_range_is_the_loss_weights_studys():

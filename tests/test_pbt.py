@@ -280,6 +280,7 @@ def test_a_pbt_study_runs_from_one_command_and_records_each_members_lineage(tiny
     assert 0 < arm.values("test/digit_acc")[0] <= 1
     said = [i for i in study_items(arm) if i.startswith("re-runs replay its lineage's schedule: ")]
     assert said and f"from epoch 0 (trial {root.number})" in said[0]  # not the member's own start
+    assert any("summed over trials (stacked members train at once" in i for i in study_items(arm))
     assert "PBT lineage: pbt_loss_weights" in [f.title for f in comparison_figures([arm], "test/digit_acc")]
     # equal up to floating-point order (stacked and solo steps round differently): one image of 64
     assert max(abs(a - b) for a, b in zip(solo, retraced, strict=True)) <= 1 / 64 + 1e-9, (solo, retraced)

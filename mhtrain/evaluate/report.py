@@ -101,9 +101,13 @@ def study_items(a: Arm) -> list[str]:
     best = chosen_trial(a.study)
     search_s = sum(t.user_attrs.get("seconds", 0) for t in trials)
     rerun_s = sum(r.get("seconds", 0) for r in a.records)
+    stacked = any(isinstance(p := t.user_attrs.get("population"), dict) and p.get("members", 1) != 1
+                  for t in trials)  # members train at once: each records the population's wall time
     items = [f"experiment: `{best.user_attrs.get('experiment')}`",
              f"trials: {', '.join(f'{n} {s}' for s, n in states.items() if n)}; "
-             f"training time {duration(search_s)}",
+             f"training time {duration(search_s)}"
+             + (" summed over trials (stacked members train at once, each counting the whole wall time)"
+                if stacked else ""),
              f"best val value: {best.value:.4f} (trial {best.number})"]
     if best.number != a.study.best_trial.number:
         items[-1] = (f"answer: trial {best.number}, val {best.value:.4f}, chosen by `--confirm` on fresh "
