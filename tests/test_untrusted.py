@@ -402,3 +402,15 @@ def test_a_summary_of_trials_planted_without_their_folder_still_prints(tmp_path)
     trial.set_user_attr(tracking.TRACKING, {"mlflow": "http://127.0.0.1:1"})  # no output_dir beside it
     (line,) = tracking.curves(ostudy.trials)
     assert line.startswith("curves: MLflow experiment")
+
+
+@pytest.mark.parametrize("planted", [["pbt", True], "rm -rf /", 7])
+def test_a_recorded_config_that_is_not_a_mapping_is_refused_in_one_line(planted):
+    """What re-runs a study's answer (confirm, compare) reads its recorded config as data."""
+    from mhtrain.study.replay import is_pbt, retrain_config
+
+    ostudy = in_memory(SEARCHED)
+    ostudy.set_user_attr("config", planted)
+    assert not is_pbt(ostudy)
+    with pytest.raises(ConfigError, match=r"^study lr, trial 0: study \(no recorded study config"):
+        retrain_config(ostudy, ostudy.best_trial, 1, "runs/x", [])

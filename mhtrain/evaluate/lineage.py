@@ -4,7 +4,7 @@ optuna-dashboard (its Plots tab) when a PBT run ends."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import optuna
 import plotly.graph_objects as go
@@ -13,7 +13,7 @@ from plotly.subplots import make_subplots
 
 from mhtrain.study.pbt import SCHEDULE
 from mhtrain.study.replay import segments
-from mhtrain.study.untrusted import study_metric
+from mhtrain.study.untrusted import searched, study_metric
 
 GRAPH_ID = "pbt_lineage"  # its id among the dashboard's study plots (stored again each run)
 
@@ -60,13 +60,9 @@ def lineage_figure(trials: Sequence[optuna.trial.FrozenTrial], metric: str, keys
 def study_lineage(ostudy: optuna.Study) -> go.Figure:
     """A stored PBT study's lineage figure: its searched keys (log axes where searched on a log
     scale) from its recorded config, its metric from the study."""
-    config = ostudy.user_attrs.get("config")
-    config = config if isinstance(config, Mapping) else {}
-    space = config.get("search_space")
-    space = space if isinstance(space, Mapping) else {}
-    keys = [k for k in space if isinstance(k, str)]
-    log_keys = [k for k in keys if isinstance(space[k], Mapping) and space[k].get("log") is True]
-    return lineage_figure(ostudy.get_trials(deepcopy=False), study_metric(ostudy), keys, log_keys,
+    space = searched(ostudy)
+    log_keys = [k for k, spec in space.items() if spec.get("log") is True]
+    return lineage_figure(ostudy.get_trials(deepcopy=False), study_metric(ostudy), list(space), log_keys,
                           ostudy.study_name)
 
 

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mhtrain.config import compose
 from mhtrain.study.pbt import SCHEDULE
-from mhtrain.study.untrusted import refuse, scalar, trial_record
+from mhtrain.study.untrusted import recorded_config, refuse, scalar, searched, trial_record
 
 
 def _int(where: str, key: str, value: Any, low: int = 0) -> int:
@@ -87,8 +87,7 @@ def retrain_config(ostudy: optuna.Study, trial: Trial, seed: int, root: str, ove
 
 def is_pbt(ostudy: optuna.Study) -> bool:
     """Whether the study's recorded config trains with population-based training."""
-    config = ostudy.user_attrs.get("config")
-    return isinstance(config, dict) and bool(config.get("pbt"))
+    return bool(recorded_config(ostudy).get("pbt"))
 
 
 def replayed(ostudy: optuna.Study, trial: Trial) -> tuple[Trial, list[dict] | None]:
@@ -101,7 +100,7 @@ def replayed(ostudy: optuna.Study, trial: Trial) -> tuple[Trial, list[dict] | No
 
 def lineage(ostudy: optuna.Study, final: Trial) -> tuple[Trial, list[dict]]:
     """The path's first trial (the solo run's configuration) and the replay schedule of `final`."""
-    keys = list((ostudy.user_attrs.get("config") or {}).get("search_space") or {})
+    keys = list(searched(ostudy))
     trials = {t.number: t for t in ostudy.get_trials(deepcopy=False)}
     stretches: list[tuple[Trial, dict, int]] = []  # (member, segment, solo epoch)
     number, upto, seen = final.number, None, set()

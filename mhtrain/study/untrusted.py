@@ -86,12 +86,24 @@ def is_config(group: str, name: Any) -> bool:
 METRIC = re.compile(r"val/[A-Za-z0-9_]+")  # a val metric's name, as the contract writes them
 
 
+def recorded_config(ostudy: optuna.Study) -> Mapping[str, Any]:
+    """The study config a study run recorded on it (user attribute `config`); {} when there is
+    none or it is not a mapping. Its values are still data: check each before use."""
+    config = ostudy.user_attrs.get("config")
+    return config if isinstance(config, Mapping) else {}
+
+
+def searched(ostudy: optuna.Study) -> dict[str, Mapping[str, Any]]:
+    """The recorded search space: each key (a string) with its spec ({} when not a mapping)."""
+    space = recorded_config(ostudy).get("search_space")
+    space = space if isinstance(space, Mapping) else {}
+    return {k: v if isinstance(v, Mapping) else {} for k, v in space.items() if isinstance(k, str)}
+
+
 def study_metric(ostudy: optuna.Study) -> str:
     """The val metric the study optimizes (its metric name, else its recorded config's), checked to
     be a metric's name: reports and re-runs read metrics by it."""
-    config = ostudy.user_attrs.get("config")
-    recorded = config.get("metric") if isinstance(config, Mapping) else None
-    metric = (ostudy.metric_names or [None])[0] or recorded
+    metric = (ostudy.metric_names or [None])[0] or recorded_config(ostudy).get("metric")
     if not isinstance(metric, str) or not METRIC.fullmatch(metric):
         refuse(f"study {ostudy.study_name}", f"metric {str(metric)[:40]!r} (not a val/<name> metric)")
     return metric
@@ -102,8 +114,8 @@ def trial_record(ostudy: optuna.Study, trial: optuna.trial.FrozenTrial) -> tuple
     what `export` writes and `compare` re-trains. Each override must set a key the study searches
     or fixes, with a scalar value."""
     where = f"study {ostudy.study_name}, trial {trial.number}"
-    config = ostudy.user_attrs.get("config")
-    if not isinstance(config, Mapping) or not isinstance(config.get("search_space"), Mapping):
+    config = recorded_config(ostudy)
+    if not isinstance(config.get("search_space"), Mapping):
         refuse(where, "study (no recorded study config: not made by a study run)")
     fixed = _parse(f"study {ostudy.study_name}", config.get("overrides", []))
     allowed = {*config["search_space"], *(o.key_or_group for o in fixed), *PER_TRIAL}
