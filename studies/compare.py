@@ -39,8 +39,8 @@ import optuna
 from hydra.utils import instantiate
 
 from mhtrain import ConfigError, one_line_errors
-from mhtrain.evaluate import document, report, reruns, sweep, sweep_report
-from mhtrain.evaluate.stats import contrasts
+from mhtrain.evaluate import analyses, document, report, reruns, sweep, sweep_report
+from mhtrain.evaluate.stats import Contrast, contrasts
 from mhtrain.study.storage import DEFAULT_STORAGE
 
 REPORTS = Path("runs/reports")
@@ -59,6 +59,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pair", action="append", default=[], metavar="ARM:OTHER",
                    help="also compare ARM with OTHER (paired, in the same Holm family), repeatable, "
                         "e.g. --pair loss_weights:equal_lr")
+    p.add_argument("--family", help="the question's name in the studies' ledger of analyses: every "
+                                    "contrast of this run is adjusted together, as one family "
+                                    "(default: the report name)")
+    p.add_argument("--follow-up", metavar="FAMILY",
+                   help="label this analysis a follow-up of an earlier family (designed after seeing it); "
+                        "needed to test runs that family already tested")
+    p.add_argument("--extend", action="store_true",
+                   help="declare a later look: more seeds on contrasts analysed before, judged by the "
+                        "anytime-valid test (never as a first look); refused without this flag")
+    p.add_argument("--sequential", action="store_true",
+                   help="judge a first look by the anytime-valid test too, so that later --extend looks "
+                        "keep the error over all looks at 5%% (wider intervals now)")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"default {DEFAULT_STORAGE}")
     p.add_argument("--seeds", type=int, default=5, help="re-runs per arm (default 5)")
     p.add_argument("--first-seed", type=int, default=1000, help="seeds are first-seed … +K-1")
@@ -106,6 +118,19 @@ def pairs(args: argparse.Namespace) -> list[tuple[str, str]]:
     return [tuple(p.split(":", 1)) for p in args.pair]
 
 
+def tested(names: list[str], reference: str, extra: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Every (arm, reference) pair the analysis tests, in the order of its contrasts."""
+    return [(n, reference) for n in names if n != reference] + list(extra)
+
+
+def recorded(look: analyses.Look, metric: str, studies: list[str], units: list[analyses.Unit],
+             fidelity: list[str], tests: list[tuple[str, str, Contrast]]) -> analyses.Analysis:
+    """The ledger record of this analysis: each contrast by its two studies, with the p-values of
+    the test that decided."""
+    return analyses.entry(look, "compare", analyses.test_of(look), metric, studies, units, fidelity,
+                          [(a, b, c.deciding.p, c.deciding.p_holm) for a, b, c in tests])
+
+
 def show(metric: str, study: str, seed: int, value: float, trained: bool, seconds: float) -> None:
     """A progress line per re-run, saying whether it was trained now or found stored."""
     how = f"trained, {seconds:.1f} s" if trained else "stored"
@@ -122,14 +147,22 @@ def compare(args: argparse.Namespace) -> int:
     names = arm_names(args)
     studies = reruns.open_arms(args.storage, names)  # all refusals come before any training
     metric = reruns.test_metric(studies[0])
-    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    units = [(0, s) for s in seeds]
+    default = "_".join(n for n in names if n != args.reference) + f"_vs_{args.reference}"
+    look = analyses.plan(studies, args.family or args.name or default,
+                         tested(names, args.reference, pairs(args)), units, args.overrides, args.extend,
+                         args.follow_up, args.sequential)
     arms = reruns.rerun_arms(studies, seeds, args.overrides, on_done=partial(show, metric))
     reference = arms[names.index(args.reference)]
-    comparison = report.Comparison(arms, reference, metric, contrasts(arms, reference, metric, pairs(args)),
-                                   list(args.overrides), test_images(studies[0], args.overrides))
-    default = "_".join(n for n in names if n != args.reference) + f"_vs_{args.reference}"
+    cs = contrasts(arms, reference, metric, pairs(args), sequential=look.sequential)
+    comparison = report.Comparison(arms, reference, metric, cs, list(args.overrides),
+                                   test_images(studies[0], args.overrides), look)
     md, html = report.write(REPORTS / (args.name or default), comparison,
                             report.title_of(names, args.reference), args.single_file)
+    if look.repeat is None:
+        analyses.record(studies, recorded(look, metric, names, units, list(args.overrides),
+                                          [(c.arm, c.reference, c) for c in cs]))
     print("\n" + "\n".join(comparison.sentences()) + f"\nreport: {md}\n        {html}")
     return 0
 
@@ -149,16 +182,28 @@ def swept(args: argparse.Namespace) -> int:
     print(f"sweep of {over.key} over {', '.join(over.values)}: {len(names)} arms, "
           f"{len(plan.cells)} studies of {budget} ({' '.join(search)}), "
           f"{len(plan.cells) * len(seeds)} re-runs", flush=True)
+    default = "_".join(n for n in names if n != args.reference) + f"_vs_{args.reference}_over_{over.short}"
+    study_of = {(c.point.value, c.arm): c.study.name for c in plan.cells}
+    units = [(0, s) for s in seeds]
+    look = analyses.plan(reruns.existing(args.storage, list(study_of.values())),
+                         args.family or args.name or default,
+                         [(study_of[(p.value, a)], study_of[(p.value, b)]) for p in plan.points
+                          for a, b in tested(names, args.reference, pairs(args))],
+                         units, args.overrides, args.extend, args.follow_up, args.sequential)
     start = time.monotonic()
     arms, tally = sweep.run(plan, args.storage, progress=sys.stderr.isatty(),
                             on_done=partial(show, plan.metric))
     result = sweep_report.analyse(over, plan.points, arms, args.reference, plan.metric,
-                                  test_images(arms[0][0].study, plan.cells[0].rerun), pairs(args))
-    default = "_".join(n for n in names if n != args.reference) + f"_vs_{args.reference}_over_{over.short}"
+                                  test_images(arms[0][0].study, plan.cells[0].rerun), pairs(args), look)
     setup = sweep_report.describe(result, budget, search, args.overrides, plan.full)
     md, html = sweep_report.write(REPORTS / (args.name or default), result, setup,
                                   f"{report.title_of(names, args.reference)}, over {over.key}",
                                   args.single_file)
+    if look.repeat is None:
+        tests = [(study_of[(p.value, c.arm)], study_of[(p.value, c.reference)], c)
+                 for p, cs in zip(plan.points, result.contrasts, strict=True) for c in cs]
+        analyses.record([a.study for point in arms for a in point],
+                        recorded(look, plan.metric, list(study_of.values()), units, args.overrides, tests))
     print("\n" + document.to_text(sweep_report.table(result)))
     print("\n" + "\n".join(sweep_report.sentence(result, i) for i in range(len(plan.points))))
     print(f"\nsearch: {tally.searched} trials run now, {tally.stored_trials} stored; re-runs: "

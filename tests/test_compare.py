@@ -15,8 +15,10 @@ from optuna.trial import TrialState, create_trial
 from scipy import stats
 
 from mhtrain.evaluate import document, figures, report
+from mhtrain.evaluate.analyses import ledger
+from mhtrain.evaluate.predictions import outcomes
 from mhtrain.evaluate.reruns import RERUNS, Arm, rerun_config
-from mhtrain.evaluate.stats import contrasts, holm, mean_ci
+from mhtrain.evaluate.stats import contrasts, holm
 from mhtrain.study import runner, space
 from mhtrain.study.storage import open_storage
 from tests.conftest import ROOT
@@ -116,34 +118,6 @@ def test_holm_matches_a_hand_computation():
     # sorted 0.01, 0.03, 0.04, 0.5 times 4, 3, 2, 1 = 0.04, 0.09, 0.08, 0.5; then running max
     assert holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
     assert holm([0.9, 0.6]) == [1.0, 1.0]  # 2 x 0.6 is capped at 1
-    adjusted = holm([math.nan, 0.02, 0.03])  # an undefined p does not count in m
-    assert math.isnan(adjusted[0]) and adjusted[1:] == pytest.approx([0.04, 0.04])
-
-
-def logit(p: float) -> float:
-    return math.log(p / (1 - p))
-
-
-def test_mean_ci_is_student_t_on_the_logit_scale_and_stays_inside_0_100():
-    # the issue's three seeds: a raw-scale t interval gives 88.21 [56.2, 120.2]
-    values = [0.98, 0.93, 0.7363]
-    mean, low, high = mean_ci(values)
-    x = [logit(v) for v in values]
-    half = 4.302653 * stats.tstd(x) / math.sqrt(3)  # t(0.975, df=2) x sd / sqrt(n), on logits
-    center = sum(x) / 3
-    expit = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
-    assert (mean, low, high) == pytest.approx((expit(center), expit(center - half), expit(center + half)),
-                                              rel=1e-6)
-    assert 0 < low < mean < high < 1
-    # seeds without spread: a point; exactly 0 or 1 counts as EDGE inside and stays finite
-    assert mean_ci([0.5, 0.5]) == (0.5, 0.5, 0.5) and mean_ci([1.0, 1.0]) == (1.0, 1.0, 1.0)
-    m, lo, hi = mean_ci([1.0, 1.0, 0.99])
-    assert m == pytest.approx(expit((2 * logit(0.9999) + logit(0.99)) / 3)) and 0 < lo < m < hi < 1
-    m, lo, hi = mean_ci([0.0, 0.02])
-    assert 0 < lo < m < hi < 1
-    # near the usual MNIST accuracies it is the familiar interval, a hair lopsided
-    m, lo, hi = mean_ci([0.9912, 0.9920, 0.9931, 0.9905, 0.9918])
-    assert lo == pytest.approx(0.99045, abs=2e-5) and hi == pytest.approx(0.99290, abs=2e-5)
 
 
 def test_contrasts_show_welch_beside_the_paired_test_then_holm_over_the_arms():
@@ -222,8 +196,8 @@ def test_the_report_is_one_small_page_sharing_one_plotly_and_showing_no_markdown
     assert html.stat().st_size < 300_000, html.stat().st_size  # it was 4.9 MB with plotly inside
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     assert "`" not in page and "<code>x=1</code>" in page and "<code>model.optimizer.lr</code>" in page
-    assert "logit scale" in page and "logit scale" in md.read_text()
-    assert "120." not in md.read_text()  # the issue's interval, past 100%
+    assert "plain mean over seeds" in page and "plain mean over seeds" in md.read_text()
+    assert "120." not in md.read_text()  # the issue's interval, past 100%, is cut at 100
     # one file to send around, on request: plotly.js inside, once
     _, single = report.write(tmp_path / "s", few_trial_comparison(), "single", inline_js=True)
     assert not list((tmp_path / "s").glob("*.js")) and single.read_text().count("plotly.js v") <= 2
@@ -283,15 +257,61 @@ def test_multi_arm_compare_writes_the_report_and_a_second_run_retrains_nothing(
                             if "(the reference):" in line or "compared with baseline_lr" in line]
     assert len(verdicts(first)) == 3 and verdicts(again) == verdicts(first)
 
-    # the original two-arm options are the same comparison with one arm
-    assert cli.main(["--storage", storage, "--seeds", "2", "--multitask", "equal_lr",
-                     "--baseline", "baseline_lr", *fidelity]) == 0
+    # the original two-arm options test one of these contrasts again on the same runs: a re-test,
+    # refused unless labelled a follow-up of the family that tested it first
+    two_arm = ["--storage", storage, "--seeds", "2", "--multitask", "equal_lr", "--baseline", "baseline_lr",
+               *fidelity]
+    assert cli.main(two_arm) == 2
+    assert "is a re-test; label it --follow-up weighting" in capsys.readouterr().err
+    assert cli.main([*two_arm, "--follow-up", "weighting"]) == 0
     two = capsys.readouterr().out
     assert "(trained" not in two
     alone, among = verdicts(two)[0], verdicts(first)[0]
     assert alone.startswith("equal_lr ") and "over 1 comparison;" in alone
     assert alone.split(", Holm")[0] == among.split(", Holm")[0]  # only the adjustment differs
-    assert (tmp_path / "runs" / "reports" / "equal_lr_vs_baseline_lr" / "report.md").exists()
+    text = (tmp_path / "runs" / "reports" / "equal_lr_vs_baseline_lr" / "report.md").read_text()
+    assert "a follow-up of family `weighting`" in text
+
+
+def test_more_seeds_after_a_look_are_refused_unless_declared_and_then_judged_as_a_later_look(
+        tiny_overrides, storage, monkeypatch, tmp_path, capsys):
+    """The issue's `--seeds 10` after `--seeds 5`, here 4 after 3, on real tiny re-runs."""
+    monkeypatch.chdir(tmp_path)
+    for config in ("equal_lr", "baseline_lr"):
+        run_study(config, tiny_overrides, storage)
+    base = ["--storage", storage, "--arms", "equal_lr", "--reference", "baseline_lr", "--name", "q",
+            "trainer.max_epochs=1", "data.train_subset=64"]
+    cli = load_cli()
+    assert cli.main([*base, "--seeds", "3"]) == 0
+    assert "paired over 3 shared seeds" in capsys.readouterr().out
+    assert cli.main([*base, "--seeds", "4"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert err.startswith("error: equal_lr vs baseline_lr was analysed on seeds 1000–1002 in family `q`")
+    assert "seeds 1000–1003 adds seeds to it; declare a later look with --extend" in err
+    study = optuna.load_study(study_name="equal_lr", storage=open_storage(storage))
+    assert len(study.user_attrs[RERUNS]) == 3  # refused before anything trained
+
+    assert cli.main([*base, "--seeds", "4", "--extend"]) == 0
+    out = capsys.readouterr().out
+    assert "a later look, sequential over 4 shared seeds: anytime-valid 95% interval" in out
+    md = (tmp_path / "runs" / "reports" / "q" / "report.md").read_text()
+    assert "This analysis: look 2 of family `q`, declared with --extend" in md
+    assert "anytime-valid p" in md and "compare, family `q`, look 1: seeds 1000–1002" in md
+    for name in ("equal_lr", "baseline_lr"):
+        study = optuna.load_study(study_name=name, storage=open_storage(storage))
+        looks = ledger(study)
+        assert [(e.look, len(e.units), e.test.startswith("anytime")) for e in looks] == [
+            (1, 3, False), (2, 4, True)]
+    assert cli.main([*base, "--seeds", "4", "--extend"]) == 0  # a repeat: shown, not recorded again
+    md = (tmp_path / "runs" / "reports" / "q" / "report.md").read_text()
+    assert "a repeat of the analysis recorded" in md
+    assert len(ledger(study)) == 2
+
+    # every re-run stored its per-image test outcomes: they add up to its accuracy
+    for record in study.user_attrs[RERUNS].values():
+        correct = outcomes(record, "test/digit_acc")
+        assert record["test/images"] == 200 and correct.mean() == pytest.approx(record["test/digit_acc"])
 
 
 @pytest.mark.parametrize(("args", "message"), [

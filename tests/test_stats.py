@@ -1,6 +1,7 @@
-"""The statistics with known values: the per-arm value inside its own interval, the paired t-test
-beside Welch's, the correlation of the arms, Holm over the paired p-values, the difference a
-design detects at 80% power and the test set's binomial error."""
+"""The statistics with known values: each arm's column is the plain mean the differences subtract,
+the paired t-test beside Welch's, the correlation of the arms, Holm over the paired p-values (an
+undefined test counted as p = 1), the difference a design detects at 80% power and the test set's
+binomial error."""
 
 import math
 import random
@@ -14,20 +15,51 @@ from mhtrain import ConfigError
 from mhtrain.evaluate.power import binomial_se, detectable, power_line, sampling_line
 from mhtrain.evaluate.report import with_ci
 from mhtrain.evaluate.reruns import Arm
-from mhtrain.evaluate.stats import contrast, contrasts, holm, mean_ci
+from mhtrain.evaluate.stats import adjust, contrast, contrasts, holm, mean_ci, r_text
 
 
-def test_the_printed_accuracy_lies_inside_its_own_interval():
-    # the issue's seeds: the plain mean 96.91 printed beside [99.28, 99.95]
+def test_the_column_is_the_plain_mean_with_its_t_interval_cut_to_0_100():
+    # the issue's seeds: the logit-scale column printed 99.82 while a fresh seed expects 96.91
     values = [0.999] * 9 + [0.70]
     mean, low, high = mean_ci(values)
-    assert low <= mean <= high
-    logits = [math.log(v / (1 - v)) for v in values]
-    assert mean == pytest.approx(1 / (1 + math.exp(-sum(logits) / 10)))
-    text = with_ci(values)
-    shown, bracket = text.split(" [")
-    lo, hi = (float(x) for x in bracket.rstrip("]").split(", "))
-    assert text.endswith("[99.28, 99.95]") and lo <= float(shown) <= hi, text
+    assert mean == pytest.approx(sum(values) / 10) == pytest.approx(0.9691)
+    half = stats.t.ppf(0.975, 9) * stats.tstd(values) / math.sqrt(10)
+    assert low == pytest.approx(mean - half) and high == 1.0  # mean + half = 1.037: cut at 100%
+    assert with_ci(values) == "96.91 [90.15, 100.00]"
+    assert mean_ci([0.5, 0.5]) == (0.5, 0.5, 0.5) and mean_ci([1.0, 1.0]) == (1.0, 1.0, 1.0)
+    m, lo, hi = mean_ci([0.9912, 0.9920, 0.9931, 0.9905, 0.9918])  # the familiar symmetric interval
+    assert hi - m == pytest.approx(m - lo) and m == pytest.approx(0.99172)
+
+
+def test_the_verdict_the_table_and_the_difference_use_one_mean():
+    """The issue's report: 99.26 − 99.06 in the columns beside a difference of +0.23."""
+    arm = [0.9921, 0.9931, 0.9925, 0.9930, 0.9921]
+    ref = [0.9929, 0.9856, 0.9925, 0.9917, 0.9700]  # one poor seed: the logit mean was 98.86, plain 98.65
+    c = contrast("pbt", arm, "tpe", ref, "test/digit_acc")
+    columns = [float(with_ci(v).split(" [")[0]) for v in (arm, ref)]
+    assert abs(columns[0] - columns[1] - 100 * c.diff) <= 0.01  # equal up to the columns' rounding
+    assert columns == [99.26, 98.65]
+    assert f"{columns[0]:.2f}% vs {columns[1]:.2f}% (plain means), difference +0.60 pp" in c.sentence()
+
+
+def test_a_correlation_needs_three_seeds():
+    two = contrast("a", [0.91, 0.95], "r", [0.90, 0.93], "m")  # r over 2 seeds is always +1 or -1
+    assert math.isnan(two.r) and "r = n/a (< 3 seeds)" in two.sentence()
+    assert r_text(1.0, 2) == "n/a (< 3 seeds)" and r_text(math.nan, 5) == "n/a (no spread)"
+    three = contrast("a", [0.91, 0.95, 0.93], "r", [0.90, 0.93, 0.92], "m")
+    assert three.r == pytest.approx(stats.pearsonr([0.91, 0.95, 0.93], [0.90, 0.93, 0.92]).statistic)
+
+
+def test_an_undefined_test_counts_as_p_1_and_stays_in_the_family():
+    """One rule for adjust() and the confirmation: no spread is p = 1, still one of m."""
+    assert holm([math.nan, 0.02, 0.03]) == pytest.approx([1.0, 0.06, 0.06])  # m = 3, not 2
+    assert holm([math.nan, 0.02, 0.03]) == holm([1.0, 0.02, 0.03])
+    flat = contrast("a", [0.91, 0.92, 0.93], "r", [0.90, 0.91, 0.92], "m")  # +1 pp on every seed
+    live = contrast("b", [0.93, 0.95, 0.96], "r", [0.90, 0.91, 0.92], "m")
+    got = adjust([flat, live])
+    assert [c.family for c in got] == [2, 2] and got[1].paired.p_holm == pytest.approx(2 * live.paired.p)
+    assert math.isnan(got[0].paired.p) and got[0].paired.p_holm == 1.0
+    assert got[0].verdict() == "cannot be judged"
 
 
 def test_paired_beside_welch_with_known_values():
@@ -45,7 +77,7 @@ def test_paired_beside_welch_with_known_values():
     assert c.r > 0.9 and c.paired.p < 1e-4 < c.welch.p  # the pairing removes the shared seed noise
     assert c.paired.high - c.paired.low < c.welch.high - c.welch.low
     assert "paired over 5 shared seeds: unadjusted 95% CI" in c.sentence()
-    assert "Welch's unadjusted CI" in c.sentence() and "r = +0.9" in c.sentence()
+    assert "Welch's unadjusted CI" in c.sentence() and "over seeds r = +0.9" in c.sentence()
 
 
 def test_differences_without_spread_cannot_be_judged_and_unequal_seeds_are_refused():

@@ -57,13 +57,13 @@ def test_holm_adjusts_over_every_comparison_of_the_sweep(result):
 
 def test_the_table_the_sentences_and_the_figure(result, tmp_path):
     rows = sweep_report.table(result)
-    assert rows[0] == ["train_subset", "arm", f"{METRIC} (%) [95% CI]",
+    assert rows[0] == ["train_subset", "arm", f"{METRIC} (%) [95% t CI]",
                        "vs baseline_lr (pp) [paired 95% CI, unadjusted]", "paired p",
                        "paired Holm-adjusted p",
                        "Welch 95% CI, unadjusted (pp)", "Welch p", "r over seeds"]
     assert [r[:2] for r in rows[1:]] == [[p, a] for p in ("500", "55,000 (all)")
                                          for a in ("loss_weights", "equal_lr", "baseline_lr")]
-    assert rows[1][2].startswith("93.76 [")  # the logit-scale mean; plain 93.75
+    assert rows[1][2].startswith("93.75 [")  # the plain mean, the one the difference subtracts
     assert rows[1][3].startswith("+1.75 [")
     assert rows[3][3] == "reference"
     first = sweep_report.sentence(result, 0)

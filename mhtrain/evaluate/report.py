@@ -3,13 +3,16 @@ with the Plotly figures (to explore)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from optuna.trial import TrialState
 
 from mhtrain.evaluate import document as doc
+from mhtrain.evaluate.analyses import Look
 from mhtrain.evaluate.document import Block, Bullets, Heading, Para, Table, TableBlock
 from mhtrain.evaluate.figures import comparison_figures
 from mhtrain.evaluate.power import power_line, sampling_line
@@ -17,6 +20,7 @@ from mhtrain.evaluate.reruns import Arm
 from mhtrain.evaluate.stats import INTERVAL, LEVEL, UNADJUSTED, Contrast, mean_ci, p_text, r_text
 from mhtrain.study.confirm import chosen_trial
 from mhtrain.study.replay import replayed
+from mhtrain.study.untrusted import searched
 
 
 @dataclass(frozen=True)
@@ -29,15 +33,16 @@ class Comparison:
     contrasts: list[Contrast]
     extra: list[str] = field(default_factory=list)  # the re-runs' fidelity overrides
     test_images: int | None = None  # the test split's size, for its binomial error
+    look: Look | None = None  # where this analysis stands in the studies' ledger
 
     def sentences(self) -> list[str]:
-        """One sentence per contrast, the reference's own mean and interval, then what the design
-        detects and what the test set adds."""
+        """One sentence per contrast, the reference's own mean and interval (the plain mean, as in
+        the table and the differences), then what the design detects and what the test set adds."""
         values = self.reference.values(self.metric)
         mean, low, high = mean_ci(values)
         return [c.sentence() for c in self.contrasts] + [
-            f"{self.reference.name} (the reference): {self.metric} {100 * mean:.2f}% "
-            f"({100 * LEVEL:.0f}% CI {100 * low:.2f} to {100 * high:.2f}%, {len(values)} seeds).",
+            f"{self.reference.name} (the reference): {self.metric} {100 * mean:.2f}% (plain mean, "
+            f"{100 * LEVEL:.0f}% t CI {100 * low:.2f} to {100 * high:.2f}%, {len(values)} seeds).",
             *design_lines(self.contrasts, values, self.test_images)]
 
 
@@ -72,17 +77,61 @@ def accuracy_table(c: Comparison) -> Table:
 
 
 def contrast_table(c: Comparison) -> Table:
-    """Every arm minus the reference: the paired test (which decides) and Welch's beside it, each
-    with its unadjusted interval, raw and Holm-adjusted p; the arms' correlation over seeds."""
+    """Every arm minus the reference: the paired test (which decides at a first look) and Welch's
+    beside it, each with its unadjusted interval, raw and Holm-adjusted p; the arms' correlation
+    over seeds. At a later look the anytime-valid test comes first: it decides."""
     level = f"{100 * LEVEL:.0f}%"
-    return [["arm", "difference (pp)", f"paired {level} CI, {UNADJUSTED} (pp)", "paired p",
-             "paired Holm-adjusted p", f"Welch {level} CI, {UNADJUSTED} (pp)", "Welch p",
-             "Welch Holm-adjusted p", "r over seeds"],
-            *([x.label(c.reference.name), f"{100 * x.diff:+.2f}",
-               f"{100 * x.paired.low:+.2f} to {100 * x.paired.high:+.2f}",
-               p_text(x.paired.p), p_text(x.paired.p_holm),
-               f"{100 * x.welch.low:+.2f} to {100 * x.welch.high:+.2f}", p_text(x.welch.p),
-               p_text(x.welch.p_holm), r_text(x.r)] for x in c.contrasts)]
+    later = any(x.sequential is not None for x in c.contrasts)
+    head = ["arm", "difference (pp)"] + [f"anytime-valid {level} interval (pp)", "anytime-valid p",
+                                         "anytime-valid Holm-adjusted p"] * later
+    rows = [head + [f"paired {level} CI, {UNADJUSTED} (pp)", "paired p", "paired Holm-adjusted p",
+                    f"Welch {level} CI, {UNADJUSTED} (pp)", "Welch p", "Welch Holm-adjusted p",
+                    f"r over {c.contrasts[0].unit}s" if c.contrasts else "r"]]
+    for x in c.contrasts:
+        s = [_span(x.sequential), p_text(x.sequential.p), p_text(x.sequential.p_holm)] if x.sequential else []
+        rows.append([x.label(c.reference.name), f"{100 * x.diff:+.2f}", *s, _span(x.paired),
+                     p_text(x.paired.p), p_text(x.paired.p_holm), _span(x.welch), p_text(x.welch.p),
+                     p_text(x.welch.p_holm), r_text(x.r, len(x.arm_values))])
+    return rows
+
+
+def _span(t: Any) -> str:
+    if not (math.isfinite(t.low) and math.isfinite(t.high)):
+        return "not bounded yet"
+    return f"{100 * t.low:+.2f} to {100 * t.high:+.2f}"
+
+
+def _num(v: Any) -> str:
+    return f"{v:.6g}" if isinstance(v, int | float) and not isinstance(v, bool) else str(v)[:40]
+
+
+def space_text(spec: Mapping[str, Any]) -> str:
+    """A searched key's distribution as the study recorded it (`float 0.0001–0.1, log`); the
+    recorded values are data, shown as text and nothing else."""
+    kind = str(spec.get("type", "?"))[:20]
+    if isinstance(spec.get("choices"), list):
+        return f"{kind} {{{', '.join(_num(x) for x in spec['choices'][:20])}}}"
+    text = f"{kind} {_num(spec.get('low'))}–{_num(spec.get('high'))}"
+    return text + (", log" if spec.get("log") is True else "") + (
+        f", step {_num(spec['step'])}" if spec.get("step") is not None else "")
+
+
+def space_items(arms: Sequence[Arm]) -> list[str]:
+    """Each arm's search space as its study recorded it, with the trials it spent, and one line
+    for every key two arms search over different ranges: arms on equal terms, or shown not to be."""
+    spaces = {a.name: searched(a.study) for a in arms}
+    items = []
+    for a in arms:
+        done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+                   for t in a.study.get_trials(deepcopy=False))
+        keys = "; ".join(f"`{k}` {space_text(v)}" for k, v in spaces[a.name].items()) or "no recorded space"
+        items.append(f"{a.name}: {keys} ({done} trials finished)")
+    for key in sorted({k for space in spaces.values() for k in space}):
+        texts = {name: space_text(space[key]) for name, space in spaces.items() if key in space}
+        if len(set(texts.values())) > 1:
+            items.append(f"not on equal terms: `{key}` is searched over "
+                         + ", ".join(f"{t} by {name}" for name, t in texts.items()))
+    return items
 
 
 def seed_table(c: Comparison) -> Table:
@@ -129,7 +178,7 @@ def study_items(a: Arm) -> list[str]:
 
 def setup_text(seeds: Sequence[int], extra: Sequence[str],
                what: str = "Each arm's best configuration",
-               family: str = "all the arms compared with the reference") -> str:
+               family: str = "all the arms compared with the reference", later: bool = False) -> str:
     """How the numbers were made, both kinds of interval named."""
     fidelity = "".join(f" `{o}`" for o in extra)
     return (f"{what} re-trained for seeds {seeds[0]}–{seeds[-1]} ({len(seeds)} seeds) with its best "
@@ -140,19 +189,35 @@ def setup_text(seeds: Sequence[int], extra: Sequence[str],
             f"pairing, is shown beside it. Holm adjusts the p-values over {family}. Both intervals are "
             f"{UNADJUSTED} {100 * LEVEL:.0f}% intervals: Holm's step-down verdicts have no simultaneous "
             f"interval that agrees with them, so an {UNADJUSTED} interval may exclude 0 beside a Holm "
-            f"verdict of no significant difference.")
+            f"verdict of no significant difference."
+            + (" This analysis is a sequential look (see Analyses of these studies): the anytime-valid "
+               "test decides, and the paired t-test is shown beside it only." if later else ""))
+
+
+def ledger_blocks(look: Look | None) -> list[Block]:
+    """The analysis's place in its question's ledger, and the analyses recorded before it."""
+    if look is None:
+        return []
+    this, intro, *earlier = look.lines()
+    return [Heading("Analyses of these studies"), Para(this), Para(intro), Bullets(earlier)]
 
 
 def blocks(c: Comparison) -> list[Block]:
-    """The whole report in order: setup, verdicts, tables, best configurations, figures."""
-    return [Para(setup_text(c.reference.seeds, c.extra)), Heading("Verdicts"), Bullets(c.sentences()),
-            Heading("Test accuracy (logit-scale mean over seeds, [95% CI])"), TableBlock(accuracy_table(c)),
+    """The whole report in order: setup, verdicts, tables, search spaces, the ledger, best
+    configurations, figures."""
+    later = c.look is not None and c.look.sequential
+    return [Para(setup_text(c.reference.seeds, c.extra, later=later)), Heading("Verdicts"),
+            Bullets(c.sentences()),
+            Heading(f"Test accuracy (plain mean over seeds [{100 * LEVEL:.0f}% t CI])"),
+            TableBlock(accuracy_table(c)),
             Heading(f"Against {c.reference.name}: {c.metric}"), TableBlock(contrast_table(c)),
             *(Para(line) for line in design_lines(c.contrasts, c.reference.values(c.metric), c.test_images)),
             Heading(f"{c.metric} per seed (%) and per-seed differences (pp)"), TableBlock(seed_table(c)),
+            Heading("Search spaces"), Bullets(space_items(c.arms)), *ledger_blocks(c.look),
             Heading("Best configurations"),
             *(b for a in c.arms for b in (Heading(a.name, 3), Bullets(study_items(a)))),
             Heading("Figures"), *comparison_figures(c.arms, c.metric)]
+
 
 def write(out_dir: Path, c: Comparison, title: str, inline_js: bool = False) -> tuple[Path, Path]:
     """Write report.md and report.html into `out_dir`; return both paths."""

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from mhtrain import ConfigError
 from mhtrain.contract import metric_key
+from mhtrain.evaluate.predictions import TestOutcomes
 from mhtrain.result import FitResult
 from mhtrain.study.confirm import chosen_trial
 from mhtrain.study.replay import retrain_config
@@ -54,6 +55,17 @@ def open_arms(storage_url: str, names: Sequence[str]) -> list[optuna.Study]:
     return studies
 
 
+def existing(storage_url: str, names: Sequence[str]) -> list[optuna.Study]:
+    """The studies of `names` that already exist in the storage (none if the storage does not):
+    a sweep's ledger is checked before its searches create the rest."""
+    try:
+        storage = open_storage(storage_url, must_exist=True)
+    except ConfigError:
+        return []
+    found = set(optuna.get_all_study_names(storage))
+    return [optuna.load_study(study_name=n, storage=storage) for n in names if n in found]
+
+
 @dataclass(frozen=True)
 class Arm:
     """One study's best configuration re-trained once per seed: one stored record per seed
@@ -90,9 +102,11 @@ def rerun_config(ostudy: optuna.Study, seed: int, extra: Sequence[str] = ()) -> 
     return retrain_config(ostudy, chosen_trial(ostudy), seed, RERUN_ROOT, [*extra, *RERUN_MODE], fidelity)
 
 
-def record_of(result: FitResult) -> dict[str, Any]:
-    """What a re-run stores: its test metrics, time, epochs and each head's weight per epoch."""
-    record: dict[str, Any] = {**result.test, "seconds": round(result.seconds, 2), "epochs": result.epochs}
+def record_of(result: FitResult, outcomes: TestOutcomes | None = None) -> dict[str, Any]:
+    """What a re-run stores: its test metrics, time, epochs, each head's weight per epoch and,
+    when collected, every head's per-image test outcomes (for a seed x image bootstrap)."""
+    record: dict[str, Any] = {**result.test, "seconds": round(result.seconds, 2), "epochs": result.epochs,
+                              **(outcomes.record() if outcomes else {})}
     for h in result.heads:
         key = metric_key("train", h, "weight")
         record[key] = [e[key] for e in result.train_history if key in e]
@@ -114,7 +128,8 @@ def rerun_best(ostudy: optuna.Study, seeds: Sequence[int], extra: Sequence[str] 
         if trained:
             cfg = rerun_config(ostudy, seed, extra)
             shutil.rmtree(cfg.paths.output_dir, ignore_errors=True)  # what an interrupted run left
-            record = record_of(fit(cfg))
+            outcomes = TestOutcomes()
+            record = record_of(fit(cfg, callbacks=[outcomes]), outcomes)
             # re-read before writing: another compare may have stored other seeds meanwhile
             stored = {**ostudy.user_attrs.get(RERUNS, {}), key: record}
             ostudy.set_user_attr(RERUNS, stored)

@@ -1,6 +1,6 @@
-"""The statistics of an evaluation: a mean accuracy with an interval that stays inside [0, 1], an
-arm against a reference seed by seed (the paired t-test, which decides, with Welch's beside it),
-and Holm's correction over a family of them.
+"""The statistics of an evaluation: a plain mean accuracy with its t interval, an arm against a
+reference seed by seed (the paired t-test, which decides, with Welch's beside it; at a declared
+later look the anytime-valid test of `sequential`), and Holm's correction over a family of them.
 
 The seeds are shared across arms and fix the initial weights and the batch order, so the design
 is paired: the paired t-test on the per-seed differences is its test. Welch's, which ignores the
@@ -20,48 +20,41 @@ from typing import TYPE_CHECKING
 from scipy import stats
 
 from mhtrain import ConfigError
+from mhtrain.evaluate.sequential import anytime
 
 if TYPE_CHECKING:  # for hints only: the statistics need no training code
     from mhtrain.evaluate.reruns import Arm
 
 LEVEL = 0.95  # of every confidence interval; also the significance threshold 1 - LEVEL
-EDGE = 1e-4  # an accuracy of exactly 0 or 1 counts as this far inside: its logit is infinite
-INTERVAL = ("Student-t interval of the mean computed on the logit scale and mapped back, so it "
-            "stays inside 0–100%; the value shown is that logit-scale mean mapped back, the point "
-            "its interval is built around (the plain mean of the seeds can lie outside it)")
+UNDEFINED_P = 1.0  # what an undefined test (no spread) counts as in a family: it stays in m
+INTERVAL = ("Student-t intervals (n − 1 degrees of freedom) of the plain mean over seeds, cut to "
+            "0–100% where they run past; the column is that plain mean, the one every difference subtracts")
 UNADJUSTED = "unadjusted"  # the label every difference interval carries
-
-
-def _expit(x: float) -> float:
-    return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
+MIN_R_SEEDS = 3  # a correlation over fewer seeds is ±1 or meaningless: it is not printed
 
 
 def mean_ci(values: Sequence[float], level: float = LEVEL) -> tuple[float, float, float]:
-    """A mean accuracy and its confidence interval, all three in [0, 1] and the first inside the
-    other two. A raw-scale Student-t interval runs past 100% with few, spread-out seeds
-    (88.21 [56.83, 119.59]); the t interval (n - 1 degrees of freedom) of the logits, mapped back,
-    stays inside (0, 1), lopsided near the edges as an accuracy's uncertainty is. Its centre, the
-    logit mean mapped back, is the value returned: the plain mean of nine seeds at 0.999 and one at
-    0.70 is 0.9691, outside [0.9928, 0.9995]. Values without spread give a zero-width interval."""
+    """The plain mean of accuracies over seeds and its Student-t interval, cut to [0, 1]: the
+    quantity a fresh seed is expected to score and the one every difference subtracts, so a
+    column and the differences beside it never disagree. An accuracy's mean lies in [0, 1], so
+    cutting the interval there keeps its coverage. Values without spread give a point."""
     if not values:
         raise ValueError("mean_ci of no values")
     if any(not 0 <= v <= 1 for v in values):
         raise ValueError(f"mean_ci takes accuracies in [0, 1], got {list(values)}")
-    clipped = [min(max(v, EDGE), 1 - EDGE) for v in values]
-    logits = [math.log(p / (1 - p)) for p in clipped]
-    if len(values) < 2 or max(logits) - min(logits) == 0:
-        mean = sum(values) / len(values)
+    mean = sum(values) / len(values)
+    if len(values) < 2 or max(values) == min(values):
         return mean, mean, mean
-    center, sem = sum(logits) / len(logits), stats.sem(logits)
-    low, high = stats.t.interval(level, len(values) - 1, loc=center, scale=sem)
-    return _expit(center), _expit(float(low)), _expit(float(high))
+    low, high = stats.t.interval(level, len(values) - 1, loc=mean, scale=stats.sem(values))
+    return mean, max(0.0, float(low)), min(1.0, float(high))
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
     """Holm's step-down adjustment: the i-th smallest of m p-values becomes
-    max over j <= i of min(1, (m - j + 1) * p_(j)). Undefined (NaN) p-values stay NaN and do
-    not count in m."""
-    order = sorted((p, i) for i, p in enumerate(pvalues) if not math.isnan(p))
+    max over j <= i of min(1, (m - j + 1) * p_(j)). An undefined (NaN) p-value counts as
+    `UNDEFINED_P` and stays in m: dropping it would shrink the family after the fact, and the
+    same rule holds wherever a family is adjusted (compare, its sweeps, the confirmation)."""
+    order = sorted((UNDEFINED_P if math.isnan(p) else p, i) for i, p in enumerate(pvalues))
     adjusted, running = [math.nan] * len(pvalues), 0.0
     for rank, (p, i) in enumerate(order):
         running = max(running, min(1.0, (len(order) - rank) * p))
@@ -79,9 +72,11 @@ def p_text(p: float) -> str:
     return "n/a (no spread)" if math.isnan(p) else f"{p:.3g}"
 
 
-def r_text(r: float) -> str:
-    """A correlation for a table, or why there is none."""
-    return "n/a" if math.isnan(r) else f"{r:+.2f}"
+def r_text(r: float, n: int) -> str:
+    """A correlation over `n` seeds for a table, or why there is none."""
+    if n < MIN_R_SEEDS:
+        return f"n/a (< {MIN_R_SEEDS} seeds)"
+    return "n/a (no spread)" if math.isnan(r) else f"{r:+.2f}"
 
 
 def plural(n: int, word: str) -> str:
@@ -101,9 +96,11 @@ class Test:
 
 @dataclass(frozen=True)
 class Contrast:
-    """One arm minus the reference in mean test `metric`, seed by seed: the paired t-test (which
-    decides), Welch's (beside it), the correlation of the two arms over the seeds, and the SD of
-    the per-seed differences (what the design's power rests on)."""
+    """One arm minus the reference in mean test `metric`, unit by unit (a unit is a shared seed,
+    or with repeated searches one search's mean over its shared seeds): the paired t-test, Welch's
+    (beside it), the correlation of the two arms over the units, and the SD of the per-unit
+    differences (what the design's power rests on). At a later look of a question (`--extend`)
+    the anytime-valid test (`sequential`) decides and the paired t-test is shown beside it."""
 
     arm: str
     reference: str
@@ -113,8 +110,10 @@ class Contrast:
     diff: float
     paired: Test
     welch: Test
-    r: float  # Pearson correlation of the arms over the shared seeds; NaN when one has no spread
-    family: int = 0  # the defined paired p-values Holm adjusted over
+    r: float  # Pearson correlation of the arms over the units; NaN without spread or < 3 units
+    family: int = 0  # the tests Holm adjusted over (an undefined one counts, as p = UNDEFINED_P)
+    sequential: Test | None = None  # anytime-valid over every prefix of the units: a later look
+    unit: str = "seed"  # what one value is: "seed", or "search" (a study seed's mean over seeds)
 
     @property
     def differences(self) -> list[float]:
@@ -122,13 +121,18 @@ class Contrast:
 
     @property
     def sd(self) -> float:
-        """SD of the per-seed differences (n - 1 in the denominator)."""
+        """SD of the per-unit differences (n - 1 in the denominator)."""
         d = self.differences
         return math.sqrt(sum((x - self.diff) ** 2 for x in d) / (len(d) - 1))
 
     @property
+    def deciding(self) -> Test:
+        """The test the verdict rests on: the anytime-valid one at a later look, else the paired t."""
+        return self.sequential or self.paired
+
+    @property
     def significant(self) -> bool:
-        return not math.isnan(self.paired.p_holm) and self.paired.p_holm < 1 - LEVEL
+        return not math.isnan(self.deciding.p_holm) and self.deciding.p_holm < 1 - LEVEL
 
     def label(self, reference: str) -> str:
         """The contrast as a table names it: the arm, or `arm − other` for a pair beside the reference."""
@@ -136,26 +140,36 @@ class Contrast:
 
     def verdict(self) -> str:
         """How the arm did, in a word or three: improves, hurts, no significant difference."""
-        if math.isnan(self.paired.p):
+        if math.isnan(self.deciding.p):
             return "cannot be judged"
         if self.significant:
             return "improves" if self.diff > 0 else "hurts"
         return "no significant difference"
 
     def sentence(self) -> str:
-        """One sentence to quote: the verdict, both means, the difference and its statistics."""
+        """One sentence to quote: the verdict, both plain means (the ones the difference
+        subtracts), the difference and its statistics."""
         m = 100 * sum(self.arm_values) / len(self.arm_values)
         r = 100 * sum(self.reference_values) / len(self.reference_values)
         than = f"{self.metric} compared with {self.reference}"
         head = {"cannot be judged": f"cannot be judged on {than} (the differences have no spread)",
                 "no significant difference": f"makes no significant difference to {than}",
                 }.get(self.verdict(), f"{self.verdict()} {than}")
-        p, w = self.paired, self.welch
-        return (f"{self.arm} {head}: {m:.2f}% vs {r:.2f}%, difference {pp(self.diff)} (paired over "
-                f"{len(self.arm_values)} shared seeds: {UNADJUSTED} {100 * LEVEL:.0f}% CI {pp(p.low)} to "
-                f"{pp(p.high)}, paired t-test p = {p_text(p.p)}, Holm-adjusted p = {p_text(p.p_holm)} over "
-                f"{plural(self.family, 'comparison')}; Welch's {UNADJUSTED} CI {pp(w.low)} to "
-                f"{pp(w.high)}, p = {p_text(w.p)}; correlation of the arms over seeds r = {r_text(self.r)}).")
+        p, w, s, n = self.paired, self.welch, self.sequential, len(self.arm_values)
+        units = f"{n} shared seeds" if self.unit == "seed" else f"{n} searches"
+        level = f"{100 * LEVEL:.0f}%"
+        tested = (f"paired over {units}: {UNADJUSTED} {level} CI {pp(p.low)} to {pp(p.high)}, paired "
+                  f"t-test p = {p_text(p.p)}, Holm-adjusted p = {p_text(p.p_holm)} over "
+                  f"{plural(self.family, 'comparison')}")
+        if s is not None:
+            tested = (f"a later look, sequential over {units}: anytime-valid {level} interval {pp(s.low)} "
+                      f"to {pp(s.high)}, anytime-valid p = {p_text(s.p)}, Holm-adjusted p = "
+                      f"{p_text(s.p_holm)} over {plural(self.family, 'comparison')}; the fixed-sample "
+                      f"paired t beside it, not valid after an earlier look: CI {pp(p.low)} to "
+                      f"{pp(p.high)}, p = {p_text(p.p)}")
+        return (f"{self.arm} {head}: {m:.2f}% vs {r:.2f}% (plain means), difference {pp(self.diff)} "
+                f"({tested}; Welch's {UNADJUSTED} CI {pp(w.low)} to {pp(w.high)}, p = {p_text(w.p)}; "
+                f"correlation of the arms over {self.unit}s r = {r_text(self.r, n)}).")
 
 
 def welch(x: Sequence[float], y: Sequence[float]) -> Test:
@@ -185,38 +199,49 @@ def paired(x: Sequence[float], y: Sequence[float]) -> Test:
 
 
 def correlation(x: Sequence[float], y: Sequence[float]) -> float:
-    """Pearson's r of the arms over the shared seeds; NaN when either has no spread."""
-    if max(x) == min(x) or max(y) == min(y):
+    """Pearson's r of the arms over the shared seeds; NaN when either has no spread or there are
+    fewer than `MIN_R_SEEDS` seeds (over 2 seeds r is always ±1)."""
+    if len(x) < MIN_R_SEEDS or max(x) == min(x) or max(y) == min(y):
         return math.nan
     return float(stats.pearsonr(x, y).statistic)
 
 
 def contrast(arm: str, values: Sequence[float], reference: str, ref_values: Sequence[float],
-             metric: str) -> Contrast:
-    """One arm against the reference over the same seeds, in the same order; not yet adjusted."""
+             metric: str, sequential: bool = False, unit: str = "seed") -> Contrast:
+    """One arm against the reference over the same units, in the same order (the order they were
+    added in, which a `sequential` test reads prefix by prefix); not yet adjusted."""
     if min(len(values), len(ref_values)) < 2:
         raise ConfigError("a comparison needs at least 2 seeds per arm (--seeds)")
     if len(values) != len(ref_values):
         raise ConfigError(f"{arm} has {len(values)} seeds, {reference} {len(ref_values)}: a paired "
                           "comparison needs the same seeds in both")
     diff = sum(values) / len(values) - sum(ref_values) / len(ref_values)
+    later = None
+    if sequential:
+        later = Test(*anytime([a - b for a, b in zip(values, ref_values, strict=True)], 1 - LEVEL))
     return Contrast(arm, reference, metric, list(values), list(ref_values), diff,
-                    paired(values, ref_values), welch(values, ref_values), correlation(values, ref_values))
+                    paired(values, ref_values), welch(values, ref_values), correlation(values, ref_values),
+                    sequential=later, unit=unit)
 
 
 def adjust(family: Sequence[Contrast]) -> list[Contrast]:
-    """The contrasts with Holm-adjusted p-values over all of them, as one family (the paired
-    p-values, which decide, and Welch's, shown beside them, each adjusted on its own)."""
-    by_paired = holm([c.paired.p for c in family])
-    by_welch = holm([c.welch.p for c in family])
-    size = sum(not math.isnan(c.paired.p) for c in family)
-    return [replace(c, paired=replace(c.paired, p_holm=a), welch=replace(c.welch, p_holm=b), family=size)
-            for c, a, b in zip(family, by_paired, by_welch, strict=True)]
+    """The contrasts with Holm-adjusted p-values over all of them, as one family: each kind of
+    test adjusted on its own (the anytime-valid ones at a later look, the paired t, Welch's), an
+    undefined test counted as `UNDEFINED_P` in every one of them (`holm`)."""
+    def holm_of(tests: list[Test]) -> list[Test]:
+        return [replace(t, p_holm=a) for t, a in zip(tests, holm([t.p for t in tests]), strict=True)]
+
+    paired_, welch_ = holm_of([c.paired for c in family]), holm_of([c.welch for c in family])
+    later = [c.sequential for c in family]
+    if all(t is not None for t in later):
+        later = holm_of(later)
+    return [replace(c, paired=p, welch=w, sequential=s, family=len(family))
+            for c, p, w, s in zip(family, paired_, welch_, later, strict=True)]
 
 
-def family(arms: Sequence[Arm], reference: str, metric: str,
-           pairs: Sequence[tuple[str, str]] = ()) -> list[Contrast]:
-    """Every arm but the reference against it, then each extra (arm, other) pair, seed by seed
+def family(arms: Sequence[Arm], reference: str, metric: str, pairs: Sequence[tuple[str, str]] = (),
+           sequential: bool = False, unit: str = "seed") -> list[Contrast]:
+    """Every arm but the reference against it, then each extra (arm, other) pair, unit by unit
     (not yet adjusted): what one family of comparisons holds."""
     by_name = {a.name: a for a in arms}
     ref = by_name[reference]
@@ -225,10 +250,11 @@ def family(arms: Sequence[Arm], reference: str, metric: str,
             raise ConfigError(f"{a.name} ran seeds {a.seeds}, {ref.name} {ref.seeds}: "
                               "a paired comparison needs the same seeds")
     vs = [(a, ref) for a in arms if a is not ref] + [(by_name[x], by_name[y]) for x, y in pairs]
-    return [contrast(a.name, a.values(metric), b.name, b.values(metric), metric) for a, b in vs]
+    return [contrast(a.name, a.values(metric), b.name, b.values(metric), metric, sequential, unit)
+            for a, b in vs]
 
 
-def contrasts(arms: Sequence[Arm], reference: Arm, metric: str,
-              pairs: Sequence[tuple[str, str]] = ()) -> list[Contrast]:
+def contrasts(arms: Sequence[Arm], reference: Arm, metric: str, pairs: Sequence[tuple[str, str]] = (),
+              sequential: bool = False, unit: str = "seed") -> list[Contrast]:
     """Every arm but the reference against it, and each extra pair, Holm-adjusted as one family."""
-    return adjust(family(arms, reference.name, metric, pairs))
+    return adjust(family(arms, reference.name, metric, pairs, sequential, unit))

@@ -15,8 +15,9 @@ import plotly.graph_objects as go
 from optuna.trial import TrialState
 
 from mhtrain.evaluate import document as doc
+from mhtrain.evaluate.analyses import Look
 from mhtrain.evaluate.document import Block, Bullets, Figure, Heading, Para, Table, TableBlock
-from mhtrain.evaluate.report import design_lines, setup_text, with_ci
+from mhtrain.evaluate.report import design_lines, ledger_blocks, setup_text, space_items, with_ci
 from mhtrain.evaluate.reruns import Arm
 from mhtrain.evaluate.stats import (
     LEVEL,
@@ -44,6 +45,7 @@ class SweepResult:
     metric: str
     contrasts: list[list[Contrast]]  # per point, every other arm against the reference, then pairs
     test_images: int | None = None  # the test split's size, for its binomial error
+    look: Look | None = None  # where this analysis stands in the studies' ledger
 
     @property
     def family(self) -> int:
@@ -54,14 +56,17 @@ class SweepResult:
 
 
 def analyse(over: Over, points: Sequence[Point], arms: Sequence[Sequence[Arm]], reference: str,
-            metric: str, test_images: int | None = None,
-            pairs: Sequence[tuple[str, str]] = ()) -> SweepResult:
+            metric: str, test_images: int | None = None, pairs: Sequence[tuple[str, str]] = (),
+            look: Look | None = None) -> SweepResult:
     """Every arm against the reference at every value, and each extra (arm, other) pair; Holm
-    over all of them at once, so a difference found at one value out of many is judged as one of many."""
-    every = [c for point_arms in arms for c in family(point_arms, reference, metric, pairs)]
+    over all of them at once, so a difference found at one value out of many is judged as one of
+    many. At a declared later look (`look.sequential`) the anytime-valid test decides."""
+    later = look is not None and look.sequential
+    every = [c for point_arms in arms for c in family(point_arms, reference, metric, pairs, later)]
     adjusted, per_point = adjust(every), len(arms[0]) - 1 + len(pairs)
     split = [adjusted[i * per_point:(i + 1) * per_point] for i in range(len(arms))]
-    return SweepResult(over, list(points), [list(a) for a in arms], reference, metric, split, test_images)
+    return SweepResult(over, list(points), [list(a) for a in arms], reference, metric, split,
+                       test_images, look)
 
 
 def sentence(r: SweepResult, i: int) -> str:
@@ -72,9 +77,12 @@ def sentence(r: SweepResult, i: int) -> str:
              if r.over.is_subset else f"At `{r.over.override(point.value)}`")
     parts = []
     for c in r.contrasts[i]:
-        judged = ("cannot be judged: the per-seed differences have no spread" if math.isnan(c.paired.p) else
-                  f"paired {UNADJUSTED} {100 * LEVEL:.0f}% CI {pp(c.paired.low)} to {pp(c.paired.high)}, "
-                  f"Holm-adjusted p = {c.paired.p_holm:.3g}: {c.verdict()}; Welch p = {p_text(c.welch.p)}")
+        t = c.deciding
+        kind = f"paired {UNADJUSTED}" if c.sequential is None else "anytime-valid"
+        judged = ("cannot be judged: the per-seed differences have no spread" if math.isnan(t.p) else
+                  f"{kind} {100 * LEVEL:.0f}% {'CI' if c.sequential is None else 'interval'} {pp(t.low)} "
+                  f"to {pp(t.high)}, Holm-adjusted p = {t.p_holm:.3g}: {c.verdict()}; "
+                  f"Welch p = {p_text(c.welch.p)}")
         mean = f" {100 * sum(c.arm_values) / len(c.arm_values):.2f}%," if c.reference == r.reference else ""
         parts.append(f"{c.label(r.reference)}{mean} {pp(c.diff)} ({judged})")
     seeds = len(ref.records)
@@ -86,8 +94,11 @@ def sentence(r: SweepResult, i: int) -> str:
 def table(r: SweepResult) -> Table:
     """Value by value, arm by arm: mean with interval, difference with interval, both p-values."""
     level = f"{100 * LEVEL:.0f}%"
-    rows = [[r.over.short, "arm", f"{r.metric} (%) [{level} CI]",
-             f"vs {r.reference} (pp) [paired {level} CI, {UNADJUSTED}]", "paired p", "paired Holm-adjusted p",
+    kind = (f"anytime-valid {level} interval" if r.look is not None and r.look.sequential
+            else f"paired {level} CI, {UNADJUSTED}")
+    test = "anytime-valid" if r.look is not None and r.look.sequential else "paired"
+    rows = [[r.over.short, "arm", f"{r.metric} (%) [{level} t CI]",
+             f"vs {r.reference} (pp) [{kind}]", f"{test} p", f"{test} Holm-adjusted p",
              f"Welch {level} CI, {UNADJUSTED} (pp)", "Welch p", "r over seeds"]]
     for i, point in enumerate(r.points):
         by_arm = {c.arm: c for c in r.contrasts[i] if c.reference == r.reference}
@@ -101,9 +112,10 @@ def table(r: SweepResult) -> Table:
 
 
 def _versus(c: Contrast) -> list[str]:
-    return [f"{100 * c.diff:+.2f} [{100 * c.paired.low:+.2f}, {100 * c.paired.high:+.2f}]",
-            p_text(c.paired.p), p_text(c.paired.p_holm),
-            f"{100 * c.welch.low:+.2f} to {100 * c.welch.high:+.2f}", p_text(c.welch.p), r_text(c.r)]
+    t = c.deciding
+    return [f"{100 * c.diff:+.2f} [{100 * t.low:+.2f}, {100 * t.high:+.2f}]", p_text(t.p), p_text(t.p_holm),
+            f"{100 * c.welch.low:+.2f} to {100 * c.welch.high:+.2f}", p_text(c.welch.p),
+            r_text(c.r, len(c.arm_values))]
 
 
 def best_table(r: SweepResult) -> Table:
@@ -159,8 +171,8 @@ def figures(r: SweepResult) -> list[Figure]:
         diff.add_trace(go.Scatter(
             x=_dodge(xs, axis, k, len(names)), y=[100 * c.diff for c in cs], name=name, mode="lines+markers",
             error_y={"type": "data", "symmetric": False,
-                     "array": [100 * (c.paired.high - c.diff) for c in cs],
-                     "arrayminus": [100 * (c.diff - c.paired.low) for c in cs]}))
+                     "array": [100 * (c.deciding.high - c.diff) for c in cs],
+                     "arrayminus": [100 * (c.diff - c.deciding.low) for c in cs]}))
     acc.update_layout(xaxis={"title": title, **axis}, yaxis_title=f"{r.metric} (%), mean over seeds")
     diff.add_hline(y=0, line_dash="dot")
     diff.update_layout(xaxis={"title": title, **axis}, yaxis_title=f"difference from {r.reference} (pp)")
@@ -178,7 +190,8 @@ def describe(r: SweepResult, budget: str, search: Sequence[str], rerun: Sequence
              f"{' '.join(f'`{o}`' for o in search) or 'the study defaults'}, the same for every arm.",
              setup_text(seeds, [*rerun, f"{r.over.key}=<value>"], "Then each arm's best configuration was",
                         f"all {plural(r.family, 'comparison')} of the sweep at once "
-                        f"({plural(len(r.contrasts[0]), 'contrast')} x {plural(len(r.points), 'value')})")]
+                        f"({plural(len(r.contrasts[0]), 'contrast')} x {plural(len(r.points), 'value')})",
+                        r.look is not None and r.look.sequential)]
     if r.over.is_subset and full is not None:
         lines.append(f"`null` means the full training set: {full:,} images (the training split less "
                      "the validation set). Every value trains for the same epochs, so a smaller set "
@@ -212,7 +225,8 @@ def blocks(r: SweepResult, setup: Sequence[str]) -> list[Block]:
             Bullets([sentence(r, i) for i in range(len(r.points))]),
             Heading(f"{r.metric} against {r.over.key}"), TableBlock(table(r)), Bullets(caveats(r)),
             *figures(r), Heading(f"{r.metric} per seed (%) and per-seed differences (pp)"),
-            TableBlock(seed_table(r)),
+            TableBlock(seed_table(r)), Heading("Search spaces (the same at every value)"),
+            Bullets(space_items(r.arms[0])), *ledger_blocks(r.look),
             Heading("Best configuration per value"), TableBlock(best_table(r))]
 
 
