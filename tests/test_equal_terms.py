@@ -1,0 +1,54 @@
+"""Arms on equal terms: a study config (or a study CLI) that says it searches the same range, budget
+or sampler as another study does so. The claims are read from the files themselves, so a claim
+added later is checked too."""
+
+import re
+
+import pytest
+
+from mhtrain.config import CONF_DIR
+from mhtrain.study import space
+from tests.conftest import ROOT
+
+CLAIM = re.compile(r"same ((?:range|budget|sampler)(?:(?:, | and )(?:range|budget|sampler))*) as `?(\w+)`?",
+                   re.IGNORECASE)
+
+
+def header(path) -> str:
+    """The comment lines a study config opens with, as one line."""
+    lines = path.read_text().splitlines()
+    return " ".join(line.lstrip("# ") for line in lines if line.startswith("#"))
+
+
+def claims() -> list[tuple[str, str, str]]:
+    """(study, what it claims to share, the other study) for every conf/study/*.yaml header."""
+    found = []
+    for path in sorted((CONF_DIR / "study").glob("*.yaml")):
+        for what, other in CLAIM.findall(header(path)):
+            found += [(path.stem, w.lower(), other) for w in re.split(r", | and ", what)]
+    return found
+
+
+def test_the_claims_are_found():
+    assert ("baseline_lr", "range", "lr") in claims() and ("equal_lr", "range", "uncertainty_lr") in claims()
+
+
+@pytest.mark.parametrize(("study", "what", "other"), claims())
+def test_a_study_that_claims_anothers_range_budget_or_sampler_has_it(study, what, other):
+    a, b = space.load(study), space.load(other)
+    if what == "range":  # every key both search, searched over the same distribution
+        shared = {p.key for p in a.search_space} & {p.key for p in b.search_space}
+        assert shared, f"{study} and {other} search no key in common"
+        ours, theirs = ({p for p in s.search_space if p.key in shared} for s in (a, b))
+        assert ours == theirs
+    else:
+        field = {"budget": "n_trials", "sampler": "sampler"}[what]
+        assert getattr(a, field) == getattr(b, field)
+
+
+def test_the_baselines_cli_says_what_its_config_does():
+    """studies/baselines.py claims the lr study's range and budget for baseline_lr."""
+    text = " ".join((ROOT / "studies" / "baselines.py").read_text().split())
+    assert "same learning-rate range and budget as the lr study" in text
+    a, b = space.load("baseline_lr"), space.load("lr")
+    assert a.search_space == b.search_space and a.n_trials == b.n_trials
