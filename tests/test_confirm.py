@@ -1,39 +1,19 @@
-"""--confirm: the top configurations re-trained with fresh seeds on the validation split, a winner
-named only when it beats each other one (paired t-test, Holm), else a tie; and the summary's
-binomial error and runner-up gap without it."""
+"""--confirm: the race of the top configurations and the default on fresh seeds and fresh
+validation images, run on tiny data (its statistics are in test_race_stats.py): its endings, a
+failed finalist, a killed race that resumes without re-training, what export hands over; and the
+summary's binomial error and runner-up gap without it."""
 
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import create_trial
-from scipy import stats
 
-from mhtrain.evaluate.stats import holm
 from mhtrain.study import confirm, runner, space
 from mhtrain.study.summary import summary
 from tests.conftest import tiny_for
 
 LR = "model.optimizer.lr"
-
-
-def test_the_verdict_with_known_values():
-    values = {2: [0.95, 0.96, 0.94], 5: [0.90, 0.92, 0.89], 7: [0.80, 0.83, 0.81]}
-    c = confirm.judge("val/digit_acc", "maximize", [5, 2, 7], [10, 11, 12], values)
-    raw = [stats.ttest_rel(values[2], values[t]).pvalue for t in (5, 7)]
-    assert c.candidate == 2 and c.winner == 2 == c.chosen and c.tied == [2]
-    assert [c.p_holm[5], c.p_holm[7]] == pytest.approx(holm(raw))
-    assert c.lines()[-1].startswith("winner: trial 2, better than each other one (paired t-test, Holm over 2")
-    # one runner-up within the noise: no winner, the tie listed, export's pick by search rank
-    close = {**values, 5: [0.951, 0.955, 0.945]}
-    c = confirm.judge("val/digit_acc", "maximize", [5, 2, 7], [10, 11, 12], close)
-    assert c.winner is None and c.tied == [5, 2] and c.chosen == 5
-    assert c.lines()[-1] == ("indistinguishable at this budget: trials 5, 2; export uses trial 5, "
-                             "the best-ranked by the search among the tied")
-    # a loss is minimized: the lowest mean is the candidate
-    losses = {1: [0.5, 0.52, 0.49], 2: [0.2, 0.25, 0.21]}
-    low = confirm.judge("val/loss", "minimize", [1, 2], [0, 1, 2], losses)
-    assert low.winner == 2
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +32,7 @@ def searched(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> optun
 def made(real: optuna.Study, trials: list[tuple[float, float]]) -> optuna.Study:
     """A study with the real one's config and trials of the given (lr, search value), best first
     by value, each recorded as a real trial is."""
-    ostudy = optuna.create_study(direction="maximize")
+    ostudy = optuna.create_study(study_name=real.study_name, direction="maximize")  # checked as the lr study
     ostudy.set_metric_names(real.metric_names or ["val/digit_acc"])
     ostudy.set_user_attr("config", real.user_attrs["config"])
     like = real.trials[0]
@@ -64,31 +44,114 @@ def made(real: optuna.Study, trials: list[tuple[float, float]]) -> optuna.Study:
     return ostudy
 
 
+def race_runs(ostudy: optuna.Study) -> dict[str, dict]:
+    return {k: v for k, v in ostudy.user_attrs.items() if k.startswith("race:")}
+
+
 @pytest.mark.slow
-def test_a_clearly_better_configuration_is_named(searched, tmp_path, monkeypatch):
+def test_a_race_drops_a_clearly_worse_configuration_and_resumes_without_retraining(searched, tmp_path,
+                                                                                  monkeypatch):
     monkeypatch.chdir(tmp_path)
     ostudy = made(searched, [(1e-2, 0.99), (1e-4, 0.98)])  # a good lr and the slowest in the range
     cfg = confirm.confirm_config(ostudy, ostudy.trials[0], 2)
-    assert cfg.test is False and cfg.seed == 2  # validation only, a seed no trial used
+    assert cfg.test is False and cfg.seed == 2 == cfg.data.split_seed  # fresh seed, fresh val images
+    default = confirm.default_config(ostudy, ostudy.trials[0], 2)
+    assert default.model.optimizer.lr == 0.002 and default.data.train_subset == 128  # the experiment's lr
     lines: list[str] = []
-    result = confirm.confirm(ostudy, k=2, n_seeds=5, say=lines.append)
-    assert result.seeds == [2, 3, 4, 5, 6] and len(lines) == 10
-    assert result.winner == 0 == result.chosen, result.lines()
-    assert min(result.values[0]) > max(result.values[1])
+
+    def killed_after_four(line: str) -> None:  # the race's process dies after its 4th stored run
+        lines.append(line)
+        if len(lines) == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        confirm.confirm(ostudy, k=2, cap=8, say=killed_after_four)
+    stored = race_runs(ostudy)
+    assert len(stored) == 4 and confirm.ATTR not in ostudy.user_attrs
+    again: list[str] = []
+    verdict = confirm.confirm(ostudy, k=2, cap=8, say=again.append)
+    trained = [line for line in again if line.startswith("  round")]
+    assert not any(f"seed {k.split(':')[2]}, {k.split(':')[1]}:" in line for line in trained for k in stored)
+    # the slowest lr is dropped; on tiny data the good lr and the default both score 1.0 on every seed
+    assert set(verdict.eliminated) == {"trial 1"}, "\n".join(verdict.lines("val/digit_acc"))
+    assert verdict.ending == "equivalent" and verdict.alive == ["trial 0", "default"]
+    assert verdict.headline().startswith("tuning is not shown to beat the default")
     stored = ostudy.user_attrs[confirm.ATTR]
-    assert stored["winner"] == 0 and stored["values"]["1"] == result.values[1]
+    assert stored["chosen"] == 0 and stored["ending"] == "equivalent"
     assert sorted(p.name for p in (tmp_path / "runs" / "confirm").iterdir())  # its own folders
+    # a larger cap continues the same race: its stored rounds count, nothing is trained again
+    before = race_runs(ostudy)
+    assert confirm.confirm(ostudy, k=2, cap=12, say=lambda _: None).rounds == verdict.rounds
+    assert race_runs(ostudy) == before
 
 
 @pytest.mark.slow
-def test_two_equal_configurations_are_indistinguishable(searched, tmp_path, monkeypatch):
+def test_two_equal_configurations_give_equal_runs_and_no_winner(searched, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     ostudy = made(searched, [(1e-2, 0.99), (1e-2, 0.98)])  # the same configuration twice
-    result = confirm.confirm(ostudy, k=2, n_seeds=2, say=lambda _: None)
-    assert result.winner is None and result.tied == [0, 1] and result.chosen == 0
-    assert result.values[0] == result.values[1]  # same configuration, same seeds
-    assert result.lines()[-1].startswith("indistinguishable at this budget: trials 0, 1; export uses trial 0")
-    assert ostudy.user_attrs[confirm.ATTR]["winner"] is None
+    verdict = confirm.confirm(ostudy, k=2, cap=2, say=lambda _: None)
+    assert verdict.means["trial 0"] == verdict.means["trial 1"]  # same configuration, same seeds
+    assert verdict.ending == "undecided" and verdict.chosen == "trial 0"  # equal means: the search's order
+
+
+def test_a_failed_or_nan_finalist_run_is_recorded_with_its_reason(tiny_overrides, tmp_path):
+    from mhtrain.config import compose
+    from mhtrain.data import mnist
+    from mhtrain.train import fit
+    from tests.conftest import write_tiny_mnist
+
+    nan = compose("multihead_cnn_mnist", [*tiny_overrides, "model.loss_weights.digit=1e39"])  # inf in float32
+    run = confirm._train(fit, nan, "val/loss")
+    assert run.value is None and run.error.startswith("non-finite val/loss")
+    data = write_tiny_mnist(tmp_path / "data")
+    broken = compose("multihead_cnn_mnist", [*tiny_overrides, f"data.data_dir={data}"])
+    (mnist.raw_dir(data) / mnist.SPLIT_FILES["train"][0]).write_bytes(b"\0" * 20)  # changed under the race
+    run = confirm._train(fit, broken, "val/loss")
+    assert run.value is None and len(run.error.splitlines()) == 1 and run.error, run
+
+
+def test_export_hands_over_the_best_fresh_seed_mean_not_the_search_rank(searched, tmp_path, monkeypatch):
+    """A third-ranked trial with the best mean over the race's stored rounds is what export and
+    compare hand over; the stored runs are replayed, nothing trains."""
+    from mhtrain.evaluate.reruns import rerun_config
+    from mhtrain.study.confirm import chosen_trial
+
+    monkeypatch.chdir(tmp_path)
+    ostudy = made(searched, [(1e-2, 0.99), (3e-3, 0.985), (1e-3, 0.98)])
+    first = 10
+    ostudy.set_user_attr("race", {"finalists": [0, 1, 2], "first_seed": first, "delta": 0.002})
+    for i in range(3):  # three rounds stored; trial 2 best on every fresh seed, none confidently
+        for arm, v in (("trial 0", 0.950), ("trial 1", 0.951), ("trial 2", 0.953), ("default", 0.949)):
+            ostudy.set_user_attr(f"race:{arm}:{first + i}", {"value": v + 0.001 * (i % 2)})
+    said: list[str] = []
+    verdict = confirm.confirm(ostudy, k=3, cap=3, say=said.append)
+    assert not [line for line in said if line.startswith("  round")]  # nothing trained
+    assert verdict.ending == "undecided" and verdict.chosen == "trial 2"
+    assert chosen_trial(ostudy).number == 2
+    assert rerun_config(ostudy, 9).model.optimizer.lr == 1e-3
+    # the default chosen: export and compare hand over the experiment's own values
+    ostudy.set_user_attr(confirm.ATTR, {"chosen": "default"})
+    default = chosen_trial(ostudy)
+    assert default.params == {} and not any(o.startswith(f"++{LR}") for o in default.user_attrs["overrides"])
+    assert rerun_config(ostudy, 9).model.optimizer.lr == 0.002
+
+
+def test_a_race_refuses_a_different_design_than_the_one_it_stored(searched):
+    from mhtrain import ConfigError
+
+    ostudy = made(searched, [(1e-2, 0.99), (1e-3, 0.98)])
+    ostudy.set_user_attr("race", {"finalists": [0, 1], "first_seed": 10, "delta": 0.002})
+    with pytest.raises(ConfigError, match="continue it with --confirm 2 --confirm-delta 0.002"):
+        confirm.confirm(ostudy, k=3, cap=3)
+    for planted in ({"finalists": "0", "first_seed": 1, "delta": 0.1}, {"finalists": [0], "first_seed": -5,
+                    "delta": 0.1}, [1, 2], {"finalists": [0], "first_seed": 1, "delta": float("nan")}):
+        ostudy.set_user_attr("race", planted)
+        with pytest.raises(ConfigError, match="stored `race` refused"):
+            confirm.confirm(ostudy, k=1, cap=3)
+    ostudy.set_user_attr("race", {"finalists": [0, 1], "first_seed": 10, "delta": 0.002})
+    ostudy.set_user_attr("race:trial 0:10", {"value": float("nan")})
+    with pytest.raises(ConfigError, match="stored `race:trial 0:10` refused"):
+        confirm.confirm(ostudy, k=2, cap=3)
 
 
 def test_the_summary_gives_the_bests_binomial_error_and_the_runner_ups_gap():
@@ -105,8 +168,9 @@ def test_the_summary_gives_the_bests_binomial_error_and_the_runner_ups_gap():
 def test_confirm_asks_for_two_configurations_and_two_seeds(tmp_path, monkeypatch, capsys):
     from mhtrain.study.cli import main
     monkeypatch.chdir(tmp_path)
-    for args, message in ((["--confirm", "1"], "--confirm 1: confirm at least 2"),
-                          (["--confirm", "--confirm-seeds", "1"], "--confirm-seeds 1: a paired test")):
+    for args, message in ((["--confirm", "0"], "--confirm 0: race at least 1"),
+                          (["--confirm", "--confirm-seeds", "1"], "--confirm-seeds 1: a paired race"),
+                          (["--confirm", "--confirm-delta", "nan"], "--confirm-delta nan: must be")):
         assert main("lr", "lr", args) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1

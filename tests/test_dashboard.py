@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -123,3 +124,42 @@ def test_dashboard_reads_a_study_while_workers_write(tmp_path: Path, tiny_data: 
     assert workers.returncode == 0, workers.stderr.read()[-2000:]
     assert final == 6
     assert seen and min(seen) < 6  # the dashboard answered while trials were still being written
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_every_figure_the_project_stores_fits_the_dashboards_box(tmp_path: Path):
+    """optuna-dashboard 0.21 draws a stored figure in a 450 px box on the study's first page: the
+    race's figure and a PBT lineage (4 panels) must fit it, not show a panel and a half."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    from mhtrain.evaluate.lineage import store_lineage
+    from mhtrain.study.race import DEFAULT, judge
+    from mhtrain.study.race_figure import show
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    ostudy = optuna.create_study(study_name="pbt_loss_weights", storage=storage, direction="maximize")
+    ostudy.set_metric_names(["val/digit_acc"])
+    start = {"model.optimizer.lr": 1e-3, "model.loss_weights.thickness": 0.5,
+             "model.loss_weights.smoothness": 0.5}
+    for _ in range(2):
+        ostudy.add_trial(create_trial(
+            params=start, distributions=dict.fromkeys(start, FloatDistribution(1e-4, 2.0)),
+            value=0.9, intermediate_values={1: 0.8, 2: 0.9},
+            user_attrs={"pbt_schedule": [{"epoch": 0, "parent": None, **start}]}))
+    store_lineage(ostudy)
+    arms = ["trial 0", "trial 1", DEFAULT]
+    values = {a: [0.99 - 0.01 * i + 0.001 * (r % 3) for r in range(8)] for i, a in enumerate(arms)}
+    show(ostudy, judge(arms, values, {}, True, 0.002, 8))
+    for base in serve(storage):
+        study_id = next(s["study_id"] for s in get_json(f"{base}/api/studies")["study_summaries"])
+        proc = subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'chrome'}",
+             "--window-size=1600,2400", "--virtual-time-budget=20000", "--dump-dom",
+             f"{base}/dashboard/studies/{study_id}"], capture_output=True, text=True, timeout=120)
+    box = r'id="user-defined-plot:([^"]+)".*?class="[^"]*svg-container" style="[^"]*height: (\d+)px'
+    drawn = re.findall(box, proc.stdout)
+    assert {name for name, _ in drawn} == {"race", "pbt_lineage"}, proc.stdout[-3000:]
+    assert all(int(h) <= 450 for _, h in drawn), drawn

@@ -247,16 +247,19 @@ def test_a_pbt_study_runs_from_one_command_and_records_each_members_lineage(tiny
                                                    "model.loss_weights.smoothness"], [LR])
     assert len(fig.data) == 4 + 2 + 3 * 4
     assert sum("copied trial" in (d.hovertext or "") for d in fig.data) == 2
-    # --confirm re-trains the top 2 members' answers, their lineages replayed on fresh seeds
-    assert "confirmation: top 2 trials re-trained with fresh seeds 4, 5 on the validation split" in out
+    # --confirm races the top 2 members' answers and the default, their lineages replayed on fresh seeds
+    assert "on fresh seeds from 4 (one per round, each with its own validation images)" in out
     confirmed = ostudy.user_attrs["confirmation"]
-    for number in confirmed["trials"]:
+    for number in ostudy.user_attrs["race"]["finalists"]:
         cfg, (_, replays) = confirm_config(ostudy, by_number[number], 4), lineage(ostudy, by_number[number])
         assert OmegaConf.to_container(cfg.callbacks.pbt_replay.schedule) == replays
         assert cfg.seed == 4 and cfg.callbacks.pbt_replay.orders is False and cfg.test is False
     # the chosen member's answer re-runs solo: the export retraces its lineage from its first member
+    if confirmed["chosen"] == "default":  # the race may choose the experiment's own values: no schedule
+        assert "pbt_replay" not in confirm_config(ostudy, chosen_trial(ostudy), 4).callbacks
+        ostudy.set_user_attr("confirmation", {"chosen": ostudy.user_attrs["race"]["finalists"][0]})
     chosen = chosen_trial(ostudy)
-    assert chosen.number == confirmed["chosen"]
+    assert chosen.number == ostudy.user_attrs["confirmation"]["chosen"]
     root, schedule = lineage(ostudy, chosen)
     path, _ = export("pbt_loss_weights", storage, conf_dir=ROOT / "conf")
     try:

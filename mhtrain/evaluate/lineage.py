@@ -1,6 +1,6 @@
 """A PBT study's lineage as one figure: each member's curve, a dashed link from the member it
 copied to where it went on, and each searched value's schedule below. Stored on the study for
-optuna-dashboard (its Plots tab) when a PBT run ends."""
+optuna-dashboard when a PBT run ends (on the study's first page, in the dashboard's 450 px box)."""
 
 from __future__ import annotations
 
@@ -70,4 +70,7 @@ def store_lineage(ostudy: optuna.Study) -> None:
     """Draw the study's lineage and store it where optuna-dashboard shows it."""
     from optuna_dashboard import save_plotly_graph_object
 
-    save_plotly_graph_object(ostudy, study_lineage(ostudy), graph_object_id=GRAPH_ID)
+    from mhtrain.study.race_figure import HEIGHT
+
+    fig = study_lineage(ostudy).update_layout(height=HEIGHT, margin={"l": 50, "r": 10, "t": 50, "b": 40})
+    save_plotly_graph_object(ostudy, fig, graph_object_id=GRAPH_ID)

@@ -135,7 +135,11 @@ def main(study_name: str, description: str, argv: Sequence[str] | None = None,
             store_lineage(ostudy)
             print(pbt_lines(ostudy, study))
         if args.confirm and not (outcome.interrupted or outcome.timed_out):
-            print("\n".join(confirm.confirm(ostudy, args.confirm, args.confirm_seeds).lines()))
+            from mhtrain.study.race_figure import show
+
+            verdict = confirm.confirm(ostudy, args.confirm, args.confirm_seeds, args.confirm_delta)
+            print("\n".join(verdict.lines(confirm.study_metric(ostudy))))
+            show(ostudy, verdict)
         print(how)
         for line in outcome.deaths:
             print(line)

@@ -93,7 +93,7 @@ def is_pbt(ostudy: optuna.Study) -> bool:
 def replayed(ostudy: optuna.Study, trial: Trial) -> tuple[Trial, list[dict] | None]:
     """The trial whose record a re-run of `trial` starts from, and the schedule it replays (None
     for a study without PBT: the trial itself, as searched)."""
-    if is_pbt(ostudy):
+    if is_pbt(ostudy) and not trial.user_attrs.get("default"):  # the default replays no schedule
         return lineage(ostudy, trial)
     return trial, None
 
