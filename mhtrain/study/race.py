@@ -72,7 +72,7 @@ class Verdict:
             return (f"{lead}equivalent within {self.delta:g}: {', '.join(self.alive)} (every pair's "
                     "interval inside the margin)")
         return (f"{lead}undecided after {self.rounds} seed(s): {', '.join(self.alive)} still in the race; "
-                f"run again with a larger --confirm-seeds to continue the same race")
+                f"the same command with --confirm-seeds {2 * self.cap} continues the same race")
 
     def lines(self, metric: str) -> list[str]:
         """The race for the console: each arm's fate, the verdict, what tuning bought, the choice."""
