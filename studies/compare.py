@@ -1,13 +1,27 @@
 """Compare studies ("arms") against a reference: re-train each arm's best configuration for K seeds,
-test it once on the test split, and write runs/reports/<name>/report.{md,html}: mean test accuracy
-of every head with its 95% CI, each arm minus the reference seed by seed (the paired t-test, which
-decides, and Welch's beside it; unadjusted 95% CIs, Holm-adjusted p; the arms' correlation), the
-difference the design detects at 80% power, the test set's binomial error, one sentence per arm,
-and figures. Re-runs are stored in the studies, so running it again re-trains
-nothing.
+test it once on the test split, and write runs/reports/<name>/report.{md,html}: the plain mean test
+accuracy of every head with its 95% t CI, each arm minus the reference seed by seed (the paired
+t-test, which decides, and Welch's beside it; unadjusted 95% CIs, Holm-adjusted p over the family;
+the arms' correlation from 3 seeds on), the difference the design detects at 80% power, where the
+uncertainty comes from (training seed, test images; the search too with --study-seeds), each
+arm's search space, the analyses recorded on the studies before, one sentence per arm, and
+figures. Re-runs are stored in the studies, so running it again re-trains nothing.
 
   studies/compare.py --arms loss_weights equal_lr uncertainty_lr baseline_lr --reference baseline_lr
   studies/compare.py --multitask lr --baseline baseline_lr      (two arms, the original form)
+
+Every analysis is recorded on its studies (attribute `analyses`: seeds, arms, test, family, p).
+One run is one family (--family NAME, default the report name), all its contrasts adjusted
+together. The same runs tested again in another family are refused unless labelled a follow-up
+(--follow-up FAMILY); more seeds on contrasts analysed before (--seeds 10 after --seeds 5) are
+refused unless declared a later look (--extend), which is judged by an anytime-valid t-test
+(--sequential judges a first look that way too); fresh seeds (--first-seed after the last ones)
+are a new family.
+
+  studies/compare.py --multitask lr --baseline baseline_lr --study-seeds 3 --n-trials 20 \
+      --search trainer.max_epochs=3 --search data.train_subset=10000
+      (each arm's search repeated with study seeds +1, +2, each answer re-trained on 5 seeds of its
+      own: the verdict's unit is one search; --search and --n-trials must be the arms' own)
 
 Swept: where do the extra heads help? With --over KEY=V1,V2,... (one config key), at each value
 every arm's study config is searched on its own (study <arm>@<key>:<value> in the same storage,
@@ -39,7 +53,7 @@ import optuna
 from hydra.utils import instantiate
 
 from mhtrain import ConfigError, one_line_errors
-from mhtrain.evaluate import analyses, document, report, reruns, sweep, sweep_report
+from mhtrain.evaluate import analyses, document, report, reruns, searches, sweep, sweep_report
 from mhtrain.evaluate.stats import Contrast, contrasts
 from mhtrain.study.storage import DEFAULT_STORAGE
 
@@ -74,18 +88,24 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"default {DEFAULT_STORAGE}")
     p.add_argument("--seeds", type=int, default=5, help="re-runs per arm (default 5)")
     p.add_argument("--first-seed", type=int, default=1000, help="seeds are first-seed … +K-1")
+    p.add_argument("--study-seeds", type=int, default=1, metavar="N",
+                   help="repeat each arm's search with N study seeds (<arm>@study_seed:<j>, the same config, "
+                        "budget and fidelity), each answer re-trained on --seeds seeds of its own: the "
+                        "verdict's interval then covers the search too (default 1: the arms' own searches)")
     p.add_argument("--name", help="report name (default <arms>_vs_<reference>[_over_<key>])")
     p.add_argument("--over", metavar="KEY=V1,V2,...",
                    help="sweep: compare at each value of one config key, "
                         "e.g. data.train_subset=500,2000,null")
-    p.add_argument("--n-trials", type=int, help=f"with --over: trials per study (default {sweep.N_TRIALS})")
+    p.add_argument("--n-trials", type=int, help=f"with --over: trials per study (default {sweep.N_TRIALS}); "
+                                                "with --study-seeds: the budget each arm's search had")
     p.add_argument("--per-parameter", action="store_true",
                    help="with --over: --n-trials per searched parameter, so an arm searching 3 keys "
                         "gets 3x the trials of one searching 1 (an equal budget per parameter)")
     p.add_argument("--search", action="append", metavar="KEY=VALUE",
                    help="with --over: one override of every arm's search, repeatable, e.g. "
                         "--search trainer.max_epochs=3 --search data.batch_size=128 "
-                        f"(default {' '.join(sweep.SEARCH)})")
+                        f"(default {' '.join(sweep.SEARCH)}); with --study-seeds: the overrides each "
+                        "arm's search was run with (checked against what it recorded)")
     p.add_argument("--single-file", action="store_true",
                    help="embed plotly.js in report.html (4.8 MB) instead of sharing one file beside it")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -108,9 +128,15 @@ def arm_names(args: argparse.Namespace) -> list[str]:
         if not {arm, other} <= set(names) or arm == other:
             raise ConfigError(f"--pair {pair}: name two different arms of --arms as ARM:OTHER, "
                               f"e.g. --pair {names[0]}:{names[-1]}")
-    if args.over is None and (args.n_trials is not None or args.search is not None or args.per_parameter):
-        raise ConfigError("--n-trials, --per-parameter and --search apply to a sweep only; "
-                          "add --over KEY=V1,V2,...")
+    if args.study_seeds < 1:
+        raise ConfigError(f"--study-seeds {args.study_seeds}: must be >= 1")
+    if args.over is not None and args.study_seeds != 1:
+        raise ConfigError("--study-seeds applies to a comparison without --over; leave one of them out")
+    if args.over is None and args.per_parameter:
+        raise ConfigError("--per-parameter applies to a sweep only; add --over KEY=V1,V2,...")
+    if args.over is None and args.study_seeds == 1 and (args.n_trials is not None or args.search is not None):
+        raise ConfigError("--n-trials and --search set the searches of a sweep (--over) or of repeated "
+                          "searches (--study-seeds N); add one of them")
     return names
 
 
@@ -147,22 +173,25 @@ def compare(args: argparse.Namespace) -> int:
     names = arm_names(args)
     studies = reruns.open_arms(args.storage, names)  # all refusals come before any training
     metric = reruns.test_metric(studies[0])
-    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    units = [(0, s) for s in seeds]
+    n, per = args.study_seeds, args.seeds
+    units = [(j, s) for j in range(n) for s in searches.seeds_of(args.first_seed, per, j)]
     default = "_".join(n for n in names if n != args.reference) + f"_vs_{args.reference}"
     look = analyses.plan(studies, args.family or args.name or default,
                          tested(names, args.reference, pairs(args)), units, args.overrides, args.extend,
                          args.follow_up, args.sequential)
-    arms = reruns.rerun_arms(studies, seeds, args.overrides, on_done=partial(show, metric))
+    found = searches.run(studies, n, args.storage, args.first_seed, per, args.overrides,
+                         partial(show, metric), args.n_trials, args.search or ())
+    arms = found.arms[0] if n == 1 else [searches.pooled(found, name) for name in names]
     reference = arms[names.index(args.reference)]
-    cs = contrasts(arms, reference, metric, pairs(args), sequential=look.sequential)
+    cs = contrasts(arms, reference, metric, pairs(args), look.sequential, "seed" if n == 1 else "search")
     comparison = report.Comparison(arms, reference, metric, cs, list(args.overrides),
-                                   test_images(studies[0], args.overrides), look)
+                                   test_images(studies[0], args.overrides), look, found)
     md, html = report.write(REPORTS / (args.name or default), comparison,
                             report.title_of(names, args.reference), args.single_file)
     if look.repeat is None:
-        analyses.record(studies, recorded(look, metric, names, units, list(args.overrides),
-                                          [(c.arm, c.reference, c) for c in cs]))
+        analyses.record([a.study for row in found.arms for a in row],
+                        recorded(look, metric, names, units, list(args.overrides),
+                                 [(c.arm, c.reference, c) for c in cs]))
     print("\n" + "\n".join(comparison.sentences()) + f"\nreport: {md}\n        {html}")
     return 0
 

@@ -50,10 +50,13 @@ def run_study(config: str, tiny_overrides: list[str], storage: str) -> optuna.St
 
 def searched_study(name: str, complete: int, pruned: int = 0,
                    keys: tuple[str, ...] = tuple(SPACE)) -> optuna.Study:
-    """A loss-weight study with `complete` finished and `pruned` stopped trials, made by hand
-    (in memory): the value rises with the thickness weight, so importances can tell."""
+    """Study `name` (a config of conf/study, recorded on it as a study run records it) with
+    `complete` finished and `pruned` stopped trials, made by hand (in memory): the value rises
+    with the thickness weight, so importances can tell."""
+    config = space.load(name)
     study = optuna.create_study(study_name=name, direction="maximize")
     study.set_metric_names(["val/digit_acc"])
+    study.set_user_attr("config", config.to_dict())
     rng = random.Random(0)
     for i in range(complete + pruned):
         drawn = {"model.optimizer.lr": 10 ** rng.uniform(-4, -2),
@@ -66,9 +69,9 @@ def searched_study(name: str, complete: int, pruned: int = 0,
             params=params, distributions={k: SPACE[k] for k in keys}, value=value if done else None,
             state=TrialState.COMPLETE if done else TrialState.PRUNED,
             intermediate_values={1: value - 0.05, 2: value} if done else {1: value - 0.05},
-            user_attrs={"experiment": "multihead_cnn_mnist", "seconds": 1.0,
-                        "overrides": ["model.loss_weights.digit=1.0",
-                                      *(f"++{k}={v}" for k, v in params.items())]}))
+            user_attrs={"experiment": config.experiment, "seconds": 1.0,
+                        "overrides": [*config.overrides, *(f"++{k}={v}" for k, v in params.items()),
+                                      f"seed={i}"]}))
     return study
 
 
@@ -314,12 +317,57 @@ def test_more_seeds_after_a_look_are_refused_unless_declared_and_then_judged_as_
         assert record["test/images"] == 200 and correct.mean() == pytest.approx(record["test/digit_acc"])
 
 
+@pytest.mark.slow  # 16 tiny fits and 4 tiny searches: about a minute on 2 shared cores
+def test_study_seeds_repeat_each_search_and_the_report_splits_the_variance(
+        tiny_overrides, storage, monkeypatch, tmp_path, capsys):
+    """--study-seeds 2 on tiny data: each arm searched again with study seed 1, each answer
+    re-trained on its own 2 seeds, the verdict over the 2 searches, the variance split reported."""
+    monkeypatch.chdir(tmp_path)
+    for config in ("equal_lr", "baseline_lr"):
+        run_study(config, tiny_overrides, storage)
+    args = ["--storage", storage, "--arms", "equal_lr", "--reference", "baseline_lr", "--name", "s",
+            "--seeds", "2", "--study-seeds", "2", "trainer.max_epochs=1", "data.train_subset=64"]
+    cli = load_cli()
+    # the repeats must be the same search as the arms': their fidelity and budget, given again
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "--study-seeds: study equal_lr was searched otherwise" in err
+    assert "overrides: now without" in err and "n_trials: 2 -> 20" in err
+    search = [*tiny_overrides, "trainer.max_epochs=1"]
+    args += ["--n-trials", "2", *(a for o in search for a in ("--search", o))]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("(trained") == 8 and "paired over 2 searches" in out
+    ostorage = open_storage(storage)
+    for arm in ("equal_lr", "baseline_lr"):
+        again = optuna.load_study(study_name=f"{arm}@study_seed:1", storage=ostorage)
+        first = optuna.load_study(study_name=arm, storage=ostorage)
+        assert again.user_attrs["config"]["seed"] == first.user_attrs["config"]["seed"] + 1
+        assert again.user_attrs["config"]["overrides"] == first.user_attrs["config"]["overrides"]
+        assert len(again.trials) == len(first.trials) == 2
+        assert sorted(k.split("|")[1] for k in again.user_attrs[RERUNS]) == ["seed1002", "seed1003"]
+        assert [e.units for e in ledger(again)] == [((0, 1000), (0, 1001), (1, 1002), (1, 1003))]
+    md = (tmp_path / "runs" / "reports" / "s" / "report.md").read_text()
+    assert "| equal_lr | 2 × 2 |" in md and "re-trained for each of its 2 searches, 2 seeds per search" in md
+    assert "## Where the uncertainty comes from" in md and "| equal_lr − baseline_lr |" in md
+    split = next(line for line in md.splitlines() if line.startswith("| equal_lr − baseline_lr |"))
+    assert split.count("%)") >= 2 and " to " in split.split("|")[-2]  # shares and a bootstrap interval
+    assert "study seeds 0–1 × seeds 1000–1003" in md
+
+    assert cli.main(args) == 0  # stored: nothing searched or trained again, a repeat in the ledger
+    again = capsys.readouterr().out
+    assert "(trained" not in again and again.count("(stored)") == 8
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--arms", "nope", "--reference", "baseline_lr"], "no such file"),  # a mistyped storage path
     (["--arms", "a", "a"], "named twice"),
     (["--seeds", "1"], "need at least 2"),
-    (["--search", "trainer.max_epochs=1"], "apply to a sweep only"),
-    (["--per-parameter"], "--n-trials, --per-parameter and --search apply to a sweep only"),
+    (["--search", "trainer.max_epochs=1"], "set the searches of a sweep (--over) or of repeated searches"),
+    (["--per-parameter"], "--per-parameter applies to a sweep only"),
+    (["--study-seeds", "0"], "--study-seeds 0: must be >= 1"),
+    (["--study-seeds", "2", "--over", "data.train_subset=10,20"], "--study-seeds applies to a comparison"),
     (["--arms", "lr", "--pair", "lr:nope"], "--pair lr:nope: name two different arms of --arms"),
     (["--arms", "lr", "--pair", "lr:lr"], "--pair lr:lr: name two different arms"),
 ])

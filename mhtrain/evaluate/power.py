@@ -49,11 +49,12 @@ def power_line(contrasts: Sequence[Contrast]) -> str:
     """One line per table: the differences its design detects at 80% power, unadjusted and at the
     level Holm's first step needs (alpha / m), from each contrast's observed per-seed SD."""
     defined = [c for c in contrasts if c.sd > 0]
+    unit = contrasts[0].unit if contrasts else "seed"
     if not defined:
-        return "Detectable difference: undefined (the per-seed differences have no spread)."
+        return f"Detectable difference: undefined (the per-{unit} differences have no spread)."
     n, m = len(defined[0].arm_values), max(c.family for c in contrasts) or 1
     plain = [detectable(c.sd, n) for c in defined]
-    line = (f"Detectable at {100 * POWER:.0f}% power: with {n} seeds and the per-seed differences' "
+    line = (f"Detectable at {100 * POWER:.0f}% power: with {plural(n, unit)} and the per-{unit} differences' "
             f"SD observed here ({_span([c.sd for c in defined])}), a paired t-test detects a true "
             f"difference of about {_span(plain)} at α = {1 - LEVEL:.2g}")
     if m > 1:
@@ -62,12 +63,16 @@ def power_line(contrasts: Sequence[Contrast]) -> str:
     return line + "; smaller true differences are likely to be missed."
 
 
-def sampling_line(accuracy: float, images: int | None, seed_se: float) -> str:
-    """One line per table: the test set's own binomial error beside the seed error the intervals
-    count. The intervals hold for this one test set; another draw of it would move every arm."""
+def sampling_line(accuracy: float, images: int | None, seed_se: float, unit: str = "seed") -> str:
+    """One line per table: the test set's own binomial error beside the error the intervals count.
+    The intervals hold for this one test set; another draw of it would move every arm. The
+    binomial SE is one arm's: the arms are tested on the same images, so it is not the error of
+    their difference (the report's variance split gives that part)."""
     if not images:
         return "Test-set sampling error: not computed (the test set's size is unknown)."
+    counted = "seed noise" if unit == "seed" else "search and seed noise"
     return (f"Test-set sampling error: at {100 * accuracy:.2f}% on {images:,} test images the binomial "
-            f"SE of one accuracy is {100 * binomial_se(accuracy, images):.3f} pp (the seed-to-seed SE "
-            f"of the reference's mean here: {100 * seed_se:.3f} pp). The intervals above count seed "
-            f"noise only, on this one test set: they do not cover another draw of test images.")
+            f"SE of one accuracy is {100 * binomial_se(accuracy, images):.3f} pp (the {unit}-to-{unit} SE "
+            f"of the reference's mean here: {100 * seed_se:.3f} pp). It is one arm's: both arms are tested "
+            f"on the same images, so it is not the error of their difference. The intervals above count "
+            f"{counted} only, on this one test set: they do not cover another draw of test images.")

@@ -4,23 +4,34 @@ with the Plotly figures (to explore)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from mhtrain.evaluate import document as doc
-from mhtrain.evaluate.analyses import Look
+from mhtrain.evaluate.analyses import Look, units_text
 from mhtrain.evaluate.document import Block, Bullets, Heading, Para, Table, TableBlock
 from mhtrain.evaluate.figures import comparison_figures
 from mhtrain.evaluate.power import power_line, sampling_line
 from mhtrain.evaluate.reruns import Arm
-from mhtrain.evaluate.stats import INTERVAL, LEVEL, UNADJUSTED, Contrast, mean_ci, p_text, r_text
+from mhtrain.evaluate.searches import Searches, split_table
+from mhtrain.evaluate.stats import (
+    INTERVAL,
+    LEVEL,
+    UNADJUSTED,
+    Contrast,
+    mean_ci,
+    p_text,
+    plural,
+    plural_of,
+    r_text,
+)
 from mhtrain.study.confirm import chosen_trial
 from mhtrain.study.replay import replayed
-from mhtrain.study.untrusted import searched
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,12 @@ class Comparison:
     extra: list[str] = field(default_factory=list)  # the re-runs' fidelity overrides
     test_images: int | None = None  # the test split's size, for its binomial error
     look: Look | None = None  # where this analysis stands in the studies' ledger
+    searches: Searches | None = None  # every search's re-runs; the arms above pool them with N > 1
+
+    @property
+    def repeated(self) -> int:
+        """Searches per arm: 1 unless `--study-seeds` repeated them."""
+        return len(self.searches.arms) if self.searches else 1
 
     def sentences(self) -> list[str]:
         """One sentence per contrast, the reference's own mean and interval (the plain mean, as in
@@ -42,7 +59,8 @@ class Comparison:
         mean, low, high = mean_ci(values)
         return [c.sentence() for c in self.contrasts] + [
             f"{self.reference.name} (the reference): {self.metric} {100 * mean:.2f}% (plain mean, "
-            f"{100 * LEVEL:.0f}% t CI {100 * low:.2f} to {100 * high:.2f}%, {len(values)} seeds).",
+            f"{100 * LEVEL:.0f}% t CI {100 * low:.2f} to {100 * high:.2f}%, "
+            f"{plural(len(values), self.contrasts[0].unit if self.contrasts else 'seed')}).",
             *design_lines(self.contrasts, values, self.test_images)]
 
 
@@ -52,7 +70,8 @@ def design_lines(contrasts: Sequence[Contrast], reference: Sequence[float],
     n = len(reference)
     mean = sum(reference) / n
     seed_se = (sum((v - mean) ** 2 for v in reference) / (n - 1)) ** 0.5 / n**0.5
-    return [power_line(contrasts), sampling_line(mean, test_images, seed_se)]
+    unit = contrasts[0].unit if contrasts else "seed"
+    return [power_line(contrasts), sampling_line(mean, test_images, seed_se, unit)]
 
 
 def duration(seconds: float) -> str:
@@ -69,10 +88,13 @@ def with_ci(values: Sequence[float]) -> str:
 def accuracy_table(c: Comparison) -> Table:
     """Arm by arm, the mean test accuracy of every head with its confidence interval."""
     heads = list(dict.fromkeys(h for a in c.arms for h in a.heads))
-    rows = [["arm", "seeds", *(f"test {h} acc (%)" for h in heads)]]
+    per = c.searches.per if c.searches else 0
+    runs_head = "seeds" if c.repeated == 1 else "searches × seeds"
+    rows = [["arm", runs_head, *(f"test {h} acc (%)" for h in heads)]]
     for a in c.arms:
         cells = [with_ci(a.values(f"test/{h}_acc")) if h in a.heads else "–" for h in heads]
-        rows.append([a.name + (" (reference)" if a is c.reference else ""), str(len(a.records)), *cells])
+        runs = str(len(a.records)) if c.repeated == 1 else f"{c.repeated} × {per}"
+        rows.append([a.name + (" (reference)" if a is c.reference else ""), runs, *cells])
     return rows
 
 
@@ -86,12 +108,12 @@ def contrast_table(c: Comparison) -> Table:
                                          "anytime-valid Holm-adjusted p"] * later
     rows = [head + [f"paired {level} CI, {UNADJUSTED} (pp)", "paired p", "paired Holm-adjusted p",
                     f"Welch {level} CI, {UNADJUSTED} (pp)", "Welch p", "Welch Holm-adjusted p",
-                    f"r over {c.contrasts[0].unit}s" if c.contrasts else "r"]]
+                    f"r over {plural_of(c.contrasts[0].unit)}" if c.contrasts else "r"]]
     for x in c.contrasts:
         s = [_span(x.sequential), p_text(x.sequential.p), p_text(x.sequential.p_holm)] if x.sequential else []
         rows.append([x.label(c.reference.name), f"{100 * x.diff:+.2f}", *s, _span(x.paired),
                      p_text(x.paired.p), p_text(x.paired.p_holm), _span(x.welch), p_text(x.welch.p),
-                     p_text(x.welch.p_holm), r_text(x.r, len(x.arm_values))])
+                     p_text(x.welch.p_holm), r_text(x.r, len(x.arm_values), x.unit)])
     return rows
 
 
@@ -101,30 +123,27 @@ def _span(t: Any) -> str:
     return f"{100 * t.low:+.2f} to {100 * t.high:+.2f}"
 
 
-def _num(v: Any) -> str:
-    return f"{v:.6g}" if isinstance(v, int | float) and not isinstance(v, bool) else str(v)[:40]
-
-
-def space_text(spec: Mapping[str, Any]) -> str:
-    """A searched key's distribution as the study recorded it (`float 0.0001–0.1, log`); the
-    recorded values are data, shown as text and nothing else."""
-    kind = str(spec.get("type", "?"))[:20]
-    if isinstance(spec.get("choices"), list):
-        return f"{kind} {{{', '.join(_num(x) for x in spec['choices'][:20])}}}"
-    text = f"{kind} {_num(spec.get('low'))}–{_num(spec.get('high'))}"
-    return text + (", log" if spec.get("log") is True else "") + (
-        f", step {_num(spec['step'])}" if spec.get("step") is not None else "")
+def space_text(d: BaseDistribution) -> str:
+    """A searched key's distribution as Optuna recorded it on the trial (`float 0.0001–0.1, log`)."""
+    if isinstance(d, CategoricalDistribution):
+        return f"categorical {{{', '.join(str(c)[:40] for c in d.choices[:20])}}}"
+    if isinstance(d, FloatDistribution | IntDistribution):
+        kind = "float" if isinstance(d, FloatDistribution) else "int"
+        return (f"{kind} {d.low:.6g}–{d.high:.6g}" + (", log" if d.log else "")
+                + (f", step {d.step:.6g}" if d.step is not None else ""))
+    return type(d).__name__
 
 
 def space_items(arms: Sequence[Arm]) -> list[str]:
-    """Each arm's search space as its study recorded it, with the trials it spent, and one line
-    for every key two arms search over different ranges: arms on equal terms, or shown not to be."""
-    spaces = {a.name: searched(a.study) for a in arms}
+    """Each arm's search space as Optuna recorded it on the arm's answer (what the search drew
+    from), with the trials it spent, and one line for every key two arms search over different
+    ranges: arms on equal terms, or shown not to be."""
+    spaces = {a.name: chosen_trial(a.study).distributions for a in arms}
     items = []
     for a in arms:
         done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED)
                    for t in a.study.get_trials(deepcopy=False))
-        keys = "; ".join(f"`{k}` {space_text(v)}" for k, v in spaces[a.name].items()) or "no recorded space"
+        keys = "; ".join(f"`{k}` {space_text(v)}" for k, v in spaces[a.name].items()) or "nothing searched"
         items.append(f"{a.name}: {keys} ({done} trials finished)")
     for key in sorted({k for space in spaces.values() for k in space}):
         texts = {name: space_text(space[key]) for name, space in spaces.items() if key in space}
@@ -135,9 +154,10 @@ def space_items(arms: Sequence[Arm]) -> list[str]:
 
 
 def seed_table(c: Comparison) -> Table:
-    """The primary metric seed by seed, and each arm's difference from the reference per seed, so
-    a reader can redo any statistic."""
-    return [["seed", *(a.name for a in c.arms), *(f"{x.arm} − {x.reference} (pp)" for x in c.contrasts)],
+    """The primary metric seed by seed (search by search with repeated searches), and each arm's
+    difference from the reference per unit, so a reader can redo any statistic."""
+    unit = "seed" if c.repeated == 1 else "search (study seed): mean of its seeds"
+    return [[unit, *(a.name for a in c.arms), *(f"{x.arm} − {x.reference} (pp)" for x in c.contrasts)],
             *([str(seed), *(f"{100 * a.values(c.metric)[i]:.2f}" for a in c.arms),
                *(f"{100 * x.differences[i]:+.2f}" for x in c.contrasts)]
               for i, seed in enumerate(c.reference.seeds))]
@@ -178,20 +198,42 @@ def study_items(a: Arm) -> list[str]:
 
 def setup_text(seeds: Sequence[int], extra: Sequence[str],
                what: str = "Each arm's best configuration",
-               family: str = "all the arms compared with the reference", later: bool = False) -> str:
+               family: str = "all the arms compared with the reference", later: bool = False,
+               runs: str | None = None, unit: str = "seed") -> str:
     """How the numbers were made, both kinds of interval named."""
     fidelity = "".join(f" `{o}`" for o in extra)
-    return (f"{what} re-trained for seeds {seeds[0]}–{seeds[-1]} ({len(seeds)} seeds) with its best "
+    runs = runs or f"seeds {seeds[0]}–{seeds[-1]} ({len(seeds)} seeds)"
+    return (f"{what} re-trained for {runs} with its best "
             f"trial's settings{' and' + fidelity if extra else ''}, then tested once on the full test "
             f"split. Accuracy intervals: {100 * LEVEL:.0f}% {INTERVAL}. Differences, in percentage "
             f"points: the seeds are shared across arms and fix the initial weights and batch order, so "
-            f"the paired t-test on the per-seed differences decides; Welch's test, which ignores the "
+            f"the paired t-test on the per-{unit} differences decides"
+            f"{' (a search: its mean over its own seeds)' if unit == 'search' else ''}; Welch's test, "
+            f"which ignores the "
             f"pairing, is shown beside it. Holm adjusts the p-values over {family}. Both intervals are "
             f"{UNADJUSTED} {100 * LEVEL:.0f}% intervals: Holm's step-down verdicts have no simultaneous "
             f"interval that agrees with them, so an {UNADJUSTED} interval may exclude 0 beside a Holm "
             f"verdict of no significant difference."
             + (" This analysis is a sequential look (see Analyses of these studies): the anytime-valid "
                "test decides, and the paired t-test is shown beside it only." if later else ""))
+
+
+def variance_blocks(c: Comparison) -> list[Block]:
+    """Where each difference's uncertainty comes from, and the seed x image bootstrap."""
+    if c.searches is None:
+        return []
+    n = c.repeated
+    why = (f"each arm searched {n} times (study seeds 0–{n - 1}), each search's answer re-trained on "
+           f"{c.searches.per} seeds of its own: the verdict's unit is one search, so its interval covers "
+           "the search and the training seed" if n > 1 else
+           "one search per arm, so the search's own variance is in no interval here (repeat the searches "
+           "with --study-seeds N to measure it)")
+    return [Heading("Where the uncertainty comes from"),
+            Para(f"Variance of each estimated difference by source, as the SD it adds (pp) and its share: "
+                 f"{why}. The test images' part is what another draw of {c.test_images or 'the'} test images "
+                 "would add; the seed x image bootstrap resamples searches, seeds within them and test "
+                 "images (percentile interval)."),
+            TableBlock(split_table(c.searches, c.contrasts, c.metric, LEVEL))]
 
 
 def ledger_blocks(look: Look | None) -> list[Block]:
@@ -203,16 +245,22 @@ def ledger_blocks(look: Look | None) -> list[Block]:
 
 
 def blocks(c: Comparison) -> list[Block]:
-    """The whole report in order: setup, verdicts, tables, search spaces, the ledger, best
-    configurations, figures."""
+    """The whole report in order: setup, verdicts, tables, where the uncertainty comes from,
+    search spaces, the ledger, best configurations, figures."""
     later = c.look is not None and c.look.sequential
-    return [Para(setup_text(c.reference.seeds, c.extra, later=later)), Heading("Verdicts"),
-            Bullets(c.sentences()),
+    unit = "seed" if c.repeated == 1 else "search"
+    runs = None if c.repeated == 1 else (
+        f"each of its {c.repeated} searches, {c.searches.per} seeds per search ("
+        f"{units_text((j, s) for j, row in enumerate(c.searches.arms) for s in row[0].seeds)})")
+    return [Para(setup_text(c.reference.seeds, c.extra, later=later, runs=runs, unit=unit)),
+            Heading("Verdicts"), Bullets(c.sentences()),
             Heading(f"Test accuracy (plain mean over seeds [{100 * LEVEL:.0f}% t CI])"),
             TableBlock(accuracy_table(c)),
             Heading(f"Against {c.reference.name}: {c.metric}"), TableBlock(contrast_table(c)),
             *(Para(line) for line in design_lines(c.contrasts, c.reference.values(c.metric), c.test_images)),
-            Heading(f"{c.metric} per seed (%) and per-seed differences (pp)"), TableBlock(seed_table(c)),
+            *variance_blocks(c),
+            Heading(f"{c.metric} per {unit} (%) and per-{unit} differences (pp)"),
+            TableBlock(seed_table(c)),
             Heading("Search spaces"), Bullets(space_items(c.arms)), *ledger_blocks(c.look),
             Heading("Best configurations"),
             *(b for a in c.arms for b in (Heading(a.name, 3), Bullets(study_items(a)))),

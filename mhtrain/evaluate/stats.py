@@ -72,15 +72,20 @@ def p_text(p: float) -> str:
     return "n/a (no spread)" if math.isnan(p) else f"{p:.3g}"
 
 
-def r_text(r: float, n: int) -> str:
-    """A correlation over `n` seeds for a table, or why there is none."""
+def r_text(r: float, n: int, unit: str = "seed") -> str:
+    """A correlation over `n` units for a table, or why there is none."""
     if n < MIN_R_SEEDS:
-        return f"n/a (< {MIN_R_SEEDS} seeds)"
+        return f"n/a (< {plural(MIN_R_SEEDS, unit)})"
     return "n/a (no spread)" if math.isnan(r) else f"{r:+.2f}"
 
 
+def plural_of(word: str) -> str:
+    """`seed` -> `seeds`, `search` -> `searches`."""
+    return word + ("es" if word.endswith("ch") else "s")
+
+
 def plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
+    return f"{n} {word if n == 1 else plural_of(word)}"
 
 
 @dataclass(frozen=True)
@@ -169,7 +174,7 @@ class Contrast:
                       f"{pp(p.high)}, p = {p_text(p.p)}")
         return (f"{self.arm} {head}: {m:.2f}% vs {r:.2f}% (plain means), difference {pp(self.diff)} "
                 f"({tested}; Welch's {UNADJUSTED} CI {pp(w.low)} to {pp(w.high)}, p = {p_text(w.p)}; "
-                f"correlation of the arms over {self.unit}s r = {r_text(self.r, n)}).")
+                f"correlation of the arms over {plural_of(self.unit)} r = {r_text(self.r, n, self.unit)}).")
 
 
 def welch(x: Sequence[float], y: Sequence[float]) -> Test:
