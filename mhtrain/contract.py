@@ -8,7 +8,8 @@ from collections.abc import Mapping, Sequence
 from mhtrain import ConfigError
 
 SPLITS = ("train", "val", "test")
-WEIGHTINGS = ("fixed", "uncertainty")
+# model.weighting: mhtrain/models/module.py (fixed, uncertainty) and mhtrain/models/weighting.py
+WEIGHTINGS = ("fixed", "uncertainty", "dwa", "rlw", "upgrad", "pcgrad")
 
 
 def metric_key(split: str, head: str | None, kind: str) -> str:

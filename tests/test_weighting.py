@@ -1,6 +1,9 @@
-"""model.weighting: fixed loss weights, or per-head weights learned from homoscedastic uncertainty."""
+"""model.weighting: fixed loss weights, or per-head weights learned from homoscedastic uncertainty
+(the field's other methods: tests/test_mtl_methods.py)."""
 
 import csv
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -10,9 +13,10 @@ from lightning.pytorch.callbacks import Callback
 
 from mhtrain import ConfigError
 from mhtrain.config import build_model, compose
+from mhtrain.contract import WEIGHTINGS
 from mhtrain.models import MultiheadLitModule, SimpleCNN
 from mhtrain.train import fit
-from tests.conftest import tiny_for
+from tests.conftest import ROOT, tiny_for
 
 HEADS = ("digit", "thickness", "smoothness")
 
@@ -118,6 +122,15 @@ def test_fixed_weighting_learns_nothing():
 
 
 def test_unknown_weighting_is_refused_before_work():
-    with pytest.raises(ConfigError, match="model.weighting='learned': must be one of fixed, uncertainty"):
+    choices = "fixed, uncertainty, dwa, rlw, upgrad, pcgrad"
+    with pytest.raises(ConfigError, match=f"model.weighting='learned': must be one of {choices}"):
         MultiheadLitModule(SimpleCNN, {"digit": 10}, torch.optim.Adam, weighting="learned")
+
+
+def test_help_lists_every_weighting():
+    """`python -m mhtrain.train --help` names each model.weighting (the config shows one value)."""
+    out = subprocess.run([sys.executable, "-m", "mhtrain.train", "--help"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=300, check=True).stdout
+    (line,) = [x for x in out.splitlines() if x.startswith("model.weighting:")]
+    assert [choice.split()[0] for choice in line.split(":", 1)[1].split("|")] == list(WEIGHTINGS)
 

@@ -38,6 +38,11 @@ class SimpleCNN(nn.Module):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.to(memory_format=self.memory_format)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward_with_features(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The logits and the features every head reads: a gradient method (model.weighting=upgrad,
+        pcgrad) differentiates each head's loss down to them, then through the backbone once."""
         features = self.backbone(x.contiguous(memory_format=self.memory_format))
-        return {name: head(features) for name, head in self.heads.items()}
+        return {name: head(features) for name, head in self.heads.items()}, features
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.forward_with_features(x)[0]

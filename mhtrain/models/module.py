@@ -13,6 +13,7 @@ from torchmetrics import MaxMetric
 from mhtrain import ConfigError
 from mhtrain.contract import SPLITS, check_loss_weights, check_weighting, metric_key
 from mhtrain.models.dropout import counter_dropouts
+from mhtrain.models.weighting import GRADIENT_METHODS, STEPPED, StepWeights, aggregated_backward
 
 
 def epoch_metrics(split: str, heads: list[str], accs: torch.Tensor, head_losses: torch.Tensor,
@@ -88,7 +89,10 @@ class MultiheadLitModule(L.LightningModule):
     `heads` (name -> classes) and `input_shape` come from the data; criteria, metrics and the
     network's input and output layers all derive from them. `weighting="uncertainty"` learns one
     log-variance per head (`log_variances`, a parameter: optimized with the network and saved in
-    its checkpoints, starting at 0, i.e. at the `loss_weights`).
+    its checkpoints, starting at 0, i.e. at the `loss_weights`). dwa, rlw, upgrad and pcgrad
+    (mhtrain/models/weighting.py) weigh each step themselves (`stepped`); their logged `{split}/loss`
+    stays Σ w·L with the `loss_weights`, so it compares across arms and epochs, and their
+    `train/weight_<head>` is the epoch's mean multiplier. upgrad and pcgrad replace `backward`.
 
     The network's dropout layers draw counter-based masks keyed by `seed` (default: the seed torch
     was seeded with, the run's) and the step, so a population member draws its solo run's masks.
@@ -101,7 +105,7 @@ class MultiheadLitModule(L.LightningModule):
                  loss_weights: Mapping[str, float] | None = None,
                  criteria: Mapping[str, nn.Module | None] | None = None,
                  scheduler_monitor: str = "val/loss", weighting: str = "fixed",
-                 seed: int | None = None) -> None:
+                 dwa_temperature: float = 2.0, seed: int | None = None) -> None:
         super().__init__()
         self.head_names = list(heads)
         self.loss_weights = check_loss_weights(self.head_names, loss_weights or {})
@@ -114,9 +118,17 @@ class MultiheadLitModule(L.LightningModule):
         unknown = sorted(set(criteria) - set(heads))
         if unknown:
             raise ConfigError(f"model.criteria has {unknown} but the heads are {self.head_names}")
+        seed = torch.initial_seed() if seed is None else seed
         self.net = counter_dropouts(net(heads=dict(heads), in_channels=input_shape[0],
-                                        input_size=input_shape[1]),
-                                    torch.initial_seed() if seed is None else seed)
+                                        input_size=input_shape[1]), seed)
+        self.stepped = (StepWeights(weighting, self.priors, seed, dwa_temperature)
+                        if weighting in STEPPED else None)
+        if weighting in GRADIENT_METHODS and not hasattr(self.net, "forward_with_features"):
+            raise ConfigError(f"model.weighting={weighting} differentiates through the features the "
+                              f"heads share; model.net {type(self.net).__name__} has no "
+                              "forward_with_features: use SimpleCNN or another weighting")
+        self._active = [i for i, h in enumerate(self.head_names) if self.loss_weights[h] > 0]
+        self._pending: tuple[list[torch.Tensor], torch.Tensor, torch.Tensor] | None = None
         self.criteria = nn.ModuleDict(
             {h: criteria.get(h) or nn.CrossEntropyLoss() for h in self.head_names})
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -132,21 +144,31 @@ class MultiheadLitModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.net(x)
 
+    def current_weights(self) -> torch.Tensor:
+        """Each head's effective loss weight [H]: fixed, learned under uncertainty, or under a
+        stepped method this training epoch's mean multiplier so far."""
+        if self.stepped is not None:
+            return self.stepped.mean()
+        return effective_weights(self.priors, self.log_variances)
+
     def weights(self) -> dict[str, float]:
-        """Each head's current effective loss weight (fixed, or learned under uncertainty)."""
-        return dict(zip(self.head_names, effective_weights(self.priors, self.log_variances).tolist(),
-                        strict=True))
+        """`current_weights` by head name."""
+        return dict(zip(self.head_names, self.current_weights().tolist(), strict=True))
 
     def _step(self, batch: tuple[torch.Tensor, dict[str, torch.Tensor]], split: str,
-              sums: EpochSums | None = None) -> torch.Tensor:
+              sums: EpochSums | None = None,
+              features: bool = False) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """Each head's loss and the logged total, counted into the split's sums; with `features`,
+        also the shared features the heads read (for a gradient method)."""
         x, targets = batch
-        logits = self(x)
-        losses = torch.stack([self.criteria[h](logits[h], targets[h]) for h in self.head_names])
+        logits, shared = self.net.forward_with_features(x) if features else (self(x), None)
+        per_head = [self.criteria[h](logits[h], targets[h]) for h in self.head_names]
+        losses = torch.stack(per_head)
         total = weighted_total(losses, self.priors, self.log_variances)
         with torch.no_grad():
             correct = torch.stack([(logits[h].argmax(1) == targets[h]).sum() for h in self.head_names])
             (sums or self.sums[f"{split}_sums"]).add(correct, losses, total, len(x))
-        return total
+        return per_head, total, shared
 
     @torch.no_grad()
     def evaluate(self, batches: Iterable[Any]) -> dict[str, torch.Tensor]:
@@ -163,11 +185,35 @@ class MultiheadLitModule(L.LightningModule):
         finally:
             self.train(was_training)
         accs, head_losses, total = sums.compute_and_reset()
-        weights = effective_weights(self.priors, self.log_variances)
-        return epoch_metrics("val", self.head_names, accs, head_losses, total, weights)
+        return epoch_metrics("val", self.head_names, accs, head_losses, total, self.current_weights())
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        """The loss Lightning back-propagates: the logged total, or a stepped method's sum
+        (a gradient method's `backward` aggregates the heads' losses kept here instead)."""
+        gradient = self.weighting in GRADIENT_METHODS
+        losses, total, features = self._step(batch, "train", features=gradient)
+        if gradient:
+            self._pending = (losses, features, total)
+        if self.stepped is None or gradient:
+            return total
+        multipliers = self.stepped.multipliers(self.global_step)
+        self.stepped.record(multipliers)
+        return weighted_total(torch.stack(losses), multipliers)
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """Lightning's backward, or a gradient method's: the shared layers get the aggregation of
+        the active heads' prior-weighted gradients, each head's layers its own gradient."""
+        if self._pending is None:
+            return super().backward(loss, *args, **kwargs)
+        losses, features, total = self._pending
+        self._pending = None
+        scale = None if loss is total else (loss / total).detach()  # accumulation, AMP scaling
+        on = self._active
+        weights = aggregated_backward([self.priors[i] * losses[i] for i in on], features, self.net,
+                                      [self.head_names[i] for i in on], self.stepped.aggregator, scale)
+        used = torch.zeros_like(self.priors)
+        used[on] = self.priors[on] * weights.to(self.priors)
+        self.stepped.record(used)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val")
@@ -177,12 +223,19 @@ class MultiheadLitModule(L.LightningModule):
 
     def _epoch_metrics(self, split: str) -> dict[str, torch.Tensor]:
         accs, head_losses, total = self.sums[f"{split}_sums"].compute_and_reset()
-        weights = effective_weights(self.priors, self.log_variances)
-        return epoch_metrics(split, self.head_names, accs, head_losses, total, weights)
+        return epoch_metrics(split, self.head_names, accs, head_losses, total, self.current_weights())
+
+    def on_train_epoch_start(self) -> None:
+        if self.stepped is not None:
+            self.stepped.start_epoch()
 
     def on_train_epoch_end(self) -> None:
         weights = {metric_key("train", h, "weight"): w for h, w in self.weights().items()}
-        self.log_dict({**self._epoch_metrics("train"), **weights})
+        values = self._epoch_metrics("train")
+        self.log_dict({**values, **weights})
+        if self.stepped is not None:
+            self.stepped.end_epoch(torch.stack([values[metric_key("train", h, "loss")]
+                                                for h in self.head_names]))
 
     def on_validation_epoch_end(self) -> None:
         values = self._epoch_metrics("val")

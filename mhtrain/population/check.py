@@ -14,6 +14,7 @@ from torch import nn
 
 from mhtrain import ConfigError
 from mhtrain.contract import metric_names
+from mhtrain.models.weighting import ABOUT
 
 if TYPE_CHECKING:  # configs need Hydra, which a bare accelerator machine may lack
     from omegaconf import DictConfig
@@ -78,6 +79,7 @@ def check_config(base: DictConfig, varying: Sequence[str] = (), keep_checkpoints
     if keep_checkpoints:
         raise ConfigError(f"keep_checkpoints keeps each trial's weights; a population (population={k}) "
                           f"keeps none: {USE_ONE}")
+    check_weighting(base.model.get("weighting", "fixed"))  # before its own knobs are named below
     for key in varying:
         if not vectorizable(key):
             raise ConfigError(f"search_space key {key} changes the model's shapes or the training loop, "
@@ -88,9 +90,6 @@ def check_config(base: DictConfig, varying: Sequence[str] = (), keep_checkpoints
     from mhtrain.config import build_model
 
     trainer_args(OmegaConf.to_container(base.trainer, resolve=True))
-    if base.model.get("weighting", "fixed") != "fixed":
-        raise ConfigError(f"model.weighting={base.model.weighting}: a population trains fixed loss "
-                          f"weights; {USE_ONE}")
     for name, c in (base.get("callbacks") or {}).items():
         if c is not None and name != "early_stopping":
             raise ConfigError(f"callbacks.{name}: a population member runs early stopping only "
@@ -100,6 +99,14 @@ def check_config(base: DictConfig, varying: Sequence[str] = (), keep_checkpoints
     with torch.random.fork_rng(devices=[]):  # initialising the weights draws; nobody else notices
         model = build_model(base)
     check_model(model, model.head_names, instantiate(es) if es is not None else None)
+
+
+def check_weighting(weighting: str) -> None:
+    """A population steps each member on one fixed-weight sum of its heads' losses: any other
+    `model.weighting` is refused, in one line naming the method and what it does instead."""
+    if weighting != "fixed":
+        raise ConfigError(f"model.weighting={weighting} {ABOUT.get(weighting, 'is not fixed weights')}; "
+                          f"a population trains fixed loss weights: {USE_ONE}")
 
 
 def trainer_args(args: Mapping[str, Any]) -> dict[str, Any]:
@@ -189,9 +196,7 @@ def check_model(model: Any, heads: Sequence[str], early_stopping: EarlyStopping 
     if list(model.head_names) != list(heads):
         raise ConfigError(f"a member has heads {model.head_names}, the population {list(heads)}; "
                           "data.heads cannot vary inside a population")
-    if getattr(model, "log_variances", None) is not None:
-        raise ConfigError(f"model.weighting=uncertainty learns weights outside the network; a "
-                          f"population trains fixed weights: {USE_ONE}")
+    check_weighting(getattr(model, "weighting", "fixed"))
     for head, criterion in model.criteria.items():
         check_criterion(head, criterion)
     check_net(model.net)
