@@ -109,28 +109,6 @@ compare-weighting: data ## searched, equal and learned loss weights vs digit-onl
 	$(PY) studies/compare.py --arms $(WEIGHTING_ARMS) --reference baseline_lr --seeds $(SEEDS) \
 		--pair loss_weights:equal_lr --storage $(STORAGE) --name weighting $(RERUN)
 
-# compare-mtl: the field's multi-task methods (model.weighting=upgrad, pcgrad, dwa, rlw) as arms beside
-# digit-only and the searched loss weights, one family (`mtl`) in a storage of its own. Every arm is
-# searched at QUICK with MTL_TRIALS trials per parameter its study config searches (1 for
-# baseline_lr and the methods but dwa_lr's 2, loss_weights' 3), its best re-trained at RERUN for
-# SEEDS seeds; each method is also paired with loss_weights. The methods train solo (a population
-# trains fixed weights only); upgrad and pcgrad take one backward row per head.
-MTL_TRIALS ?= 12
-MTL_STORAGE ?= sqlite:///runs/mtl.db
-MTL_METHODS := upgrad_lr pcgrad_lr dwa_lr rlw_lr
-MTL_ARMS := baseline_lr loss_weights $(MTL_METHODS)
-.PHONY: compare-mtl
-
-compare-mtl: data ## UPGrad, PCGrad, DWA and RLW vs digit-only and searched weights, one family (QUICK studies, RERUN re-runs)
-	for arm in $(MTL_ARMS); do \
-		keys=$$($(PY) -c "import sys, yaml; print(len(yaml.safe_load(open(sys.argv[1]))['search_space']))" \
-			conf/study/$$arm.yaml) || exit 1; \
-		$(PY) -m mhtrain.study run $$arm --n-trials $$(( $(MTL_TRIALS) * keys )) --storage $(MTL_STORAGE) \
-			--workers $(WORKERS) $(QUICK) || exit 1; \
-	done
-	$(PY) studies/compare.py --arms $(MTL_ARMS) --reference baseline_lr --seeds $(SEEDS) \
-		$(foreach m,$(MTL_METHODS),--pair $(m):loss_weights) --storage $(MTL_STORAGE) --name mtl $(RERUN)
-
 # data-efficiency: where do the extra heads help? At each training-set size every arm is searched
 # on its own (EFFICIENCY_TRIALS trials at EFFICIENCY_SEARCH), then its best re-trained for SEEDS seeds
 EFFICIENCY_ARMS := loss_weights equal_lr baseline_lr
@@ -145,6 +123,19 @@ data-efficiency: data ## extra heads vs digit-only at 500 / 2,000 / 10,000 / all
 		--seeds $(SEEDS) --pair loss_weights:equal_lr --storage $(STORAGE) --name data_efficiency \
 		--n-trials $(EFFICIENCY_TRIALS) --per-parameter \
 		--over data.train_subset=$(EFFICIENCY_SIZES) $(EFFICIENCY_SEARCH) $(ARGS)
+
+# calibrate: compare's test against real training noise at the QUICK fidelity (studies/calibrate.py).
+# CALIBRATE_REPS repetitions of the digit-only CNN: A/A (the same configuration as both arms, each on
+# CALIBRATE_EXTEND seeds of its own, judged at SEEDS and again at CALIBRATE_EXTEND seeds) and A/B (the
+# learning rate x 0.1, paired on SEEDS seeds): REPS x (2 x EXTEND + SEEDS) runs, 2,500 at the defaults.
+# Runs are stored as they end (runs/calibrate/calibrate/): it resumes, and more REPS continue it.
+CALIBRATE_REPS ?= 100
+CALIBRATE_EXTEND ?= 10
+.PHONY: calibrate
+
+calibrate: data ## A/A false-difference and A/B detection rates of compare's test on real runs (long: schedule it)
+	$(PY) studies/calibrate.py --reps $(CALIBRATE_REPS) --seeds $(SEEDS) --extend-to $(CALIBRATE_EXTEND) \
+		$(QUICK) $(ARGS)
 
 dashboard: $(STAMP) ## optuna-dashboard on http://127.0.0.1:8080 for the default storage
 	$(PY) -m mhtrain.study dashboard --storage $(STORAGE)

@@ -15,18 +15,25 @@ from mhtrain.evaluate.stats import LEVEL, Contrast, plural
 POWER = 0.8  # the power a detectable difference is quoted at
 
 
+def power_at(effect: float, sd: float, n: int, alpha: float = 1 - LEVEL) -> float:
+    """The chance a two-sided paired t-test on `n` seeds rejects at level `alpha` when the true mean
+    difference is `effect` and the per-seed differences have SD `sd` (by the noncentral t)."""
+    if not sd > 0 or n < 2:
+        return math.nan
+    df, crit, nc = n - 1, float(stats.t.ppf(1 - alpha / 2, n - 1)), effect / sd * math.sqrt(n)
+    wrong_sign = float(stats.nct.cdf(-crit, df, nc))  # negligible; scipy gives NaN far out
+    return float(stats.nct.sf(crit, df, nc)) + (0.0 if math.isnan(wrong_sign) else wrong_sign)
+
+
 def detectable(sd: float, n: int, alpha: float = 1 - LEVEL, power: float = POWER) -> float:
     """The true mean difference a two-sided paired t-test on `n` seeds detects with `power` at
     level `alpha`, when the per-seed differences have SD `sd` (exact, by the noncentral t).
     NaN when `sd` is 0 or undefined: the test itself is then undefined."""
     if not sd > 0 or n < 2:
         return math.nan
-    df, crit = n - 1, float(stats.t.ppf(1 - alpha / 2, n - 1))
 
     def short(effect: float) -> float:  # power at a true difference of `effect` SDs, less the target
-        nc = effect * math.sqrt(n)
-        wrong_sign = float(stats.nct.cdf(-crit, df, nc))  # negligible; scipy gives NaN far out
-        return float(stats.nct.sf(crit, df, nc)) + (0.0 if math.isnan(wrong_sign) else wrong_sign) - power
+        return power_at(effect, 1.0, n, alpha) - power
 
     high = 1.0
     while short(high) < 0:
