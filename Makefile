@@ -109,6 +109,28 @@ compare-weighting: data ## searched, equal and learned loss weights vs digit-onl
 	$(PY) studies/compare.py --arms $(WEIGHTING_ARMS) --reference baseline_lr --seeds $(SEEDS) \
 		--pair loss_weights:equal_lr --storage $(STORAGE) --name weighting $(RERUN)
 
+# compare-mtl: the field's multi-task methods (model.weighting=upgrad, pcgrad, dwa, rlw) as arms beside
+# digit-only and the searched loss weights, one family (`mtl`) in a storage of its own. Every arm is
+# searched at QUICK with MTL_TRIALS trials per parameter its study config searches (1 for
+# baseline_lr and the methods but dwa_lr's 2, loss_weights' 3), its best re-trained at RERUN for
+# SEEDS seeds; each method is also paired with loss_weights. The methods train solo (a population
+# trains fixed weights only); upgrad and pcgrad take one backward row per head.
+MTL_TRIALS ?= 12
+MTL_STORAGE ?= sqlite:///runs/mtl.db
+MTL_METHODS := upgrad_lr pcgrad_lr dwa_lr rlw_lr
+MTL_ARMS := baseline_lr loss_weights $(MTL_METHODS)
+.PHONY: compare-mtl
+
+compare-mtl: data ## UPGrad, PCGrad, DWA and RLW vs digit-only and searched weights, one family (QUICK studies, RERUN re-runs)
+	for arm in $(MTL_ARMS); do \
+		keys=$$($(PY) -c "import sys, yaml; print(len(yaml.safe_load(open(sys.argv[1]))['search_space']))" \
+			conf/study/$$arm.yaml) || exit 1; \
+		$(PY) -m mhtrain.study run $$arm --n-trials $$(( $(MTL_TRIALS) * keys )) --storage $(MTL_STORAGE) \
+			--workers $(WORKERS) $(QUICK) || exit 1; \
+	done
+	$(PY) studies/compare.py --arms $(MTL_ARMS) --reference baseline_lr --seeds $(SEEDS) \
+		$(foreach m,$(MTL_METHODS),--pair $(m):loss_weights) --storage $(MTL_STORAGE) --name mtl $(RERUN)
+
 # data-efficiency: where do the extra heads help? At each training-set size every arm is searched
 # on its own (EFFICIENCY_TRIALS trials at EFFICIENCY_SEARCH), then its best re-trained for SEEDS seeds
 EFFICIENCY_ARMS := loss_weights equal_lr baseline_lr
