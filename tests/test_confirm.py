@@ -11,7 +11,7 @@ from optuna.trial import create_trial
 
 from mhtrain.study import confirm, runner, space
 from mhtrain.study.summary import summary
-from tests.conftest import tiny_for
+from tests.conftest import ROOT, tiny_for
 
 LR = "model.optimizer.lr"
 
@@ -29,10 +29,11 @@ def searched(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> optun
     return ostudy
 
 
-def made(real: optuna.Study, trials: list[tuple[float, float]]) -> optuna.Study:
+def made(real: optuna.Study, trials: list[tuple[float, float]], storage: str | None = None) -> optuna.Study:
     """A study with the real one's config and trials of the given (lr, search value), best first
     by value, each recorded as a real trial is."""
-    ostudy = optuna.create_study(study_name=real.study_name, direction="maximize")  # checked as the lr study
+    ostudy = optuna.create_study(study_name=real.study_name, direction="maximize",  # checked as the lr study
+                                 storage=storage)
     ostudy.set_metric_names(real.metric_names or ["val/digit_acc"])
     ostudy.set_user_attr("config", real.user_attrs["config"])
     like = real.trials[0]
@@ -112,12 +113,14 @@ def test_a_failed_or_nan_finalist_run_is_recorded_with_its_reason(tiny_overrides
 
 def test_export_hands_over_the_best_fresh_seed_mean_not_the_search_rank(searched, tmp_path, monkeypatch):
     """A third-ranked trial with the best mean over the race's stored rounds is what export and
-    compare hand over; the stored runs are replayed, nothing trains."""
+    compare hand over, and export says so; the stored runs are replayed, nothing trains."""
     from mhtrain.evaluate.reruns import rerun_config
     from mhtrain.study.confirm import chosen_trial
+    from mhtrain.study.export import export, handover_lines
 
     monkeypatch.chdir(tmp_path)
-    ostudy = made(searched, [(1e-2, 0.99), (3e-3, 0.985), (1e-3, 0.98)])
+    storage = f"sqlite:///{tmp_path / 'race.db'}"
+    ostudy = made(searched, [(1e-2, 0.99), (3e-3, 0.985), (1e-3, 0.98)], storage)
     first = 10
     ostudy.set_user_attr("race", {"finalists": [0, 1, 2], "first_seed": first, "delta": 0.002})
     for i in range(3):  # three rounds stored; trial 2 best on every fresh seed, none confidently
@@ -129,6 +132,15 @@ def test_export_hands_over_the_best_fresh_seed_mean_not_the_search_rank(searched
     assert verdict.ending == "undecided" and verdict.chosen == "trial 2"
     assert chosen_trial(ostudy).number == 2
     assert rerun_config(ostudy, 9).model.optimizer.lr == 1e-3
+    path, dropped = export("lr", storage, conf_dir=ROOT / "conf")
+    try:
+        said = handover_lines("lr", storage, path, dropped, None)
+    finally:
+        path.unlink()
+    assert said[0].endswith("best_lr.yaml: trial 2, chosen by the race on fresh seeds: the race is "
+                            "undecided; the best mean over fresh seeds among the finalists still in the race")
+    assert said[1].startswith("it trains at 10 epochs on the whole training split; the search's ")
+    assert said[-1] == "no checkpoint kept for it (run the study with --keep-checkpoints best to keep one)"
     # the default chosen: export and compare hand over the experiment's own values
     ostudy.set_user_attr(confirm.ATTR, {"chosen": "default"})
     default = chosen_trial(ostudy)

@@ -15,8 +15,9 @@ from omegaconf import OmegaConf
 from mhtrain import ConfigError
 from mhtrain.config import CONF_DIR, compose
 from mhtrain.study.checkpoints import hand_over
-from mhtrain.study.confirm import chosen_trial
-from mhtrain.study.replay import replay_node, replayed
+from mhtrain.study.confirm import ATTR, chosen_trial
+from mhtrain.study.race import DEFAULT
+from mhtrain.study.replay import is_pbt, replay_node, replayed
 from mhtrain.study.storage import load_existing
 from mhtrain.study.untrusted import trial_record
 
@@ -74,6 +75,42 @@ def export(study_name: str, storage_url: str, conf_dir: Path = CONF_DIR,
             path.unlink()
             raise
     return path, [] if as_searched else fidelity_overrides(overrides)
+
+
+def handover_lines(study_name: str, storage_url: str, path: Path, dropped: list[str],
+                   checkpoint: Path | None) -> list[str]:
+    """What export handed over, said plainly: which trial and the rule that chose it, the fidelity
+    the written config trains at, and only hints that work for this study."""
+    study = load_existing(study_name, storage_url)
+    chosen, pbt = chosen_trial(study), is_pbt(study)
+    confirmation = study.user_attrs.get(ATTR)
+    rule = confirmation.get("rule") if isinstance(confirmation, dict) else None
+    what = ("the experiment's default values" if chosen.user_attrs.get(DEFAULT) else
+            f"trial {chosen.number}" + (" (a PBT member: its lineage's schedule)" if pbt else ""))
+    why = (f"chosen by the race on fresh seeds: {str(rule)[:200]}" if rule else
+           "the search's best (no --confirm race: its value carries the winner's curse; --confirm races "
+           "the top on fresh seeds)")
+    cfg = compose(f"best_{study_name}") if path.parent.parent == CONF_DIR else None
+    fidelity = ""
+    if cfg is not None:
+        subset = cfg.data.get("train_subset")
+        fidelity = (f"{cfg.trainer.max_epochs} epochs on "
+                    + (f"{subset:,} training images" if subset else "the whole training split"))
+    out = [f"wrote {path}: {what}, {why}"]
+    if pbt:
+        out.append(f"it replays the schedule at the search's fidelity ({fidelity}): the schedule's epochs "
+                   "are the search's, so --as-searched changes nothing")
+    else:
+        left = f"; the search's {' '.join(dropped)} left out (--as-searched keeps them)" if dropped else ""
+        out.append(f"it trains at {fidelity or 'the experiment’s own fidelity'}{left}")
+    out.append(f"train it: python -m mhtrain.train experiment=best_{study_name}")
+    if checkpoint is not None:
+        out.append(f"its weights: {checkpoint}; go on training from them: python -m mhtrain.train "
+                   f"experiment=best_{study_name} ckpt_path={checkpoint}")
+    elif not pbt and not any(isinstance(t.user_attrs.get("population"), dict)  # stacked: keeps none
+                             for t in study.get_trials(deepcopy=False)):
+        out.append("no checkpoint kept for it (run the study with --keep-checkpoints best to keep one)")
+    return out
 
 
 def export_checkpoint(study_name: str, storage_url: str, dest: Path) -> Path | None:
