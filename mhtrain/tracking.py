@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from shlex import quote
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from mhtrain import ConfigError
+from mhtrain.urls import masked, scrubbed, without_password
 
 TRACKING = "tracking"  # trial user attribute: logger name -> where its curves are
 MLFLOW_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
@@ -36,9 +39,23 @@ def _loggers(cfg: DictConfig) -> Mapping[str, Any]:
     return {k: v for k, v in (cfg.get("logger") or {}).items() if v is not None}
 
 
+# The MLflow stores of the local configuration, as configs composed here name them (without their
+# password, which only this process holds) -> as given. The reaper ends runs in these only.
+_stores: dict[str, str] = {}
+
+
+def local_stores() -> dict[str, str]:
+    """The MLflow stores this process may open: the environment's, and those of the configs it
+    composed (its own command line and study config), never one read from a storage."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    return {**({without_password(env): env} if env else {}), **_stores}
+
+
 def check(cfg: DictConfig) -> None:
     """Refuse, in one line, an MLflow logger that cannot work: MLflow not installed, or an
-    http(s) tracking URI where no server answers. Called once per composed study or run."""
+    http(s) tracking URI where no server answers. Called once per composed study or run. A password
+    in the URI stays in this process: the config (its config.yaml, hparams.yaml, what a study
+    stores, what MLflow logs as params) names the store without it."""
     ml = _loggers(cfg).get("mlflow")
     if ml is None:
         return
@@ -47,13 +64,18 @@ def check(cfg: DictConfig) -> None:
     except ImportError:
         raise ConfigError("logger=mlflow needs MLflow: pip install -e '.[mlflow]'") from None
     uri = str(ml.get("tracking_uri") or "")
+    clean = without_password(uri)
+    if clean != uri:
+        OmegaConf.update(cfg, "logger.mlflow.tracking_uri", clean, merge=False)
+    _stores.setdefault(clean, uri)
     if uri.startswith(("http://", "https://")):
         try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
+            host = re.sub(r"^(\w+://)[^/@]*@", r"\1", clean)  # urllib takes no user in the address
+            with urllib.request.urlopen(host.rstrip("/") + "/health", timeout=5) as r:
                 r.read()
-        except (OSError, urllib.error.URLError) as e:
-            why = " ".join(str(getattr(e, "reason", e)).split())
-            raise ConfigError(f"logger.mlflow.tracking_uri={uri} does not answer ({why}); start the "
+        except (OSError, ValueError, urllib.error.URLError) as e:
+            why = scrubbed(" ".join(str(getattr(e, "reason", e)).split()))
+            raise ConfigError(f"logger.mlflow.tracking_uri={masked(uri)} does not answer ({why}); start the "
                               "server (`make mlflow`) or choose another logger") from None
 
 
@@ -73,14 +95,14 @@ def for_trial(cfg: DictConfig, study: str, number: int, params: Mapping[str, Any
         for key, value in (("experiment_name", experiment_name(cfg.paths.output_dir)),
                            ("run_name", f"trial_{number:04d}"), ("tags", tags), ("params", dict(params))):
             OmegaConf.update(cfg, f"logger.mlflow.{key}", value, merge=False, force_add=True)
-        where["mlflow"] = str(cfg.logger.mlflow.tracking_uri)
+        where["mlflow"] = without_password(str(cfg.logger.mlflow.tracking_uri))  # stored: shared
     if "tensorboard" in loggers:
         where["tensorboard"] = str(cfg.logger.tensorboard.save_dir)
     return where
 
 
 def _warn(what: str, error: BaseException) -> None:
-    print(f"warning: {what}: {type(error).__name__}: {' '.join(str(error).split())[:200]}; "
+    print(f"warning: {what}: {type(error).__name__}: {scrubbed(' '.join(str(error).split()))[:200]}; "
           "the study goes on without it", file=sys.stderr, flush=True)
 
 
@@ -107,7 +129,7 @@ def _mlflow_class() -> type:
             except Exception as e:  # noqa: BLE001 - the tracking server is not the trial
                 if not self.broken:  # a nested call may have warned already
                     self.broken = True
-                    _warn(f"MLflow at {self._tracking_uri} failed to {what} for run "
+                    _warn(f"MLflow at {masked(self._tracking_uri)} failed to {what} for run "
                           f"{self._run_name or self._experiment_name}", e)
                 return None
 
@@ -143,15 +165,16 @@ def _mlflow_class() -> type:
 
 def mlflow_logger(tracking_uri: str | None = None, params: Mapping[str, Any] | None = None,
                   tags: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
-    """The Hydra target of `conf/logger/mlflow.yaml`: Lightning's MLFlowLogger, guarded."""
-    uri = str(tracking_uri or "")
+    """The Hydra target of `conf/logger/mlflow.yaml`: Lightning's MLFlowLogger, guarded; a store
+    whose password `check` took out of the config gets it back here, in this process only."""
+    uri = _stores.get(str(tracking_uri or ""), str(tracking_uri or ""))
     if uri.startswith(("http://", "https://")):
         for key, value in MLFLOW_HTTP.items():
             os.environ.setdefault(key, value)
     elif uri.startswith("sqlite:///"):
         os.makedirs(os.path.dirname(os.path.abspath(uri[len("sqlite:///"):])), exist_ok=True)
     plain = OmegaConf.to_container if isinstance(params, DictConfig) else dict
-    return _mlflow_class()(tracking_uri=tracking_uri or None,
+    return _mlflow_class()(tracking_uri=uri or None,
                            params=None if params is None else plain(params),
                            tags=None if tags is None else {str(k): str(v) for k, v in tags.items()},
                            **kwargs)
@@ -201,49 +224,53 @@ class TrialRun:
 
 
 def existing_store(uri: str) -> bool:
-    """Whether an MLflow URI read back from a storage names a store that already exists: a server,
-    or a SQLite or file store on disk. A storage is written by others, and MLflow creates a local
-    store wherever its URI points, so a stored URI never makes one."""
+    """Whether an MLflow URI names a store that already exists: a server, or a SQLite or file
+    store on disk. MLflow creates a local store wherever its URI points: ending a run never does."""
     if uri.startswith(("http://", "https://")):
         return True
     path = uri.removeprefix("sqlite:///").removeprefix("file://")
     return path != uri and Path(path).exists() or Path(uri).is_dir()
 
 
-def end_abandoned(trial: Any) -> None:
-    """End FAILED the MLflow run of a trial whose worker died (the reaper failed the trial):
-    MLflow has no heartbeat, so the run would otherwise show RUNNING for ever. Never raises."""
-    uri = (trial.user_attrs.get(TRACKING) or {}).get("mlflow")
-    if not isinstance(uri, str) or not existing_store(uri):
+def end_abandoned(number: int, logged: Mapping[str, str] | None, output_dir: str | None) -> None:
+    """End FAILED the MLflow run of trial `number` whose worker died (the reaper failed the trial):
+    MLflow has no heartbeat, so the run would otherwise show RUNNING for ever. `logged` and
+    `output_dir` are the trial's checked records; the store it names is only a choice among this
+    process's own (`local_stores`): a URI read from a storage is never opened. Never raises."""
+    full = local_stores().get((logged or {}).get("mlflow") or "")
+    if full is None or not output_dir or not existing_store(full):
         return
     try:
         from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(uri)
-        experiment = client.get_experiment_by_name(experiment_name(trial.user_attrs["output_dir"]))
+        client = MlflowClient(full)
+        experiment = client.get_experiment_by_name(experiment_name(output_dir))
         runs = [] if experiment is None else client.search_runs(
-            [experiment.experiment_id], f"tags.trial = '{trial.number}' and attributes.status = 'RUNNING'")
+            [experiment.experiment_id], f"tags.trial = '{number}' and attributes.status = 'RUNNING'")
         for r in runs:
             client.set_tag(r.info.run_id, "state", "FAIL")
             client.set_terminated(r.info.run_id, "FAILED")
     except Exception as e:  # noqa: BLE001 - the tracking server is not the study
-        _warn(f"trial {trial.number}'s MLflow run could not be ended", e)
+        _warn(f"trial {number}'s MLflow run could not be ended", e)
 
 
-def curves(trials: list[Any]) -> list[str]:
-    """The commands that show the curves of these (frozen) trials, for the study's summary."""
+def curves(logged: Iterable[tuple[Mapping[str, str] | None, str | None]]) -> list[str]:
+    """The commands that show the curves of trials, for the study's summary, from each trial's
+    checked records: where it logged, and its folder. Stored places are printed quoted, masked."""
     where: dict[str, set[str]] = {}
-    for t in trials:
-        for name, place in (t.user_attrs.get(TRACKING) or {}).items():
+    studies = set()
+    for places, output_dir in logged:
+        for name, place in (places or {}).items():
             where.setdefault(name, set()).add(place)
-    study = ", ".join(sorted({experiment_name(str(t.user_attrs.get("output_dir", "")))
-                              for t in trials if "mlflow" in (t.user_attrs.get(TRACKING) or {})}))
-    lines = [f"curves: tensorboard --logdir {place} --host 127.0.0.1  (or `make tensorboard`)"
+        if "mlflow" in (places or {}):
+            studies.add(experiment_name(str(output_dir or "")))
+    study = ", ".join(quote(s) for s in sorted(studies))
+    lines = [f"curves: tensorboard --logdir {quote(masked(place))} --host 127.0.0.1  (or `make tensorboard`)"
              for place in sorted({os.path.dirname(p.rstrip("/")) for p in where.get("tensorboard", ())})]
     for uri in sorted(where.get("mlflow", ())):
         if uri.startswith(("http://", "https://")):
-            lines.append(f"curves: MLflow experiment {study} at {uri}")
+            lines.append(f"curves: MLflow experiment {study} at {quote(masked(uri))}")
         else:
-            lines.append(f"curves: mlflow ui --backend-store-uri {uri} --host 127.0.0.1  (or `make mlflow`), "
-                         f"experiment {study}")
+            lines.append(f"curves: mlflow ui --backend-store-uri {quote(masked(uri))} --host 127.0.0.1  "
+                         f"(or `make mlflow`), experiment {study}")
     return lines

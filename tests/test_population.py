@@ -198,10 +198,11 @@ def test_members_leave_and_join_within_an_exact_budget(tiny_data, tmp_path, monk
     monkeypatch.chdir(tmp_path)
     study = space.load("lr", extra_overrides=[
         f"data.data_dir={tiny_data}", "data.verify=false", "data.val_size=100", "data.batch_size=32",
-        "trainer.max_epochs=3", "callbacks.early_stopping=null"], n_trials=5, population=2)
+        "trainer.max_epochs=3", "callbacks.early_stopping=null"], n_trials=5, population=2,
+        search_space={"model.optimizer.lr": {"type": "float", "low": 1e-8, "high": 1e-1, "log": True}})
     ostudy = runner.open_study(study, f"sqlite:///{tmp_path / 'optuna.db'}")
     ostudy.pruner = ThresholdPruner(lower=0.5)  # a chance-level epoch is pruned at once
-    for lr in (3e-3, 3e-3, 3e-3, 1e-7, 1e-7):
+    for lr in (3e-3, 3e-3, 3e-3, 1e-7, 1e-7):  # 1e-7: inside the space above, so it is used
         ostudy.enqueue_trial({"model.optimizer.lr": lr})
     runner.work(study, ostudy)
 

@@ -28,7 +28,8 @@ SPACE = {LR: FloatDistribution(1e-4, 1e-2, log=True), THICK: FloatDistribution(0
 def pbt_study(schedules: dict[int, list[dict]], planted: bool = False) -> optuna.Study:
     """A PBT study as a run stores it: its config, and each member's record and schedule (a
     `planted` one says nothing about where its member started)."""
-    ostudy = optuna.create_study(study_name="pbt", direction="maximize")
+    # named after conf/study/pbt_loss_weights.yaml: its search space is what the records are read against
+    ostudy = optuna.create_study(study_name="pbt_loss_weights", direction="maximize")
     ostudy.set_metric_names(["val/digit_acc"])
     ostudy.set_user_attr("config", {"experiment": "multihead_cnn_mnist", "overrides": [], "pbt": {},
                                     "search_space": {LR: {}, THICK: {}}})
@@ -71,7 +72,7 @@ def test_a_members_lineage_is_retraced_through_copies_of_copies_and_late_joins()
     ({0: [seg(0, 1e-3), seg(1, 1e-3, 7, 1)]}, "parent 7 (no such trial)", True),
     ({0: [seg(0, 1e-3), seg(2, 1e-3, 1, 3)], 1: [seg(0, 1e-3), seg(2, 1e-3, 0, 3)]}, "has a cycle", True),
     ({0: [seg(2, 1e-3)]}, "not its own start at epoch 0", False),
-    ({0: [seg(0, 1e-3), seg(1, 1e-3, 1, True)], 1: [seg(0, 1e-3)]}, "parent_epoch='True'", False),
+    ({0: [seg(0, 1e-3), seg(1, 1e-3, 1, True)], 1: [seg(0, 1e-3)]}, "parent_epoch = True refused", False),
 ])
 def test_a_planted_schedule_is_refused_in_one_line(planted, says, drawn):
     """By the replay (export, compare, --confirm) and by the lineage figure (dashboard, report),

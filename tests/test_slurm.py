@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from mhtrain.study import cli, runner, space
 from mhtrain.study.lifecycle import FAIL_REASON, OVER_BUDGET
-from mhtrain.study.slurm import glue
+from mhtrain.study.slurm import glue, job_name, job_script
 from tests.conftest import tiny_for
 from tests.test_workers import assert_intact, study_args, trials
 
@@ -145,6 +145,44 @@ def test_slurm_on_a_machine_without_slurm_is_one_line(tiny, tmp_path, monkeypatc
     url = "postgresql+psycopg://mhtrain@127.0.0.1:1/mhtrain"
     code, _, err = run_cli(["--storage", url, "--slurm", "2", *tiny], capsys)
     assert code == 2 and err.count("\n") == 1 and "SLURM is not installed here" in err, err
+
+
+HOSTILE_NAME = "lr\ntouch PWNED; exit 0 #"  # a line of the job script, were it written raw
+
+
+@pytest.mark.parametrize("bad", [HOSTILE_NAME, "lr;touch PWNED", "a b", "../up", "x" * 101, "lr$(id)"])
+def test_a_study_name_is_a_name_wherever_it_enters(bad, tiny, tmp_path, monkeypatch, capsys):
+    """It becomes a folder, a job name and a line of the job script: checked once where it enters,
+    one line, nothing written."""
+    from mhtrain.study.__main__ import main as study_main
+
+    monkeypatch.chdir(tmp_path)
+    url = "postgresql+psycopg://mhtrain@127.0.0.1:1/mhtrain"
+    code, _, err = run_cli(["--study-name", bad, "--storage", url, "--slurm", "2", "--dry-run", *tiny],
+                           capsys)
+    assert code == 2 and err.count("\n") == 1 and "a study name is 1 to 100 letters" in err, err
+    assert study_main(["export", bad, "--storage", "sqlite:///x.db"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a study name is" in err, err
+    assert not (tmp_path / "PWNED").exists() and not (tmp_path / "runs").exists()
+
+
+def test_the_job_script_quotes_a_name_anyway(tmp_path):
+    """A name that reached the script some other way stays inside its comment line: the script,
+    run by bash, runs only its command."""
+    script = job_script(["true"], 2, HOSTILE_NAME, "postgresql+psycopg://u:s3cret@db/x", tmp_path / "w d")
+    (tmp_path / "job.sh").write_text(script)
+    done = subprocess.run(["bash", "job.sh"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "PWNED").exists(), "the study name ran as a command"
+    assert "s3cret" not in script and job_name(HOSTILE_NAME) == "mhtrain-lr_touch_PWNED__exit_0__"
+
+
+def test_a_port_that_is_not_a_number_is_one_line(tiny, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    url = "postgresql+psycopg://mhtrain:s3cret@127.0.0.1:5x/mhtrain"
+    code, _, err = run_cli(["--storage", url, "--slurm", "2", "--dry-run", *tiny], capsys)
+    assert code == 2 and err.count("\n") == 1 and "not a database URL" in err and "s3cret" not in err, err
 
 
 def test_slurm_args_take_a_lone_option():

@@ -28,6 +28,10 @@ def load(config: str, tiny: list[str], *extra: str, **changes) -> space.StudyCon
     return space.load(config, extra_overrides=[*tiny, *extra], **changes)
 
 
+# an lr study whose space reaches a hopeless 1e-7: an enqueued value is used only inside it
+WIDE_LR = {"model.optimizer.lr": {"type": "float", "low": 1e-8, "high": 1e-1, "log": True}}
+
+
 def test_objective_on_tiny_trials(tiny, storage, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     study = load("loss_weights", tiny, n_trials=2)
@@ -54,7 +58,7 @@ def test_objective_on_tiny_trials(tiny, storage, monkeypatch, tmp_path):
 def test_hopeless_trials_are_pruned(tiny, storage, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     study = load("lr", tiny, "trainer.max_epochs=4", "callbacks.early_stopping=null", n_trials=5,
-                 pruner={"name": "median", "n_startup_trials": 3, "n_warmup_steps": 0})
+                 pruner={"name": "median", "n_startup_trials": 3, "n_warmup_steps": 0}, search_space=WIDE_LR)
     ostudy = runner.open_study(study, storage)
     for lr in (3e-3, 3e-3, 3e-3, 1e-7, 1e-7):
         ostudy.enqueue_trial({"model.optimizer.lr": lr})
@@ -74,7 +78,7 @@ def test_successive_halving_judges_a_trial_after_its_first_epoch(tiny, storage, 
     hopeless trial after one epoch, as bench/pruning.py measured it (it once took two)."""
     monkeypatch.chdir(tmp_path)
     study = load("lr", tiny, "trainer.max_epochs=4", "callbacks.early_stopping=null", n_trials=2,
-                 pruner={"name": "sha", "min_resource": 1, "reduction_factor": 4})
+                 pruner={"name": "sha", "min_resource": 1, "reduction_factor": 4}, search_space=WIDE_LR)
     ostudy = runner.open_study(study, storage)
     for lr in (3e-3, 1e-7):
         ostudy.enqueue_trial({"model.optimizer.lr": lr})
@@ -159,12 +163,13 @@ def test_export_then_final_training_as_a_user_types_it(tiny, storage, tmp_path):
 
 
 @pytest.mark.parametrize("config", [c for c in STUDY_CONFIGS if "cifar100mh" not in c])
-def test_a_trial_gets_the_config_its_recorded_overrides_compose(config, tiny, tmp_path):
+def test_a_trial_gets_the_config_its_recorded_overrides_compose(config, tiny, tmp_path, monkeypatch):
     """Trials start from a base composed once per process (compose is most of a trial's start-up):
     what a trial trains must be what Hydra composes from the overrides recorded on it."""
+    monkeypatch.chdir(tmp_path)  # a study's folder lies inside the runs folder
     study = load(config, tiny)
     ostudy = optuna.create_study()
-    ostudy.set_user_attr(OUTPUT_ROOT, str(tmp_path))
+    ostudy.set_user_attr(OUTPUT_ROOT, str(tmp_path / "runs" / "studies" / "x"))
     for _ in range(3):
         trial = ostudy.ask()
         cfg = trial_config(study, trial)

@@ -31,6 +31,8 @@ from mhtrain.train import precheck
 from tests.conftest import ROOT, tiny_for
 
 LRS = (3e-3, 3e-3, 1e-7)  # two good trials, then one a threshold pruner stops after an epoch
+# the lr space reaches 1e-7: an enqueued value is used only inside the local search space
+WIDE_LR = {"model.optimizer.lr": {"type": "float", "low": 1e-8, "high": 1e-1, "log": True}}
 
 
 def run_study(tmp_path: Path, tiny_data: Path, *extra: str, name: str = "lr", population: int = 1,
@@ -38,7 +40,7 @@ def run_study(tmp_path: Path, tiny_data: Path, *extra: str, name: str = "lr", po
     """The lr study on tiny data with the trials' learning rates enqueued, trained by one worker
     here; returns (study config, Optuna study)."""
     study = space.load("lr", name=name, n_trials=len(lrs), population=population, extra_overrides=[
-        *tiny_for(tiny_data), "callbacks.early_stopping=null", *extra])
+        *tiny_for(tiny_data), "callbacks.early_stopping=null", *extra], search_space=WIDE_LR)
     ostudy = runner.open_study(study, storage or f"sqlite:///{tmp_path / 'optuna.db'}")
     ostudy.pruner = ThresholdPruner(lower=0.5)  # a chance-level epoch is pruned at once
     for lr in lrs[len(ostudy.trials):]:
@@ -363,3 +365,86 @@ def test_mlflow_and_tensorboard_pages_show_the_trials_in_chromium(mlflow_server,
     finally:
         os.killpg(board.pid, 15)
         board.wait(timeout=30)
+
+
+# ---- passwords stay out of shared places ----
+
+class Answers:
+    """An HTTP server on a loopback port that answers MLflow's health check and nothing else (so
+    a study's MLflow logger starts, then fails politely); it keeps the request lines it saw."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        seen = self.seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+                seen.append(self.requestline)
+                self.send_response(200 if self.path.startswith("/health") else 404)
+                self.end_headers()
+                self.wfile.write(b"OK")
+
+            do_POST = do_GET  # noqa: N815
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def everything_under(root: Path) -> bytes:
+    return b"\n".join(p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file())
+
+
+def test_a_password_reaches_no_shared_place(tiny_data, tmp_path, monkeypatch, capfd):
+    """A password in MLFLOW_TRACKING_URI and one in a storage URL, each planted where a URL
+    enters: neither is in any output, file (config.yaml, hparams.yaml, the storage itself) or
+    stored record, though the MLflow logger still reaches its server."""
+    pytest.importorskip("mlflow")
+    monkeypatch.chdir(tmp_path)
+    server, secrets = Answers(), [f"pw-{uuid}" for uuid in ("mlflow-3f9a", "storage-81c2", "summary-5d0e")]
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://bob:{secrets[0]}@127.0.0.1:{server.port}")
+        storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+        argv = ["--storage", storage, "--n-trials", "1", "--no-progress", *tiny_for(tiny_data, 1),
+                "logger=[csv,mlflow]"]
+        assert cli.main("lr", "lr", argv=argv) == 0
+        first = capfd.readouterr()
+        pg = f"postgresql+psycopg://u:{secrets[1]}@127.0.0.1:1/db"
+        assert cli.main("lr", "lr", argv=[*argv[2:], "--storage", pg]) == 2  # cannot open: one line
+        ostudy = optuna.load_study(study_name="lr", storage=storage)
+        text = summary(ostudy, 1, f"postgresql+psycopg://u:{secrets[2]}@127.0.0.1/db")
+    finally:
+        server.close()
+    out, err = capfd.readouterr()
+    out, err = first.out + out, first.err + err
+    assert any(line.startswith("GET /health") for line in server.seen)  # the logger did reach it
+    assert "curves: MLflow experiment lr-" in text and f"at http://bob@127.0.0.1:{server.port}" in text
+    assert "storage postgresql+psycopg://u:***@127.0.0.1:1/db" in out and "study lr: 1 trials" in out
+    written = everything_under(tmp_path)
+    assert list(tmp_path.rglob("config.yaml")) and list(tmp_path.rglob("hparams.yaml"))  # what is searched
+    for secret in secrets:
+        for where, place in (("output", out + err + text), ("request lines", "\n".join(server.seen))):
+            assert secret not in place, (secret, where)
+        assert secret.encode() not in written, secret
+        assert all(secret not in str(v) for t in ostudy.trials for v in t.user_attrs.values())
+
+
+def test_stored_places_in_a_curves_line_are_quoted():
+    """A stored folder name with a space and a `;` stays one argument of the printed command."""
+    import shlex
+
+    from mhtrain.tracking import curves
+
+    place = "/tmp/a b;rm -rf x/lr-1a2b3c4d/trial_0000"
+    (line,) = curves([({"tensorboard": place}, None)])
+    command = line.removeprefix("curves: ").split("  (or")[0]
+    assert shlex.split(command)[2] == "/tmp/a b;rm -rf x/lr-1a2b3c4d"

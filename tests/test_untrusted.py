@@ -10,8 +10,10 @@ import pickle
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 
@@ -257,6 +259,16 @@ def load_compare_cli():
     return module
 
 
+@pytest.fixture
+def local_lr() -> space.StudyConfig:
+    """conf/study/lr.yaml as it is, declared the config this process runs study `lr` with."""
+    from mhtrain.study.local import trust
+
+    study = space.load("lr")
+    trust(study)
+    return study
+
+
 def in_memory(overrides: list[str], experiment: str = "multihead_cnn_mnist",
               fixed: tuple[str, ...] = ("model.loss_weights.digit=1.0",)) -> optuna.Study:
     """A study recording the `lr` search over `experiment` with `fixed`, and one trial that
@@ -287,14 +299,14 @@ SEARCHED = ["model.loss_weights.digit=1.0", "++model.optimizer.lr=0.01", "seed=3
     ("hydra.run.dir=/x", "hydra.run.dir (it decides how Hydra runs the job)"),
     ("paths.output_dir=/x", "paths.output_dir (neither searched nor fixed"),
 ])
-def test_a_stored_override_is_a_searched_or_fixed_key_with_a_scalar(override, named):
+def test_a_stored_override_is_a_searched_or_fixed_key_with_a_scalar(override, named, local_lr, capsys):
     from mhtrain.study.untrusted import trial_record
 
     ostudy = in_memory([*SEARCHED, override])
     with pytest.raises(ConfigError, match=rf"^study lr, trial 0: {re.escape(named)}.* refused; "):
         trial_record(ostudy, ostudy.best_trial)
-    good = in_memory(SEARCHED)  # what a study run records passes
-    assert trial_record(good, good.best_trial) == ("multihead_cnn_mnist", SEARCHED)
+    good = in_memory(SEARCHED)  # what a study run records passes; the local config is what re-runs
+    assert trial_record(good, good.best_trial) == ("multihead_cnn_mnist", SEARCHED[1:])
 
 
 @pytest.mark.parametrize(("experiment", "fixed"), [
@@ -302,7 +314,7 @@ def test_a_stored_override_is_a_searched_or_fixed_key_with_a_scalar(override, na
     ("cnn_mnist", ()),  # not the study's experiment
     ("multihead_cnn_mnist", ("data=../../elsewhere",)),  # a group choice that is a path
 ])
-def test_the_experiment_and_group_choices_are_the_projects_own_configs(experiment, fixed):
+def test_the_experiment_and_group_choices_are_the_projects_own_configs(experiment, fixed, local_lr):
     from mhtrain.study.untrusted import trial_record
 
     ostudy = in_memory([*fixed, *SEARCHED[1:]], experiment, fixed)
@@ -321,21 +333,24 @@ def test_resume_refuses_enqueued_values_and_folders_that_are_not_the_projects(ti
     ostudy = runner.open_study(study, url)
     check_resume(ostudy, study, url)  # what the project itself records passes
     for n, (key, value, why) in enumerate([
-            ("model.optimizer.lr", {"_target_": "os.system", "_args_": ["x"]}, "a nested node"),
-            ("model.optimizer.lr", "${oc.decode:x}", "an interpolation"),
-            ("model.dropout", 0.1, "not in the search space")]):
+            ("model.optimizer.lr", {"_target_": "os.system", "_args_": ["x"]}, " (a nested node"),
+            ("model.optimizer.lr", "${oc.decode:x}", " (an interpolation"),
+            ("model.optimizer.lr", -0.5, "=-0.5 (outside [0.0001, 0.1]: the local search space"),
+            ("model.optimizer.lr", "0.01", "='0.01' (not a number"),
+            ("model.dropout", 0.1, "' (not in the search space")]):
         ostudy.enqueue_trial({key: value})
-        with pytest.raises(ConfigError, match=rf"^study lr, trial {n}: .*{key}'? \({why}.* refused; "):
+        with pytest.raises(ConfigError, match=rf"^study lr, trial {n}: .*{key}{re.escape(why)}.* refused; "):
             check_resume(ostudy, study, url)
         ostudy._storage.set_trial_state_values(ostudy.get_trials()[n]._trial_id, TrialState.FAIL)
     for attr, place in ((OUTPUT_ROOT, "runs/../.."), (ARTIFACT_DIR, "/etc")):
         ostudy.set_user_attr(attr, place)
-        with pytest.raises(ConfigError, match=rf"study lr: {attr} '{re.escape(place)}' \(not inside"):
-            check_resume(ostudy, study, url)
+        fresh = optuna.load_study(study_name="lr", storage=url)  # a folder is read once per opened study
+        with pytest.raises(ConfigError, match=rf"study lr: {attr} '{re.escape(place)}' refused \(not inside"):
+            check_resume(fresh, study, url)
         ostudy.set_user_attr(attr, str(tmp_path / "runs" / "x"))
     ostudy.add_trial(optuna.trial.create_trial(value=0.5, user_attrs={"checkpoint": "../../shared.db"}))
-    with pytest.raises(ConfigError, match=r"trial 3: checkpoint id '../../shared.db' refused"):
-        hand_over(ostudy, ostudy.get_trials()[3], tmp_path / "out.ckpt", url)
+    with pytest.raises(ConfigError, match=r"trial 5: stored checkpoint = '../../shared.db' refused"):
+        hand_over(ostudy, ostudy.get_trials()[5], tmp_path / "out.ckpt", url)
 
 
 def test_a_tampered_checkpoint_is_refused_in_one_line(tiny_data, tmp_path, capsys):
@@ -378,39 +393,282 @@ def test_a_malformed_record_is_one_line_naming_the_file_and_field(built, tmp_pat
     one_error_line(capsys, f"{bad / 'train_batch'}: {named}")
 
 
-def test_a_reaped_trials_stored_mlflow_uri_never_creates_a_store(tmp_path):
-    """The reaper ends a dead trial's MLflow run where the trial says it logged; a planted URI
-    would make MLflow create a database (or folders) there."""
+def test_a_summary_of_trials_planted_without_their_folder_still_prints():
     from mhtrain import tracking
-    from mhtrain.study.storage import open_storage
 
-    planted = tmp_path / "elsewhere.db"
-    ostudy = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 'o.db'}"))
-    trial = ostudy.ask()
-    trial.set_user_attr(tracking.TRACKING, {"mlflow": f"sqlite:///{planted}"})
-    trial.set_user_attr("output_dir", str(tmp_path / "lr-0a1b2c3d" / "trial_0000"))
-    tracking.end_abandoned(ostudy.trials[0])
-    assert not planted.exists()
-
-
-def test_a_summary_of_trials_planted_without_their_folder_still_prints(tmp_path):
-    from mhtrain import tracking
-    from mhtrain.study.storage import open_storage
-
-    ostudy = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 'o.db'}"))
-    trial = ostudy.ask()
-    trial.set_user_attr(tracking.TRACKING, {"mlflow": "http://127.0.0.1:1"})  # no output_dir beside it
-    (line,) = tracking.curves(ostudy.trials)
+    (line,) = tracking.curves([({"mlflow": "http://127.0.0.1:1"}, None)])  # no output_dir beside it
     assert line.startswith("curves: MLflow experiment")
 
 
 @pytest.mark.parametrize("planted", [["pbt", True], "rm -rf /", 7])
-def test_a_recorded_config_that_is_not_a_mapping_is_refused_in_one_line(planted):
+def test_a_recorded_config_that_is_not_a_mapping_is_refused_in_one_line(planted, local_lr):
     """What re-runs a study's answer (confirm, compare) reads its recorded config as data."""
     from mhtrain.study.replay import is_pbt, retrain_config
 
     ostudy = in_memory(SEARCHED)
     ostudy.set_user_attr("config", planted)
-    assert not is_pbt(ostudy)
-    with pytest.raises(ConfigError, match=r"^study lr, trial 0: study \(no recorded study config"):
-        retrain_config(ostudy, ostudy.best_trial, 1, "runs/x", [])
+    for reader in (lambda: is_pbt(ostudy),
+                   lambda: retrain_config(ostudy, ostudy.best_trial, 1, "runs/x", [])):
+        with pytest.raises(ConfigError, match=r"^study lr: stored config = .* refused \(Input should be"):
+            reader()
+
+
+# --- The allow-list is this side's: the local study config and what the user typed ---------------
+
+
+class Listener:
+    """A loopback TCP listener that counts the connections it is offered (and answers none):
+    planted as an address in a storage, it tells whether anything opened that address."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port, self.connections, self._stop = self.sock.getsockname()[1], 0, threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            conn.close()
+
+    def close(self) -> int:
+        """Stop listening; the number of connections it was offered."""
+        self._stop.set()
+        self.thread.join()
+        self.sock.close()
+        return self.connections
+
+
+@pytest.fixture
+def listener():
+    heard = Listener()
+    yield heard
+    heard.close()
+
+
+def real_trials(tiny_data: Path, root: Path, name: str = "lr") -> tuple[dict, list]:
+    """One real lr study of two one-epoch trials: its study attributes and trials, to copy."""
+    from mhtrain.study import runner
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        study = space.load("lr", name=name, n_trials=2, extra_overrides=tiny_for(tiny_data, epochs=1))
+        ostudy, _ = runner.run(study, f"sqlite:///{root / 'real.db'}", progress=False)
+    return dict(ostudy.user_attrs), ostudy.get_trials()
+
+
+def copied(url: str, name: str, attrs: dict, trials: list, **changes) -> optuna.Study:
+    """A study made with Optuna's public API from `attrs` and `trials`, the trials' user attributes
+    updated by `changes` (attribute -> value, or a function of the old value)."""
+    ostudy = optuna.create_study(study_name=name, storage=url, direction="maximize")
+    ostudy.set_metric_names(["val/digit_acc"])
+    for key, value in attrs.items():
+        ostudy.set_user_attr(key, value)
+    for t in trials:
+        user = dict(t.user_attrs)
+        for key, change in changes.items():
+            user[key] = change(user.get(key)) if callable(change) else change
+        ostudy.add_trial(optuna.trial.create_trial(
+            state=t.state, value=t.value, params=t.params, distributions=t.distributions, user_attrs=user,
+            intermediate_values=t.intermediate_values))
+    return ostudy
+
+
+@pytest.fixture(scope="module")
+def real(tiny_data, tmp_path_factory) -> tuple[dict, list]:
+    return real_trials(tiny_data, tmp_path_factory.mktemp("real"))
+
+
+def plant_fixed(url: str, name: str, real: tuple[dict, list], listener: Listener,
+                tmp_path: Path) -> list[Path]:
+    """Studies `name` and `name_ref` whose recorded config and trials fix a tracking server (the
+    listener), a checkpoint folder and a data folder; returns those folders."""
+    elsewhere, data_elsewhere = tmp_path / "elsewhere", tmp_path / "data_elsewhere"
+    planted = ["logger=mlflow", f"logger.mlflow.tracking_uri={listener.url}",
+               f"++callbacks.model_checkpoint.dirpath={elsewhere}", f"data.data_dir={data_elsewhere}"]
+    attrs, trials = real
+    config = {**attrs["config"], "name": name, "overrides": [*attrs["config"]["overrides"], *planted]}
+    for study_name in (name, f"{name}_ref"):
+        copied(url, study_name, {**attrs, "config": config}, trials,
+               overrides=lambda old: [*old[:-3], *planted, *old[-3:]])
+    return [elsewhere, data_elsewhere]
+
+
+def test_a_storage_cannot_make_a_key_searched(real, tiny_data, tmp_path, monkeypatch, capsys, listener):
+    """A study whose recorded config and trials fix a tracking server, a checkpoint folder and a
+    data folder of their choosing: export writes the local config's keys only, with the fixed
+    overrides the user typed, says in one line what it left out, and opens nothing."""
+    from mhtrain.study.__main__ import main as study_main
+
+    monkeypatch.chdir(tmp_path)
+    url, name = f"sqlite:///{tmp_path / 'shared.db'}", f"lr_{uuid.uuid4().hex[:8]}"
+    folders = plant_fixed(url, name, real, listener, tmp_path)
+    exported = ROOT / "conf" / "experiment" / f"best_{name}.yaml"
+    capsys.readouterr()
+    try:
+        assert study_main(["export", name, "--config", "lr", "--storage", url, *tiny_for(tiny_data, 1)]) == 0
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith(f"warning: study {name}: its stored config differs from the local one")
+        assert "fixed overrides not set here: 'logger=mlflow'" in line and "the local one is used" in line
+        text = exported.read_text()
+        assert "mlflow" not in text and "dirpath" not in text and "elsewhere" not in text
+        assert f"data_dir: {tiny_data}" in text  # what the user typed
+        cfg = compose(f"best_{name}")
+        assert "mlflow" not in (cfg.get("logger") or {}) and cfg.data.data_dir == str(tiny_data)
+    finally:
+        exported.unlink(missing_ok=True)
+    assert listener.close() == 0, "a stored address was opened"
+    assert not any(f.exists() for f in folders), "a stored folder was written"
+
+
+@pytest.mark.slow
+def test_compare_trains_only_the_local_config_of_a_planted_study(real, tiny_data, tmp_path, monkeypatch,
+                                                                capsys, listener):
+    """The same planted studies compared: the re-runs train the local config with what the user
+    typed; no request reaches the planted server, no checkpoint lands in the planted folder."""
+    from mhtrain.study.local import trust
+
+    monkeypatch.chdir(tmp_path)
+    url, name = f"sqlite:///{tmp_path / 'shared.db'}", f"lr_{uuid.uuid4().hex[:8]}"
+    folders = plant_fixed(url, name, real, listener, tmp_path)
+    for study_name in (name, f"{name}_ref"):  # the study config each arm's own command ran with
+        trust(space.load("lr", name=study_name, extra_overrides=tiny_for(tiny_data, 1)))
+    assert load_compare_cli().main(["--arms", name, "--reference", f"{name}_ref", "--storage", url,
+                                    "--seeds", "2", "data.train_subset=64"]) == 0
+    assert "error" not in capsys.readouterr().err
+    assert listener.close() == 0, "a stored address was opened"
+    assert not any(f.exists() for f in folders), "a stored folder was written"
+
+
+def test_a_stored_value_outside_the_local_space_is_refused(real, tmp_path, monkeypatch, capsys):
+    """The storage's own search space reaches lr 0.5; conf/study/lr.yaml stops at 0.1: export
+    refuses the trial in one line naming it, the key and the bound, and writes nothing."""
+    from mhtrain.study.__main__ import main as study_main
+
+    monkeypatch.chdir(tmp_path)
+    url, name = f"sqlite:///{tmp_path / 'shared.db'}", f"lr_{uuid.uuid4().hex[:8]}"
+    attrs, trials = real
+    wide = {"model.optimizer.lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True}}
+    lr = optuna.distributions.FloatDistribution(1e-4, 1.0, log=True)
+    ostudy = optuna.create_study(study_name=name, storage=url, direction="maximize")
+    ostudy.set_user_attr("config", {**attrs["config"], "search_space": wide})
+    t = trials[0]
+    overrides = [o if not o.startswith("++model.optimizer.lr=") else "++model.optimizer.lr=0.5"
+                 for o in t.user_attrs["overrides"]]
+    ostudy.add_trial(optuna.trial.create_trial(value=0.99, params={"model.optimizer.lr": 0.5},
+                                               distributions={"model.optimizer.lr": lr},
+                                               user_attrs={**t.user_attrs, "overrides": overrides}))
+    capsys.readouterr()
+    assert study_main(["export", name, "--config", "lr", "--storage", url]) == 2
+    line = one_error_line(capsys, f"study {name}, trial 0", "model.optimizer.lr=0.5",
+                          "outside [0.0001, 0.1]")
+    assert "conf/study/lr.yaml" in line
+    assert not (ROOT / "conf" / "experiment" / f"best_{name}.yaml").exists()
+
+
+def test_the_reaper_opens_no_address_a_trial_stored(tmp_path, monkeypatch, listener):
+    """A RUNNING trial whose worker is gone, planted with an MLflow server address and with an
+    unrelated SQLite file as its store: the reaper fails and re-runs it, and opens neither."""
+    import sqlite3
+
+    from mhtrain import tracking
+    from mhtrain.study.ledger import owner, reap
+
+    pytest.importorskip("mlflow")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    unrelated = tmp_path / "accounts.db"
+    with sqlite3.connect(unrelated) as db:
+        db.execute("CREATE TABLE accounts (name TEXT)")
+    tables = lambda: sqlite3.connect(unrelated).execute("SELECT name FROM sqlite_master").fetchall()  # noqa: E731
+    before = tables()
+    ostudy = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 'o.db'}"))
+    gone = {**owner(), "started": "1"}  # this host, a pid whose start time is not this process's
+    for uri in (listener.url, f"sqlite:///{unrelated}"):
+        trial = ostudy.ask()
+        trial.set_user_attr("owner", gone)
+        trial.set_user_attr(tracking.TRACKING, {"mlflow": uri})
+        trial.set_user_attr("output_dir", str(tmp_path / "runs" / "studies" / "lr-0a1b2c3d" / "trial_0000"))
+    assert reap(ostudy) == [0, 1]
+    assert listener.close() == 0, "the reaper opened a stored address"
+    assert tables() == before, "MLflow wrote into a file a trial named"
+
+
+def pbt_record(tmp_path: Path, schedule: list[dict]) -> tuple[optuna.Study, optuna.trial.FrozenTrial]:
+    """A PBT study named after conf/study/pbt_loss_weights.yaml, one member with `schedule`."""
+    from mhtrain.study.local import trust
+    from mhtrain.study.pbt import SCHEDULE
+
+    study = space.load("pbt_loss_weights", extra_overrides=["trainer.max_epochs=4"])
+    trust(study)
+    lr, thick = "model.optimizer.lr", "model.loss_weights.thickness"
+    ostudy = optuna.create_study(study_name="pbt_loss_weights", direction="maximize")
+    ostudy.set_user_attr("config", study.to_dict())
+    dist = optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)
+    start = [{"epoch": 0, "parent": None, lr: 1e-3, thick: 1.0}]
+    for number in range(2):
+        ostudy.add_trial(optuna.trial.create_trial(
+            params={lr: 1e-3}, distributions={lr: dist}, value=0.5 + number / 10,
+            user_attrs={SCHEDULE: schedule if number else start,
+                        "experiment": study.experiment,
+                        "overrides": [*study.overrides, f"++{lr}=0.001", f"seed={number}",
+                                      f"optimized_metric={study.metric}"]}))
+    return ostudy, ostudy.trials[1]
+
+
+LR_, THICK_ = "model.optimizer.lr", "model.loss_weights.thickness"
+
+
+@pytest.mark.parametrize(("second", "named"), [
+    ({"epoch": 2, "parent": 0, "parent_epoch": 2, LR_: -0.5, THICK_: 1.0},
+     "model.optimizer.lr=-0.5 (outside"),
+    ({"epoch": 2, "parent": 0, "parent_epoch": 2, LR_: 1e-3, THICK_: 7.0},
+     "model.loss_weights.thickness=7.0 (outside [0, 2]"),
+    ({"epoch": 10**12, "parent": 0, "parent_epoch": 2, LR_: 1e-3, THICK_: 1.0}, "pbt_schedule.1.epoch"),
+    ({"epoch": 9, "parent": 0, "parent_epoch": 2, LR_: 1e-3, THICK_: 1.0},
+     "epoch=9 (past the 4 epochs the local trainer runs)"),
+    ({"epoch": 2, "parent": 0, "parent_epoch": 50, LR_: 1e-3, THICK_: 1.0}, "parent_epoch=50 (past the 4"),
+])
+def test_a_replayed_schedule_obeys_the_local_space_and_trainer(tmp_path, second, named):
+    """What export and compare retrain from a PBT lineage: its values inside the local search space,
+    its epochs (a copy's, a batch order's skip) within the epochs the local trainer runs."""
+    from mhtrain.study.replay import lineage
+
+    ostudy, member = pbt_record(tmp_path, [{"epoch": 0, "parent": None, LR_: 1e-3, THICK_: 1.0}, second])
+    with pytest.raises(ConfigError, match=re.escape(named)) as e:
+        lineage(ostudy, member)
+    assert "\n" not in str(e.value) and "study pbt_loss_weights, trial 1" in str(e.value)
+
+
+def test_a_stored_folder_is_read_once_and_used_as_read(tiny, tmp_path, monkeypatch):
+    """Another process changes the study's folders mid-run (to folders inside runs/ that pass the
+    check): this process's later trials still write where it first read, and keep checkpoints there."""
+    from mhtrain.study import folders, runner
+    from mhtrain.study.checkpoints import ARTIFACT_DIR, remember_store
+    from mhtrain.study.trials import trial_config
+    from mhtrain.study.untrusted import check_resume
+
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    study = space.load("lr", extra_overrides=tiny)
+    ostudy = runner.open_study(study, url)
+    check_resume(ostudy, study, url)
+    store = remember_store(ostudy, url)
+    first = Path(ostudy.user_attrs[OUTPUT_ROOT]).resolve()
+    other = optuna.load_study(study_name="lr", storage=url)  # the other process's handle
+    other.set_user_attr(OUTPUT_ROOT, str(tmp_path / "runs" / "studies" / "someone-elses"))
+    other.set_user_attr(ARTIFACT_DIR, str(tmp_path / "runs" / "someone-elses-artifacts"))
+    cfg = trial_config(study, ostudy.ask())
+    assert Path(cfg.paths.output_dir).parent == first
+    assert folders.stored_folder(ostudy, ARTIFACT_DIR) == store.resolve()

@@ -18,7 +18,7 @@ import json
 import os
 import pickle
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +32,10 @@ except ImportError:  # numpy < 2
     from numpy.core.numeric import _frombuffer
 
 from mhtrain import ConfigError, DataError, one_line_errors
+from mhtrain.data.cifar100mh_info import FORMAT, INFO, DatasetInfo, read_info
 from mhtrain.data.datamodule import TensorDataModule
 from mhtrain.data.heads import Head
 
-FORMAT = "CIFAR-100-MH"
-INFO = "cifar100mh_dataset_info.json"
 SPLITS = {"train": "train_batch", "test": "test_batch"}
 
 _cache: dict[tuple, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
@@ -96,30 +95,6 @@ def load_batch(path: Path) -> object:
                         "rebuild the dataset") from None
 
 
-def read_info(root: str | os.PathLike) -> dict:
-    """The metadata, checked: format, image size "HxWxC", ids that name heads."""
-    path = Path(root) / INFO
-    if not path.exists():
-        raise DataError(f"{path} is missing: not a CIFAR-100-MH dataset (build one with "
-                        "`python -m mhtrain.data.cifar100mh build --from mnist --out DIR`)")
-    try:
-        info = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path} is not valid JSON ({e}); rebuild the dataset") from None
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        info = info if isinstance(info, dict) else {}
-        raise DataError(f"{path}: format={info.get('format')!r}, expected {FORMAT!r}")
-    try:
-        h, w, c = (int(v) for v in str(info["image_size"]).lower().split("x"))
-    except (KeyError, ValueError):
-        raise DataError(f"{path}: image_size={info.get('image_size')!r}, expected e.g. '32x32x3'") from None
-    info["shape"] = (c, h, w)
-    info["names"] = {int(k): v for k, v in info.get("parameter_names", {}).items()}
-    if not info["names"]:
-        raise DataError(f"{path}: parameter_names is empty")
-    return info
-
-
 def _expect(ok: bool, path: Path, field: str, value: object, expected: str) -> None:
     """One line naming the file and field, and the type found (never its possibly huge value)."""
     if not ok:
@@ -127,9 +102,10 @@ def _expect(ok: bool, path: Path, field: str, value: object, expected: str) -> N
         raise DataError(f"{path}: {field} is {kind}, expected {expected}; rebuild the dataset")
 
 
-def _decode(path: Path, records: list, names: dict[int, str], mappings: Mapping) -> dict[str, np.ndarray]:
+def _decode(path: Path, records: list, info: DatasetInfo) -> dict[str, np.ndarray]:
     """Each sample's byte record -> one label per head. A record must be bytes: `bytes(10**13)`
     would allocate terabytes."""
+    names, mappings = info.names, info.parameter_mappings
     labels = {name: np.full(len(records), -1, dtype=np.int64) for name in names.values()}
     for i, rec in enumerate(records):
         _expect(isinstance(rec, bytes | bytearray), path, f"labels[{i}]", rec, "a byte record")
@@ -142,8 +118,8 @@ def _decode(path: Path, records: list, names: dict[int, str], mappings: Mapping)
             if pid not in names:
                 raise DataError(f"{path}: labels[{i}]: parameter id {pid} is missing from parameter_names "
                                 f"{sorted(names)}")
-            bounds = mappings.get(names[pid], {})
-            lo, hi = bounds.get("min", 0), bounds.get("max", 255)
+            bounds = mappings.get(names[pid])
+            lo, hi = (0, 255) if bounds is None else (bounds.min, bounds.max)
             if not lo <= value <= hi:
                 raise DataError(f"{path}: labels[{i}]: {names[pid]}={value} outside its mapped range "
                                 f"[{lo}, {hi}]")
@@ -155,7 +131,7 @@ def _decode(path: Path, records: list, names: dict[int, str], mappings: Mapping)
 
 
 def read_split(root: str | os.PathLike, split: str,
-               info: dict | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+               info: DatasetInfo | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(uint8 images N×C×H×W, head name -> labels) of one split, validated against the metadata."""
     info = info or read_info(root)
     path = Path(root) / SPLITS[split]
@@ -171,12 +147,12 @@ def read_split(root: str | os.PathLike, split: str,
     data = np.require(data, requirements="W")  # a protocol-5 array is a read-only view of the pickle
     if len(data) != len(records):
         raise DataError(f"{path}: {len(data)} images but {len(records)} label records")
-    c, h, w = info["shape"]
+    c, h, w = info.shape
     if data.ndim != 2 or data.shape[1] != h * w * c:
         raise DataError(f"{path}: images of {data.shape[1:]} values do not match image_size "
-                        f"{info['image_size']} ({h * w * c} values)")
+                        f"{info.image_size} ({h * w * c} values)")
     images = torch.from_numpy(data.reshape(-1, h, w, c)).permute(0, 3, 1, 2).contiguous()
-    labels = _decode(path, records, info["names"], info.get("parameter_mappings", {}))
+    labels = _decode(path, records, info)
     return images, {name: torch.from_numpy(v) for name, v in labels.items()}
 
 
@@ -216,6 +192,13 @@ def write(root: str | os.PathLike, splits: Mapping[str, tuple[torch.Tensor, dict
     return root
 
 
+def classes(info: DatasetInfo, train_labels: Callable[[], Mapping[str, torch.Tensor]]) -> dict[str, int]:
+    """Each head's class count: its mapped `max` + 1, else (no range in the metadata, as the format
+    allows) its largest training label + 1; `validate` and training count alike."""
+    return {name: (info.parameter_mappings[name].max if name in info.parameter_mappings
+                   else int(train_labels()[name].max())) + 1 for name in info.names.values()}
+
+
 class CIFAR100MHDataModule(TensorDataModule):
     """A CIFAR-100-MH dataset; its heads (names, class counts) come from the metadata.
 
@@ -233,13 +216,8 @@ class CIFAR100MHDataModule(TensorDataModule):
             info = read_info(root)
         except DataError as e:
             raise ConfigError(str(e)) from None
-        heads = {}
-        for pid in sorted(info["names"]):
-            name = info["names"][pid]
-            top = info.get("parameter_mappings", {}).get(name, {}).get("max")
-            if top is None:  # no range in the metadata: the largest value in the data
-                top = int(load_cached(root, "train")[1][name].max())
-            heads[name] = Head(name, int(top) + 1, per_head=True)
+        counts = classes(info, lambda: load_cached(root, "train")[1])
+        heads = {name: Head(name, n, per_head=True) for name, n in counts.items()}
         declared = data.get("heads")
         if declared:
             want = {k: (v or {}).get("classes") for k, v in declared.items()}
@@ -251,7 +229,10 @@ class CIFAR100MHDataModule(TensorDataModule):
 
     @classmethod
     def shape_from_config(cls, data: Mapping) -> tuple[int, int, int]:
-        return read_info(data.get("root") or data.get("data_dir"))["shape"]
+        try:
+            return read_info(data.get("root") or data.get("data_dir")).shape
+        except DataError as e:
+            raise ConfigError(str(e)) from None
 
     def acquire(self) -> None:
         read_info(self.data_dir)
@@ -295,9 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         root = build(args.source, args.out, args.overrides) if args.command == "build" else Path(args.root)
         info = read_info(root)
-        counts = {split: len(read_split(root, split, info)[0]) for split in SPLITS}
-        heads = {n: info["parameter_mappings"][n]["max"] + 1 for n in info["names"].values()}
-        print(f"{root}: {FORMAT}, {info['image_size']}, {counts}, heads {heads}")
+        splits = {split: read_split(root, split, info) for split in SPLITS}
+        counts = {split: len(images) for split, (images, _) in splits.items()}
+        heads = classes(info, lambda: splits["train"][1])
+        print(f"{root}: {FORMAT}, {info.image_size}, {counts}, heads {heads}")
         return 0
 
     return one_line_errors(run)

@@ -30,27 +30,50 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--as-searched", action="store_true",
                     help="keep the search's fidelity (epochs, subsets) and the trial's seed; by "
                          "default the export trains at the experiment's own")
+    ex.add_argument("--config", metavar="CONFIG",
+                    help="the conf/study/<CONFIG>.yaml the study was run with (default: the study's "
+                         "name): only its searched keys, with values inside its space, are read back")
+    ex.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                    help="the fixed overrides the study ran with that the export should keep, e.g. "
+                         "data.data_dir=… (a storage's own are not taken)")
     dash = sub.add_parser("dashboard", help="optuna-dashboard for a storage, listing kept checkpoints")
     dash.add_argument("--storage", default=DEFAULT_STORAGE, help=f"default {DEFAULT_STORAGE}")
     dash.add_argument("--port", type=int, default=8080, help="port to serve on (default 8080)")
     dash.add_argument("--host", default="127.0.0.1",
                       help="address to serve on (default 127.0.0.1, this machine only; 0.0.0.0 "
                            "shows the dashboard to anyone who can reach this machine)")
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)  # export's overrides may follow its options
+    if args.command != "export" or any(a.startswith("-") or "=" not in a for a in rest):
+        args = parser.parse_args(argv)  # says what it does not know, as ever
+    else:
+        args.overrides = [*args.overrides, *rest]
     if args.command == "run":
         parser.error("run needs a study config name, e.g. run loss_weights")
     if args.command == "dashboard":
         return one_line_errors(lambda: dashboard(args.storage, args.port, args.host))
 
     def run() -> int:
+        from mhtrain import ConfigError
+        from mhtrain.study import local, records, space
         from mhtrain.study.export import export, export_checkpoint
 
+        records.study_name(args.study, "study name")
+        config = args.config or args.study.split("@", 1)[0]
+        if args.config is not None or args.overrides:  # the local config its records are read against
+            if not local.NAME.fullmatch(config):
+                raise ConfigError(f"--config {records.shown(config)}: name a conf/study/*.yaml, e.g. lr")
+            local.trust(space.load(config, name=args.study, extra_overrides=args.overrides),
+                            f"conf/study/{config}.yaml with the command line")
         path, dropped = export(args.study, args.storage, as_searched=args.as_searched)
+        try:
+            ckpt = export_checkpoint(args.study, args.storage, Path("runs") / f"best_{args.study}.ckpt")
+        except ConfigError:
+            path.unlink(missing_ok=True)  # a refused export leaves nothing behind
+            raise
         print(f"wrote {path}: the best trial's values"
               + (f", without the search's {' '.join(dropped)} (--as-searched keeps them)" if dropped
                  else (" as searched" if args.as_searched else "")))
         print(f"final training run: python -m mhtrain.train experiment=best_{args.study}")
-        ckpt = export_checkpoint(args.study, args.storage, Path("runs") / f"best_{args.study}.ckpt")
         print(f"its weights: {ckpt}; go on training from them: python -m mhtrain.train "
               f"experiment=best_{args.study} ckpt_path={ckpt}" if ckpt else
               "no checkpoint kept for it (run the study with --keep-checkpoints best to keep one)")

@@ -14,27 +14,35 @@ from typing import TYPE_CHECKING
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
+from optuna.artifacts.exceptions import ArtifactNotFound
+
+from mhtrain import ConfigError
+from mhtrain.study import folders, records
+from mhtrain.study.records import ARTIFACT_DIR as ARTIFACT_DIR  # re-exported: where it was defined
+from mhtrain.study.storage import artifact_dir
 
 if TYPE_CHECKING:
     from mhtrain.study.space import StudyConfig
-from mhtrain.study import untrusted
-from mhtrain.study.storage import artifact_dir
 
 KEEP = ("none", "best", "all")
-ARTIFACT_DIR = "artifact_dir"  # study user attribute: where its checkpoints are stored
 CHECKPOINT = "checkpoint"  # trial user attribute: the artifact id of its checkpoint
 
 
 def remember_store(ostudy: optuna.Study, storage_url: str) -> Path:
     """Record the study's artifact folder on it once, so every worker and `export` use one (a
-    recorded one is taken only inside the project's roots)."""
-    if ARTIFACT_DIR not in ostudy.user_attrs:
-        ostudy.set_user_attr(ARTIFACT_DIR, str(artifact_dir(storage_url)))
-    return untrusted.stored_path(ostudy, ARTIFACT_DIR, storage_url)
+    recorded one is taken only inside the project's roots, and read once per process)."""
+    if folders.stored_folder(ostudy, ARTIFACT_DIR, storage_url) is None:
+        ours = artifact_dir(storage_url)
+        ostudy.set_user_attr(ARTIFACT_DIR, str(ours))
+        return folders.adopt(ostudy, ARTIFACT_DIR, ours)
+    return folders.stored_folder(ostudy, ARTIFACT_DIR, storage_url)
 
 
-def _store(ostudy: optuna.Study) -> FileSystemArtifactStore:
-    folder = Path(ostudy.user_attrs[ARTIFACT_DIR])
+def _store(ostudy: optuna.Study, storage_url: str | None = None) -> FileSystemArtifactStore:
+    folder = folders.stored_folder(ostudy, ARTIFACT_DIR, storage_url)
+    if folder is None:
+        raise ConfigError(f"{records.study_where(ostudy)} records no {ARTIFACT_DIR}: where to keep "
+                          "checkpoints is set when a run keeps them")
     folder.mkdir(parents=True, exist_ok=True)
     return FileSystemArtifactStore(str(folder))
 
@@ -68,11 +76,15 @@ def hand_over(ostudy: optuna.Study, trial: optuna.trial.FrozenTrial, dest: Path,
               storage_url: str) -> Path | None:
     """Download the trial's stored checkpoint to `dest`; None if it has none. The stored folder
     and id are checked: neither may lead out of the project's roots."""
-    artifact_id = trial.user_attrs.get(CHECKPOINT)
-    if artifact_id is None or untrusted.stored_path(ostudy, ARTIFACT_DIR, storage_url) is None:
+    artifact_id = records.trial_attr(ostudy, trial, CHECKPOINT)
+    if artifact_id is None or folders.stored_folder(ostudy, ARTIFACT_DIR, storage_url) is None:
         return None
-    artifact_id = untrusted.artifact_id(ostudy, trial, artifact_id)
+    store = _store(ostudy, storage_url)
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.unlink(missing_ok=True)
-    download_artifact(artifact_store=_store(ostudy), file_path=str(dest), artifact_id=artifact_id)
+    try:
+        download_artifact(artifact_store=store, file_path=str(dest), artifact_id=artifact_id)
+    except ArtifactNotFound:
+        raise ConfigError(f"{records.trial_where(ostudy, trial)}: its checkpoint {artifact_id} is not in "
+                          f"{folders.stored_folder(ostudy, ARTIFACT_DIR)}; nothing to hand over") from None
     return dest

@@ -6,12 +6,13 @@ import argparse
 from collections.abc import Sequence
 
 from mhtrain import ConfigError, one_line_errors, quiet
-from mhtrain.study import confirm, slurm, space
+from mhtrain.study import confirm, records, slurm, space
 from mhtrain.study.checkpoints import KEEP
-from mhtrain.study.pbt import pbt_lines
 from mhtrain.study.pruners import NAMES as PRUNERS
 from mhtrain.study.pruners import from_text
+from mhtrain.study.replay import pbt_lines
 from mhtrain.study.storage import DEFAULT_STORAGE, HEARTBEAT_S, URL_FORMS, check_storage
+from mhtrain.urls import masked
 
 
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -85,6 +86,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--heartbeat {args.heartbeat}: must be >= 1")
     if args.study_name is not None and not args.study_name.strip():
         raise ConfigError("--study-name is empty; give a name or leave the option out")
+    if args.study_name is not None:
+        records.study_name(args.study_name)  # it becomes a folder, a job name, a script line
 
 
 def main(study_name: str, description: str, argv: Sequence[str] | None = None,
@@ -121,7 +124,7 @@ def main(study_name: str, description: str, argv: Sequence[str] | None = None,
             workers = auto_workers(space.base_config(study).trainer.get("accelerator"))
         # how this run trains, said at its start and again under its summary
         how = (f"{study.name}: budget {study.n_trials} trials, {workers} worker(s), population "
-               f"{study.population} per worker ({study.population_reason}), storage {args.storage}")
+               f"{study.population} per worker ({study.population_reason}), storage {masked(args.storage)}")
         if study.pbt is not None:
             how += f", population-based training every {study.pbt.interval} epoch(s)"
         print(how, flush=True)

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from mhtrain import tracking
 from mhtrain.study.policy import MAX_RETRIES
+from mhtrain.study.records import Owner, trial_attr
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 POLL_S = 2.0
@@ -60,32 +61,56 @@ def finished(ostudy: optuna.Study) -> int:
     return n_done(counts(ostudy))
 
 
-def alive(who: dict) -> bool:
+def alive(who: Owner) -> bool:
     """Whether the process that started a trial still runs: a zombie or a recycled pid does not."""
-    stat = _stat(who["pid"])
-    return bool(stat) and stat[0] != "Z" and who.get("started") in (None, stat[19])
+    stat = _stat(who.pid)
+    return bool(stat) and stat[0] != "Z" and who.started in (None, stat[19])
+
+
+def trial_owner(ostudy: optuna.Study, t: optuna.trial.FrozenTrial) -> Owner | bool | None:
+    """The trial's owner, read and checked once: None when it has none yet, False when its record
+    is broken (one warning line; such a trial is reaped, not fatal to the study)."""
+    if t.user_attrs.get("owner") is None:
+        return None
+    return trial_attr(ostudy, t, "owner", fatal=False) or False
+
+
+def retries_of(ostudy: optuna.Study, t: optuna.trial.FrozenTrial) -> int:
+    """How often the trial is a re-run already (a broken count: the cap, so it is not re-run)."""
+    if t.user_attrs.get("retries") is None:
+        return 0
+    count = trial_attr(ostudy, t, "retries", fatal=False)
+    return MAX_RETRIES if count is None else count
+
+
+def end_runs(ostudy: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+    """End the tracking runs of a trial whose worker died, from its checked records."""
+    tracking.end_abandoned(t.number, trial_attr(ostudy, t, tracking.TRACKING, fatal=False),
+                           trial_attr(ostudy, t, "output_dir", fatal=False))
 
 
 def reap(ostudy: optuna.Study, dead_pid: int | None = None) -> list[int]:
     """Fail the running trials of dead workers and enqueue them again; returns their numbers.
-    A worker on this host is checked directly (any storage); one elsewhere by heartbeat (RDB)."""
+    A worker on this host is checked directly (any storage); one elsewhere by heartbeat (RDB).
+    A trial whose owner record is broken is reaped as one whose worker is gone."""
     if dead_pid is None:
         fail_stale_trials(ostudy)  # RDB heartbeats; a no-op for Journal files
     host, now, reaped = owner()["host"], datetime.datetime.now(), []
     for t in ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        who = t.user_attrs.get("owner")
-        if not who:
+        who = trial_owner(ostudy, t)
+        if who is None:
             if dead_pid is not None or (now - t.datetime_start).total_seconds() < ORPHAN_S:
                 continue
-        elif who["host"] != host or ((who["pid"] != dead_pid) if dead_pid is not None else alive(who)):
+        elif who is not False and (who.host != host or (
+                (who.pid != dead_pid) if dead_pid is not None else alive(who))):
             continue
         try:
             ostudy.tell(t.number, state=TrialState.FAIL)
         except (RuntimeError, ValueError, optuna.exceptions.UpdateFinishedTrialError):
             continue  # another process reaped it first
         reaped.append(t.number)
-        tracking.end_abandoned(t)
-        retries = t.user_attrs.get("retries", 0)
+        end_runs(ostudy, t)
+        retries = retries_of(ostudy, t)
         if retries < MAX_RETRIES:
             ostudy.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "retries": retries + 1})
     return reaped

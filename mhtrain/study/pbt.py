@@ -14,15 +14,10 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mhtrain import ConfigError
 from mhtrain.study.params import Param
-
-if TYPE_CHECKING:
-    import optuna
-
-    from mhtrain.study.space import StudyConfig
 
 SCHEDULE = "pbt_schedule"  # trial user attribute: the member's segments (see above)
 PBT_KEYS = ("interval", "quantile", "resample_probability", "perturbation_factors")
@@ -83,23 +78,3 @@ def segment(epoch: int, parent: int | None, space: Sequence[Param],
     """One entry of `pbt_schedule`."""
     copied = {} if parent is None else {"parent_epoch": parent_epoch}
     return {"epoch": epoch, "parent": parent, **copied, **{p.key: values[p.key] for p in space}}
-
-
-def pbt_lines(ostudy: optuna.Study, study: StudyConfig) -> str:
-    """The best member's schedule and lineage, said after a run's summary."""
-    from optuna.trial import TrialState
-
-    keys = [p.key for p in study.search_space]
-    complete = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    done = [t for t in complete if SCHEDULE in t.user_attrs]
-    if not done:
-        return "pbt: no member has finished yet"
-    best = max(done, key=lambda t: t.value if study.direction == "maximize" else -t.value)
-    lines = [f"pbt: trial {best.number}'s schedule (its user attribute {SCHEDULE}; the lineage figure "
-             "is on the dashboard's Plots tab; `python -m mhtrain.study export` writes it as a solo replay):"]
-    for seg in best.user_attrs[SCHEDULE]:
-        source = "its own start" if seg["parent"] is None else f"copied trial {seg['parent']}"
-        values = ", ".join(f"{k}={seg[k]:.4g}" if isinstance(seg[k], float) else f"{k}={seg[k]}"
-                           for k in keys)
-        lines.append(f"  from epoch {seg['epoch']}: {source}; {values}")
-    return "\n".join(lines)

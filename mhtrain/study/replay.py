@@ -12,39 +12,56 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from omegaconf import DictConfig, OmegaConf
+from optuna.trial import TrialState
 
 from mhtrain.config import compose
+from mhtrain.study import records
+from mhtrain.study.local import local_for
 from mhtrain.study.pbt import SCHEDULE
-from mhtrain.study.untrusted import recorded_config, refuse, scalar, searched, trial_record
+from mhtrain.study.untrusted import refuse, scalar, seed_value, stored_overrides, trial_record
+
+if TYPE_CHECKING:
+    from mhtrain.study.space import StudyConfig
 
 
-def _int(where: str, key: str, value: Any, low: int = 0) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        refuse(where, f"{SCHEDULE} {key}={str(value)[:40]!r} (not an integer >= {low})")
-    return value
-
-
-def segments(trial: optuna.trial.FrozenTrial, keys: Sequence[str], study: str = "") -> list[dict]:
+def segments(trial: optuna.trial.FrozenTrial, keys: Sequence[str],
+             study: str | optuna.Study = "") -> list[dict]:
     """`trial`'s checked `pbt_schedule`: per stretch its `epoch`, `parent`, `parent_epoch` and the
-    `values` of `keys`; anything else is refused in one line naming `study` and the trial."""
-    where = f"study {study}, trial {trial.number}" if study else f"trial {trial.number}"
-    raw = trial.user_attrs.get(SCHEDULE)
-    if not isinstance(raw, list) or not raw or not all(isinstance(s, dict) for s in raw):
+    `values` of `keys` (None where it recorded none). The record is read through its schema; its
+    values must lie inside the local search space and its epochs within the local trainer's (a
+    copy, an order's skip of epochs); anything else is refused in one line naming the study and
+    the trial. Given only a study's name (a figure), values are only checked to be numbers."""
+    name = study if isinstance(study, str) else study.study_name
+    where = records.trial_where(name, trial)
+    if not isinstance(trial.user_attrs.get(SCHEDULE), list):
         refuse(where, f"{SCHEDULE} (not a list of segments)")
+    raw = records.trial_attr(name, trial, SCHEDULE)
+    local = local_for(study) if isinstance(study, optuna.Study) else None  # a figure: numbers will do
+    params = {} if local is None else local.params
+    top = None if local is None else local.max_epochs
     out = []
     for s in raw:
-        parent, copied = s.get("parent"), s.get("parent_epoch")
-        seg = {"epoch": _int(where, "epoch", s.get("epoch")),
-               "parent": None if parent is None else _int(where, "parent", parent),
-               "parent_epoch": None if parent is None else _int(where, "parent_epoch", copied, 1),
-               "values": {k: scalar(where, k, s.get(k)) for k in keys}}
-        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in seg["values"].values()):
-            refuse(where, f"{SCHEDULE} values (not numbers for {', '.join(keys)})")
-        out.append(seg)
+        values = s.model_extra or {}
+        for key in keys:
+            value = scalar(where, key, values.get(key))
+            if value is None:
+                continue  # not recorded: the run keeps its own value of it
+            why = (records.within(params[key], value) if key in params else
+                   None if isinstance(value, int | float) and not isinstance(value, bool) else "not a number")
+            if why:
+                refuse(where, f"{SCHEDULE} {key}={records.shown(value, 40)} ({why}: the local search space)")
+        copied = s.parent_epoch if s.parent is not None else None
+        if s.parent is not None and (copied is None or copied < 1):
+            refuse(where, f"{SCHEDULE} parent_epoch={records.shown(copied)} (not an integer >= 1)")
+        for name, epochs in (("epoch", s.epoch), ("parent_epoch", copied)):
+            if top is not None and epochs is not None and epochs > top:
+                refuse(where, f"{SCHEDULE} {name}={epochs} (past the {top} epochs the local trainer runs)")
+        out.append({"epoch": s.epoch, "parent": s.parent, "parent_epoch": copied,
+                    "values": {k: values.get(k) for k in keys}})
     if out[0]["parent"] is not None or out[0]["epoch"] != 0:
         refuse(where, f"{SCHEDULE} (its first segment is not its own start at epoch 0)")
     return out
@@ -54,8 +71,8 @@ def _seed(ostudy: optuna.Study, trial: optuna.trial.FrozenTrial) -> int:
     """The trial's seed, from its checked record: its batch order's seed too."""
     _, overrides = trial_record(ostudy, trial)
     seeds = [o.removeprefix("seed=") for o in overrides if o.startswith("seed=")]
-    if len(seeds) != 1 or not seeds[0].lstrip("-").isdigit():
-        refuse(f"study {ostudy.study_name}, trial {trial.number}", "overrides (no seed=N among them)")
+    if len(seeds) != 1:
+        refuse(records.trial_where(ostudy, trial), "overrides (no seed=N among them)")
     return int(seeds[0])
 
 
@@ -74,6 +91,7 @@ def retrain_config(ostudy: optuna.Study, trial: Trial, seed: int, root: str, ove
     under `root` (composed, so checked before anything trains). A PBT member's is its lineage: the
     record of its first member, with the callback that replays its schedule's values on `seed`'s
     own batch order."""
+    seed_value(f"study {ostudy.study_name}: a re-run of trial {trial.number}", seed)
     start, schedule = replayed(ostudy, trial)
     experiment, stored = trial_record(ostudy, start)
     kept = [o for o in stored if not o.startswith("seed=")]
@@ -86,13 +104,14 @@ def retrain_config(ostudy: optuna.Study, trial: Trial, seed: int, root: str, ove
 
 
 def is_pbt(ostudy: optuna.Study) -> bool:
-    """Whether the study's recorded config trains with population-based training."""
-    return bool(recorded_config(ostudy).get("pbt"))
+    """Whether the study's local config trains with population-based training."""
+    return local_for(ostudy).pbt
 
 
 def replayed(ostudy: optuna.Study, trial: Trial) -> tuple[Trial, list[dict] | None]:
     """The trial whose record a re-run of `trial` starts from, and the schedule it replays (None
-    for a study without PBT: the trial itself, as searched)."""
+    for a study without PBT: the trial itself, as searched). Its record is checked as data first."""
+    stored_overrides(ostudy, trial)
     if is_pbt(ostudy) and not trial.user_attrs.get("default"):  # the default replays no schedule
         return lineage(ostudy, trial)
     return trial, None
@@ -100,7 +119,7 @@ def replayed(ostudy: optuna.Study, trial: Trial) -> tuple[Trial, list[dict] | No
 
 def lineage(ostudy: optuna.Study, final: Trial) -> tuple[Trial, list[dict]]:
     """The path's first trial (the solo run's configuration) and the replay schedule of `final`."""
-    keys = list(searched(ostudy))
+    keys = [p.key for p in local_for(ostudy).space]
     trials = {t.number: t for t in ostudy.get_trials(deepcopy=False)}
     stretches: list[tuple[Trial, dict, int]] = []  # (member, segment, solo epoch)
     number, upto, seen = final.number, None, set()
@@ -108,7 +127,7 @@ def lineage(ostudy: optuna.Study, final: Trial) -> tuple[Trial, list[dict]]:
         trial = trials.get(number)
         if trial is None:
             refuse(f"study {ostudy.study_name}", f"{SCHEDULE} parent {number} (no such trial)")
-        segs = [s for s in segments(trial, keys, ostudy.study_name) if upto is None or s["epoch"] < upto]
+        segs = [s for s in segments(trial, keys, ostudy) if upto is None or s["epoch"] < upto]
         seg = segs[-1]
         if (number, seg["epoch"]) in seen:  # a sound path takes each segment at most once
             refuse(f"study {ostudy.study_name}, trial {final.number}",
@@ -125,5 +144,24 @@ def lineage(ostudy: optuna.Study, final: Trial) -> tuple[Trial, list[dict]]:
             refuse(f"study {ostudy.study_name}, trial {trial.number}",
                    f"{SCHEDULE} (copy epochs go backwards)")
         order = None if i == 0 else {"seed": _seed(ostudy, trial), "skip": seg["epoch"]}
-        schedule.append({"epoch": epoch, "values": seg["values"], "order": order, "trial": trial.number})
+        values = {k: v for k, v in seg["values"].items() if v is not None}
+        schedule.append({"epoch": epoch, "values": values, "order": order, "trial": trial.number})
     return stretches[0][0], schedule
+
+
+def pbt_lines(ostudy: optuna.Study, study: StudyConfig) -> str:
+    """The best member's schedule and lineage, said after a run's summary (its records checked)."""
+    keys = [p.key for p in study.search_space]
+    done = [t for t in ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if SCHEDULE in t.user_attrs]
+    if not done:
+        return "pbt: no member has finished yet"
+    best = max(done, key=lambda t: t.value if study.direction == "maximize" else -t.value)
+    lines = [f"pbt: trial {best.number}'s schedule (its user attribute {SCHEDULE}; the lineage figure "
+             "is on the dashboard's Plots tab; `python -m mhtrain.study export` writes it as a solo replay):"]
+    for seg in segments(best, keys, ostudy):
+        source = "its own start" if seg["parent"] is None else f"copied trial {seg['parent']}"
+        values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in seg["values"].items())
+        lines.append(f"  from epoch {seg['epoch']}: {source}; {values}")
+    return "\n".join(lines)

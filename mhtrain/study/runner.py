@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from mhtrain import ConfigError, quiet
-from mhtrain.study import interrupt, policy
+from mhtrain.study import interrupt, policy, records
 from mhtrain.study.checkpoints import remember_store
 from mhtrain.study.engines import engine
 from mhtrain.study.ledger import POLL_S, counts, finished, n_done, reap, show
@@ -91,7 +91,8 @@ def open_study(study: StudyConfig, storage_url: str, heartbeat: int = HEARTBEAT_
                               f"({'; '.join(changes)}); use another --study-name, or "
                               "--allow-changes to mix them anyway")
         if changes:  # allowed: the study is now this one, so later resumes need no flag
-            existing.set_user_attr(EARLIER, [*existing.user_attrs.get(EARLIER, []), stored])
+            earlier = records.study_attr(existing, EARLIER, fatal=False) or []
+            existing.set_user_attr(EARLIER, [*earlier, stored])
             existing.set_user_attr("config", study.to_dict())
     seed = study.seed if created and reproducible else int.from_bytes(os.urandom(4), "little")
     sampler = make_sampler(study.sampler, study.search_space, study.n_trials, seed)
@@ -121,13 +122,15 @@ def warn_versions(stored: object, name: str) -> None:
 def stored_config(existing: optuna.Study) -> dict | None:
     """The config stored on a study, waiting for it if another process created the study a moment
     ago and is still writing it (its config is written last). None if it never comes: the
-    creator died in those milliseconds, and the caller adopts the study."""
+    creator died in those milliseconds, and the caller adopts the study. What comes is read
+    through its schema (`records`): a config that is not one is one line."""
     deadline = time.monotonic() + CONFIG_WAIT_S
-    while "config" not in (attrs := existing.user_attrs):
+    while "config" not in existing.user_attrs:
         if time.monotonic() > deadline:
             return None
         time.sleep(0.1)
-    return attrs["config"]
+    config = records.stored_config(existing)
+    return None if config is None else config.model_dump()
 
 
 def output_root(name: str, storage_url: str, study_id: int) -> Path:
@@ -189,7 +192,8 @@ def run(study: StudyConfig, storage_url: str, timeout: float | None = None, prog
     if warm is not None:
         base = base_config(study)
         keys = [p.key for p in study.search_space]
-        warm_start(ostudy, *warm, keys, {k: OmegaConf.select(base, k, default=None) for k in keys})
+        warm_start(ostudy, *warm, study.search_space,  # values taken only inside their distributions
+                   {k: OmegaConf.select(base, k, default=None) for k in keys})
     bar = tqdm(total=study.n_trials, initial=min(finished(ostudy), study.n_trials), desc=study.name,
                unit="trial", disable=not progress, dynamic_ncols=True)
     ctx = mp.get_context("spawn")

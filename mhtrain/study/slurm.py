@@ -26,6 +26,9 @@ import optuna
 from optuna.trial import TrialState
 
 from mhtrain import ConfigError
+from mhtrain.study.ledger import retries_of, trial_owner
+from mhtrain.study.records import shown, trial_attr
+from mhtrain.urls import masked, scrubbed
 
 LOG_DIR = Path("runs/slurm")
 OURS = ("--array", "-a", "--wrap", "--parsable")  # set by the submission itself
@@ -71,13 +74,14 @@ def placement() -> dict[str, Any]:
     return {"slurm": ident, **({"requeued": restarts} if restarts else {})}
 
 
-def where(trials: Iterable[optuna.trial.FrozenTrial]) -> list[str]:
-    """Summary lines: how many trials ran on each host and SLURM task (nothing on one host)."""
+def where(ostudy: optuna.Study, trials: Iterable[optuna.trial.FrozenTrial]) -> list[str]:
+    """Summary lines: how many trials ran on each host and SLURM task (nothing on one host), from
+    each trial's checked owner record."""
     per_host: dict[str, Counter] = defaultdict(Counter)
     for t in trials:
-        who = t.user_attrs.get("owner") or {}
-        if who.get("host"):
-            per_host[who["host"]][who.get("slurm")] += 1
+        who = trial_attr(ostudy, t, "owner", fatal=False)
+        if who is not None:
+            per_host[shown(who.host, 80)][who.slurm and shown(who.slurm, 80)] += 1
     if len(per_host) < 2 and not any(None not in tasks or len(tasks) > 1 for tasks in per_host.values()):
         return []
     lines = ["ran on:"]
@@ -97,14 +101,15 @@ def rerun_stopped(ostudy: optuna.Study, max_retries: int = 3) -> list[int]:
     if me is None:
         return []
     trials = ostudy.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retry_of") for t in trials}
+    retried = {trial_attr(ostudy, t, "retry_of", fatal=False) for t in trials}
     again = []
     for t in trials:
-        owner = t.user_attrs.get("owner") or {}
-        retries = t.user_attrs.get("retries", 0)
-        if (t.state == TrialState.FAIL and owner.get("slurm") == me and t.params
-                and str(t.user_attrs.get(FAIL_REASON, "")).startswith("interrupted")
-                and not t.user_attrs.get(OVER_BUDGET) and t.number not in retried and retries < max_retries):
+        if t.state != TrialState.FAIL or not t.params:
+            continue
+        owner, retries = trial_owner(ostudy, t), retries_of(ostudy, t)
+        if (owner and owner.slurm == me and (trial_attr(ostudy, t, FAIL_REASON, fatal=False) or "")
+                .startswith("interrupted") and not trial_attr(ostudy, t, OVER_BUDGET, fatal=False)
+                and t.number not in retried and retries < max_retries):
             ostudy.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "retries": retries + 1})
             again.append(t.number)
     return again
@@ -116,12 +121,25 @@ def refuse_unshared(storage: str) -> None:
     if storage.startswith("sqlite") or storage.endswith(".journal"):
         raise ConfigError(f"--slurm: --storage {storage} is a file the nodes cannot share; use a "
                           "database server every node reaches, e.g. postgresql+psycopg://USER@DBHOST/DB")
-    from sqlalchemy.engine import make_url
-
-    url = make_url(storage)
+    url = parsed_url(storage)
     if url.password is not None or "password" in url.query:
         raise ConfigError(f"--slurm: --storage names a password, which the job script, every task's "
                           f"command line and the scheduler would show; leave it out: {PASSWORD_HINT}")
+
+
+def parsed_url(storage: str) -> Any:
+    """The storage URL as SQLAlchemy reads it; one line (its password masked) if it cannot."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(storage)
+        url.port  # noqa: B018 - a port such as `5x` fails only when read
+    except (ArgumentError, ValueError) as e:
+        why = scrubbed(" ".join(str(e).split()))[:200]
+        raise ConfigError(f"--storage {masked(storage)}: not a database URL ({why}); "
+                          "e.g. postgresql+psycopg://USER@DBHOST:5432/DB") from None
+    return url
 
 
 def answers(storage: str) -> None:
@@ -135,8 +153,8 @@ def answers(storage: str) -> None:
         engine.dispose()
     except Exception as e:  # noqa: BLE001 - any driver error becomes one line
         reason = " ".join(str(e).split()) or type(e).__name__
-        raise ConfigError(f"--slurm: storage {sqlalchemy.engine.make_url(storage)!r} does not answer "
-                          f"({reason[:300]}); {PASSWORD_HINT}") from None
+        raise ConfigError(f"--slurm: storage {masked(storage)} does not answer "
+                          f"({scrubbed(reason)[:300]}); {PASSWORD_HINT}") from None
 
 
 def task_command(p: argparse.ArgumentParser, args: argparse.Namespace, config: str, name: str,
@@ -155,21 +173,24 @@ def task_command(p: argparse.ArgumentParser, args: argparse.Namespace, config: s
 
 
 def job_name(study: str) -> str:
-    return "mhtrain-" + "".join(c if c.isalnum() or c in "-_." else "_" for c in study)
+    return "mhtrain-" + "".join(c if c.isascii() and c.isalnum() or c in "-_." else "_" for c in study)
 
 
 def job_script(command: list[str], n: int, name: str, storage: str, workdir: Path) -> str:
+    """The array's script. The study name is checked where it enters (`records.study_name`); here
+    it is quoted anyway, as every value that becomes part of a line is."""
     return "\n".join([
         "#!/bin/bash",
-        f"# study {name} on {storage}: {n} array task(s), each one worker of the same study.",
+        f"# study {shown(name, 120)} on {shown(masked(storage), 200)}: {n} array task(s), each one worker "
+        "of the same study.",
         "# A task stopped by scancel, its time limit or a requeue fails its running trial (SIGTERM),",
         "# which another task re-runs; a requeued task rejoins the study.",
         f"#SBATCH --job-name={job_name(name)}",
         f"#SBATCH --array=0-{n - 1}",
         "#SBATCH --requeue",
         "#SBATCH --open-mode=append",
-        f"#SBATCH --chdir={workdir}",
-        f"#SBATCH --output={workdir / LOG_DIR}/%x-%A_%a.out",
+        f"#SBATCH --chdir={shlex.quote(str(workdir))}",
+        f"#SBATCH --output={shlex.quote(str(workdir / LOG_DIR))}/%x-%A_%a.out",
         "# torch takes one thread per CPU SLURM gave this task, not one per CPU of the node",
         'export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_ON_NODE:-1}}"',
         f"exec {shlex.join(command)}",
@@ -242,5 +263,5 @@ def create(args: argparse.Namespace, study: Any) -> None:
         remember_store(ostudy, args.storage)
     if args.warm_start:
         base, keys = base_config(study), [p.key for p in study.search_space]
-        warm_start(ostudy, *load_source(args.storage, args.warm_start, study.name), keys,
+        warm_start(ostudy, *load_source(args.storage, args.warm_start, study.name), study.search_space,
                    {k: OmegaConf.select(base, k, default=None) for k in keys})

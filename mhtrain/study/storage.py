@@ -18,8 +18,11 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
 
-from mhtrain import ConfigError, tracking
+from mhtrain import ConfigError
+from mhtrain.study import records
+from mhtrain.study.ledger import end_runs
 from mhtrain.study.policy import MAX_RETRIES
+from mhtrain.urls import masked, scrubbed
 
 DEFAULT_STORAGE = "sqlite:///runs/optuna.db"
 HEARTBEAT_S = 10
@@ -51,33 +54,33 @@ def artifact_dir(storage_url: str) -> Path:
 def check_storage(url: str, must_exist: bool = False) -> None:
     """Refuse, before anything is written, a URL that would lose results or cannot be created:
     in-memory SQLite, a directory, an unwritable place, a file that is not a database."""
-    path = storage_file(url)
+    path, shown = storage_file(url), masked(url)  # a password in the URL is never printed
     if (url.startswith("sqlite://") and not url.startswith("sqlite:///")) or (
             path is None and not url.startswith(("postgresql", "mysql"))):
-        raise ConfigError(f"--storage {url}: use {URL_FORMS}")
+        raise ConfigError(f"--storage {shown}: use {URL_FORMS}")
     if path is None:
         return
     if url.removeprefix("sqlite:///") in ("", ".") or url.removeprefix("sqlite:///").startswith(":memory:"):
-        raise ConfigError(f"--storage {url} is in memory: every result would be lost at exit; "
+        raise ConfigError(f"--storage {shown} is in memory: every result would be lost at exit; "
                           "use sqlite:///FILE.db")
     if path.is_dir():
-        raise ConfigError(f"--storage {url}: {path} is a directory; name a file inside it")
+        raise ConfigError(f"--storage {shown}: {path} is a directory; name a file inside it")
     if path.exists():
         if not os.access(path, os.R_OK | os.W_OK):
-            raise ConfigError(f"--storage {url}: {path} is not readable and writable")
+            raise ConfigError(f"--storage {shown}: {path} is not readable and writable")
         if url.startswith("sqlite:///") and path.stat().st_size:
             with path.open("rb") as f:
                 if f.read(16) != _SQLITE_MAGIC:
-                    raise ConfigError(f"--storage {url}: {path} is not a SQLite database; "
+                    raise ConfigError(f"--storage {shown}: {path} is not a SQLite database; "
                                       "point --storage at the right file or move this one away")
         return
     if must_exist:
-        raise ConfigError(f"--storage {url}: no such file; check the path (nothing was created)")
+        raise ConfigError(f"--storage {shown}: no such file; check the path (nothing was created)")
     parent = path.parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"--storage {url}: cannot create {path} ({parent} is not a writable directory)")
+        raise ConfigError(f"--storage {shown}: cannot create {path} ({parent} is not a writable directory)")
 
 
 def repair_journal(path: Path) -> int:
@@ -108,7 +111,7 @@ class RetryStale(RetryHeartbeatStaleTrialCallback):
     which also ends the trial's MLflow run, as the local reaper does."""
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        tracking.end_abandoned(trial)
+        end_runs(study, trial)
         super().__call__(study, trial)
 
 
@@ -121,13 +124,14 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT_S,
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise ConfigError(f"--storage {url}: cannot create {path.parent} ({e.strerror})") from None
+            raise ConfigError(f"--storage {masked(url)}: cannot create {path.parent} "
+                              f"({e.strerror})") from None
     if url.endswith(".journal"):
         repair_journal(path)
         try:
             return JournalStorage(JournalFileBackend(str(path)))
         except ValueError as e:  # a damaged record before the last one: not ours to guess at
-            raise ConfigError(f"--storage {url} is damaged ({e}); restore it from a copy") from None
+            raise ConfigError(f"--storage {masked(url)} is damaged ({e}); restore it from a copy") from None
     deadline = time.monotonic() + SCHEMA_RACE_S
     while True:
         try:
@@ -144,7 +148,7 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT_S,
                 time.sleep(random.uniform(0.05, 0.5))  # the winner is writing the schema: re-open
                 continue
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ConfigError(f"cannot open storage {url}: {reason}") from None
+            raise ConfigError(f"cannot open storage {masked(url)}: {scrubbed(reason)}") from None
 
 
 def lost_schema_race(error: Exception) -> bool:
@@ -161,14 +165,17 @@ def lost_schema_race(error: Exception) -> bool:
 
 
 def load_existing(study_name: str, url: str) -> optuna.Study:
-    """A study that must already exist (export, compare, warm start): one line if it does not."""
+    """A study that must already exist (export, compare, warm start): one line if it does not. Its
+    name is checked as a name first; the names the storage lists are shown as data."""
+    records.study_name(study_name, "study name")
     storage = open_storage(url, must_exist=True)
     try:
         return optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
-        names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
-        raise ConfigError(f"no study named {study_name!r} in {url}; it holds: "
-                          f"{', '.join(names) or 'no studies'}") from None
+        names = sorted(optuna.get_all_study_names(storage))
+        listed = ", ".join(records.shown(n, 40) for n in names[:20]) + (", …" if len(names) > 20 else "")
+        raise ConfigError(f"no study named {study_name!r} in {masked(url)}; it holds: "
+                          f"{listed or 'no studies'}") from None
 
 
 class Heartbeat:

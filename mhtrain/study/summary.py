@@ -8,19 +8,22 @@ from shlex import quote
 
 import optuna
 
+from mhtrain.study import folders
 from mhtrain.study.checkpoints import ARTIFACT_DIR, CHECKPOINT
 from mhtrain.study.confirm import precision_lines
 from mhtrain.study.ledger import FINISHED
 from mhtrain.study.lifecycle import OVER_BUDGET
+from mhtrain.study.records import trial_attr
 from mhtrain.study.slurm import where
 from mhtrain.study.warmstart import ATTR as WARM
-from mhtrain.tracking import curves
+from mhtrain.tracking import TRACKING, curves
+from mhtrain.urls import masked
 
 
-def _cold(first: optuna.trial.FrozenTrial) -> str:
+def _cold(ostudy: optuna.Study, first: optuna.trial.FrozenTrial) -> str:
     """The first trial of a fresh process also loads the data and builds what later trials
     reuse; say how much of the time to the best trial that one-off start-up was."""
-    trained = first.user_attrs.get("seconds")
+    trained = trial_attr(ostudy, first, "seconds", fatal=False)
     if trained is None or first.datetime_complete is None:
         return ""
     start_up = (first.datetime_complete - first.datetime_start).total_seconds() - trained
@@ -30,12 +33,17 @@ def _cold(first: optuna.trial.FrozenTrial) -> str:
 def summary(ostudy: optuna.Study, max_epochs: int, storage_url: str, val_images: int | None = None) -> str:
     """Best value and params, trials by state, epochs used versus an unpruned search, time to
     the best trial. `max_epochs` serves trials that did not record their own; `val_images` gives
-    the best's binomial error and the runner-up's gap in images."""
-    trials = [t for t in ostudy.get_trials(deepcopy=False) if not t.user_attrs.get(OVER_BUDGET)]
+    the best's binomial error and the runner-up's gap in images. Every stored record is read
+    through its schema: a broken one is a warning line and left out."""
+
+    def attr(t: optuna.trial.FrozenTrial, name: str) -> object:
+        return trial_attr(ostudy, t, name, fatal=False)
+
+    trials = [t for t in ostudy.get_trials(deepcopy=False) if not attr(t, OVER_BUDGET)]
     by_state = Counter(t.state.name for t in trials)
     finished = [t for t in trials if t.state in FINISHED]
-    epochs = sum(t.user_attrs.get("epochs", 0) for t in finished)
-    full = sum(t.user_attrs.get("max_epochs", max_epochs) for t in finished)
+    epochs = sum(attr(t, "epochs") or 0 for t in finished)
+    full = sum(attr(t, "max_epochs") or max_epochs for t in finished)
     lines = [f"study {ostudy.study_name}: {len(trials)} trials "
              f"({', '.join(f'{n} {s.lower()}' for s, n in sorted(by_state.items())) or 'none run'})"]
     try:
@@ -51,23 +59,24 @@ def summary(ostudy: optuna.Study, max_epochs: int, storage_url: str, val_images:
         started = sorted((t for t in trials if t.datetime_start), key=lambda t: t.datetime_start)
         if best.datetime_complete and started:
             seconds = (best.datetime_complete - started[0].datetime_start).total_seconds()
-            lines.append(f"time to the best trial: {seconds:.0f} s of searching{_cold(started[0])}")
+            lines.append(f"time to the best trial: {seconds:.0f} s of searching{_cold(ostudy, started[0])}")
     if full:
         lines.append(f"epochs used: {round(epochs, 2):g} of {full} an unpruned search would run "
                      f"({100 * epochs / full:.0f}%)")
-    sources = sorted({str(t.user_attrs[WARM]).rpartition("#")[0] for t in trials if WARM in t.user_attrs})
-    if sources:
-        warm = sum(1 for t in trials if WARM in t.user_attrs)
-        lines.append(f"warm-started: {warm} trial(s) enqueued from {', '.join(sources)}")
-    artifacts = ostudy.user_attrs.get(ARTIFACT_DIR)
-    kept = sum(1 for t in trials if CHECKPOINT in t.user_attrs)
+    warm = [source for t in trials if (source := attr(t, WARM))]
+    if warm:
+        sources = ", ".join(quote(s) for s in sorted({s.rpartition("#")[0] for s in warm}))
+        lines.append(f"warm-started: {len(warm)} trial(s) enqueued from {sources}")
+    artifacts = folders.stored_folder(ostudy, ARTIFACT_DIR, storage_url)  # checked, as read before
+    kept = sum(1 for t in trials if attr(t, CHECKPOINT))
+    storage = quote(masked(storage_url))  # a password in the URL is never printed
     if kept:
-        lines.append(f"checkpoints: {kept} kept in {artifacts}; `python -m mhtrain.study export "
-                     f"{quote(ostudy.study_name)} --storage {quote(storage_url)}` hands over the best")
-    lines += where(trials)  # hosts and SLURM tasks, when the study ran on more than one place
-    lines += curves(trials)  # TensorBoard / MLflow, when a trial logged there
+        lines.append(f"checkpoints: {kept} kept in {quote(str(artifacts))}; `python -m mhtrain.study export "
+                     f"{quote(ostudy.study_name)} --storage {storage}` hands over the best")
+    lines += where(ostudy, trials)  # hosts and SLURM tasks, when the study ran on more than one place
+    lines += curves((attr(t, TRACKING), attr(t, "output_dir")) for t in trials)  # TensorBoard / MLflow
     # every command printed here names the storage it was run on: it works as typed
-    lines.append(f"dashboard: optuna-dashboard {quote(storage_url)}"
+    lines.append(f"dashboard: optuna-dashboard {storage}"
                  + (f" --artifact-dir {quote(str(artifacts))}" if artifacts else "")
-                 + f"  (or `make dashboard STORAGE={quote(storage_url)}`)")
+                 + f"  (or `make dashboard STORAGE={storage}`)")
     return "\n".join(lines)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import functools
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import optuna
@@ -17,6 +16,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mhtrain import ConfigError, tracking
 from mhtrain.config import compose
+from mhtrain.study import folders
+from mhtrain.study.records import OUTPUT_ROOT as OUTPUT_ROOT  # re-exported: where it was defined
+from mhtrain.study.records import within
 
 if TYPE_CHECKING:
     from mhtrain.study.space import StudyConfig
@@ -24,7 +26,6 @@ if TYPE_CHECKING:
 # How a trial runs, not what it trains: never the test split, no checkpoints, no epoch bars.
 SEARCH_MODE = ("test=false", "callbacks.model_checkpoint=null", "++trainer.enable_checkpointing=false",
                "trainer.enable_progress_bar=false")
-OUTPUT_ROOT = "output_root"  # study user attribute: the folder that holds this study's trials
 
 
 @functools.lru_cache(maxsize=8)
@@ -57,17 +58,30 @@ def with_values(base: DictConfig, overrides: Sequence[str]) -> DictConfig:
     return cfg
 
 
+def suggested(study: StudyConfig, trial: optuna.Trial) -> dict[str, object]:
+    """The trial's values of the study's search space. A value enqueued into the storage (warm
+    start, a retry, anyone with the storage) is used only inside its local distribution: Optuna
+    would only warn and train it."""
+    values = {p.key: p.suggest(trial) for p in study.search_space}
+    for p in study.search_space:
+        if why := within(p, values[p.key]):
+            raise ConfigError(f"study {study.name}, trial {trial.number}: {p.key}={values[p.key]!r} refused "
+                              f"({why}: the local search space of study {study.name})")
+    return values
+
+
 def trial_values(study: StudyConfig, trial: optuna.Trial) -> list[str]:
     """What differs from trial to trial: the suggested values, the seed, the metric."""
-    suggested = [f"++{p.key}={p.suggest(trial)}" for p in study.search_space]
-    return [*suggested, f"seed={study.seed + trial.number}", f"optimized_metric={study.metric}"]
+    values = [f"++{key}={value}" for key, value in suggested(study, trial).items()]
+    return [*values, f"seed={study.seed + trial.number}", f"optimized_metric={study.metric}"]
 
 
 def trial_config(study: StudyConfig, trial: optuna.Trial) -> DictConfig:
     """Suggest the trial's values, record on it all that re-runs it, and return its search-mode
-    config, writing to the trial's own folder inside its study's folder."""
+    config, writing to the trial's own folder inside its study's folder (as this process first read
+    and checked it: another process that changes the record changes nothing here)."""
     values = trial_values(study, trial)
-    output_dir = (Path(trial.study.user_attrs[OUTPUT_ROOT]) / f"trial_{trial.number:04d}").resolve()
+    output_dir = folders.study_folder(trial.study) / f"trial_{trial.number:04d}"  # read once, checked
     keeping = ["++trainer.enable_checkpointing=true"] if study.keep_checkpoints != "none" else []
     cfg = with_values(search_base(study.experiment, study.overrides),
                       [*values, f"paths.output_dir={output_dir}", *keeping])

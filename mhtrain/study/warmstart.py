@@ -6,7 +6,9 @@ it has one, else the new study's default (the value its experiment composes to);
 neither is left to the sampler. Which source trials were enqueued is recorded on the new study
 (user attribute `warm_start`), so resuming, or asking again, never enqueues one twice and never
 takes more than K from one source in all. What it takes from the source is checked first
-(`untrusted.warm_values`): a source trial whose record is more than data enqueues nothing.
+(`untrusted.warm_values`): a source trial whose record is more than data enqueues nothing, and a
+value outside the new study's local search space is not taken (that key starts as if the source
+had none, with one line saying so).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from optuna.trial import TrialState
 
 from mhtrain import ConfigError
 from mhtrain.study import untrusted
+from mhtrain.study.params import Param
 from mhtrain.study.storage import load_existing
 
 ATTR = "warm_start"  # study user attribute: {source study name: [source trial numbers enqueued]}
@@ -61,10 +64,11 @@ def best_trials(source: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
     return sorted(done, key=lambda t: (sign * t.value, t.number))[:k]
 
 
-def warm_start(ostudy: optuna.Study, source: optuna.Study, k: int, space_keys: Iterable[str],
+def warm_start(ostudy: optuna.Study, source: optuna.Study, k: int, space_keys: Iterable[str | Param],
                defaults: Mapping[str, Any] | None = None) -> int:
     """Enqueue the best K complete trials of `source` on `ostudy` (those not enqueued before);
-    returns how many were enqueued now."""
+    returns how many were enqueued now. Given the new study's search space (`Param`s), only values
+    inside its distributions are taken."""
     if source.study_name == ostudy.study_name:
         raise ConfigError(f"study {ostudy.study_name} cannot warm-start from itself")
     done = ostudy.user_attrs.get(ATTR, {})
@@ -77,8 +81,9 @@ def warm_start(ostudy: optuna.Study, source: optuna.Study, k: int, space_keys: I
         raise ConfigError(f"study {source.study_name} has no complete trial to warm-start from")
     if not todo:
         return 0
-    keys = list(space_keys)
-    taken_values = [untrusted.warm_values(source, t, keys) for t in todo]  # all checked, then written
+    space = list(space_keys)
+    keys = [p if isinstance(p, str) else p.key for p in space]
+    taken_values = [untrusted.warm_values(source, t, space) for t in todo]  # all checked, then written
     # recorded before enqueuing: a crash in between loses a warm start, it never doubles one
     ostudy.set_user_attr(ATTR, {**done, source.study_name: [*taken, *(t.number for t in todo)]})
     defaults = {key: v for key, v in (defaults or {}).items() if v is not None}

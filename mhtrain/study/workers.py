@@ -13,7 +13,7 @@ from typing import Any
 import optuna
 from tqdm import tqdm
 
-from mhtrain.study import interrupt
+from mhtrain.study import folders, interrupt
 from mhtrain.study.ledger import POLL_S, counts, finished, reap, show
 from mhtrain.study.policy import MAX_REPLACEMENTS
 from mhtrain.study.space import StudyConfig
@@ -91,6 +91,7 @@ def _worker(study: StudyConfig, storage_url: str, timeout: float | None, threads
     try:
         interrupt.check()
         ostudy = open_study(study, storage_url, heartbeat, reproducible=False, allow_changes=True)
+        folders.check(ostudy, storage_url)  # read once here: what this worker's trials write to
         work(study, ostudy, timeout)
     except interrupt.StudyInterrupted:
         os._exit(130)
