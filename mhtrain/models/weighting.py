@@ -62,7 +62,8 @@ def aggregator(method: str) -> Aggregator:
 
 
 class StepWeights(nn.Module):
-    """The state of a stepped method: DWA's loss history (saved with the weights) and the running
+    """The state of a stepped method: DWA's loss history and this epoch's λ (saved with the
+    weights; set once an epoch, so a step reads no value back from the device) and the running
     mean of the multipliers used this training epoch, which `train/weight_<head>` reports."""
 
     def __init__(self, method: str, priors: torch.Tensor, seed: int, dwa_temperature: float) -> None:
@@ -73,6 +74,7 @@ class StepWeights(nn.Module):
         self.register_buffer("priors", priors.clone(), persistent=False)
         if method == "dwa":
             self.register_buffer("loss_history", torch.full((2, len(priors)), float("nan")))
+            self.register_buffer("dwa_lambda", self.active.to(priors.dtype))
         self.register_buffer("sums", torch.zeros(len(priors)), persistent=False)
         self.count = 0
         self.aggregator = aggregator(method) if method in GRADIENT_METHODS else None
@@ -85,7 +87,7 @@ class StepWeights(nn.Module):
         """What multiplies each head's loss in this step's scalar loss (priors x the method's
         weights); a gradient method's scalar is the plain prior-weighted sum."""
         if self.method == "dwa":
-            return self.priors * dwa_weights(self.loss_history, self.temperature, self.active)
+            return self.priors * self.dwa_lambda
         if self.method == "rlw":
             return self.priors * rlw_weights(len(self.priors), self.seed, step).to(self.priors.device)
         return self.priors
@@ -107,10 +109,12 @@ class StepWeights(nn.Module):
         self.count = 0
 
     def end_epoch(self, head_losses: Sequence[float] | torch.Tensor) -> None:
-        """DWA: roll the history on by this epoch's mean training loss per head."""
+        """DWA: roll the history on by this epoch's mean training loss per head; the next
+        epoch's λ follows from it."""
         if self.method == "dwa":
             new = torch.as_tensor(head_losses, dtype=self.loss_history.dtype, device=self.loss_history.device)
             self.loss_history.copy_(torch.stack([self.loss_history[1], new]))
+            self.dwa_lambda.copy_(dwa_weights(self.loss_history, self.temperature, self.active))
 
 
 def aggregated_backward(losses: Sequence[torch.Tensor], features: torch.Tensor, net: nn.Module,
