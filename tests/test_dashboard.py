@@ -136,7 +136,7 @@ def test_every_figure_the_project_stores_fits_the_dashboards_box(tmp_path: Path)
 
     from mhtrain.evaluate.lineage import store_lineage
     from mhtrain.study.race import DEFAULT, judge
-    from mhtrain.study.race_figure import show
+    from mhtrain.study.race_figure import store_figure
 
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     ostudy = optuna.create_study(study_name="pbt_loss_weights", storage=storage, direction="maximize")
@@ -151,7 +151,7 @@ def test_every_figure_the_project_stores_fits_the_dashboards_box(tmp_path: Path)
     store_lineage(ostudy)
     arms = ["trial 0", "trial 1", DEFAULT]
     values = {a: [0.99 - 0.01 * i + 0.001 * (r % 3) for r in range(8)] for i, a in enumerate(arms)}
-    show(ostudy, judge(arms, values, {}, True, 0.002, 8))
+    store_figure(ostudy, judge(arms, values, {}, True, 0.002, 8))
     for base in serve(storage):
         study_id = next(s["study_id"] for s in get_json(f"{base}/api/studies")["study_summaries"])
         proc = subprocess.run(

@@ -211,7 +211,7 @@ def test_a_pbt_study_runs_from_one_command_and_records_each_members_lineage(tiny
     from mhtrain.evaluate.reruns import rerun_best, rerun_config
     from mhtrain.study import cli
     from mhtrain.study.confirm import chosen_trial, confirm_config
-    from mhtrain.study.export import export
+    from mhtrain.study.export import export, handover_lines
     from mhtrain.study.replay import lineage
     from mhtrain.train import fit
 
@@ -247,6 +247,11 @@ def test_a_pbt_study_runs_from_one_command_and_records_each_members_lineage(tiny
                                                    "model.loss_weights.smoothness"], [LR])
     assert len(fig.data) == 4 + 2 + 3 * 4
     assert sum("copied trial" in (d.hovertext or "") for d in fig.data) == 2
+    # the study's note in the dashboard: the race's verdict, then the answer's schedule
+    from optuna_dashboard import get_note
+
+    shown = get_note(ostudy)
+    assert shown.index("undecided after 2 seed(s)") < shown.index("The answer is a schedule:")
     # --confirm races the top 2 members' answers and the default, their lineages replayed on fresh seeds
     assert "on fresh seeds from 4 (one per round, each with its own validation images)" in out
     confirmed = ostudy.user_attrs["confirmation"]
@@ -263,6 +268,9 @@ def test_a_pbt_study_runs_from_one_command_and_records_each_members_lineage(tiny
     root, schedule = lineage(ostudy, chosen)
     path, _ = export("pbt_loss_weights", storage, conf_dir=ROOT / "conf")
     try:
+        said = handover_lines("pbt_loss_weights", storage, path, [], None)
+        assert said[1].startswith("it replays the schedule at the search's fidelity (3 epochs on 128 ")
+        assert not any("--keep-checkpoints" in line for line in said)  # no hint a PBT study would refuse
         cfg = compose("best_pbt_loss_weights", ["test=false", f"paths.output_dir={tmp_path / 'replay'}"])
         assert OmegaConf.to_container(cfg.callbacks.pbt_replay.schedule) == schedule
         assert cfg.seed == root.number and cfg.trainer.max_epochs == 3  # the root's seed, the fidelity

@@ -99,7 +99,8 @@ def test_each_ending_on_known_values():
     v = judge(arms, short, {}, True, 0.002, 12)
     assert v.ending == RUNNING and v.to_train() == arms and v.rounds == 3
     v = judge(arms, short, {}, True, 0.002, 3)
-    assert v.ending == UNDECIDED and "the same command with --confirm-seeds 6 continues the same race" in v.headline()
+    assert v.ending == UNDECIDED
+    assert "the same command with --confirm-seeds 6 continues the same race" in v.headline()
     # a minimized metric: the lowest mean leads
     losses = {a: [1 - x for x in xs] for a, xs in clear.items()}
     assert judge(arms, losses, {}, False, 0.002, 12).winner == "trial 4"

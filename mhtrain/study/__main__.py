@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         from mhtrain import ConfigError
         from mhtrain.study import local, records, space
-        from mhtrain.study.export import export, export_checkpoint
+        from mhtrain.study.export import export, export_checkpoint, handover_lines
 
         records.study_name(args.study, "study name")
         config = args.config or args.study.split("@", 1)[0]
@@ -70,13 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError:
             path.unlink(missing_ok=True)  # a refused export leaves nothing behind
             raise
-        print(f"wrote {path}: the best trial's values"
-              + (f", without the search's {' '.join(dropped)} (--as-searched keeps them)" if dropped
-                 else (" as searched" if args.as_searched else "")))
-        print(f"final training run: python -m mhtrain.train experiment=best_{args.study}")
-        print(f"its weights: {ckpt}; go on training from them: python -m mhtrain.train "
-              f"experiment=best_{args.study} ckpt_path={ckpt}" if ckpt else
-              "no checkpoint kept for it (run the study with --keep-checkpoints best to keep one)")
+        print("\n".join(handover_lines(args.study, args.storage, path, dropped, ckpt)))
         return 0
 
     return one_line_errors(run)

@@ -132,17 +132,24 @@ def main(study_name: str, description: str, argv: Sequence[str] | None = None,
                                      workers=workers, heartbeat=args.heartbeat,
                                      allow_changes=args.allow_changes, warm=warm)
         print(summary(ostudy, study.max_epochs, args.storage, confirm.val_images(space.base_config(study))))
-        if study.pbt is not None:  # the lineage figure to the dashboard's Plots tab, the best schedule here
+        notes = []  # the study's note in optuna-dashboard: the race's verdict, a PBT answer's schedule
+        if study.pbt is not None:  # the lineage figure to the dashboard, the best schedule here and there
             from mhtrain.evaluate.lineage import store_lineage
 
             store_lineage(ostudy)
-            print(pbt_lines(ostudy, study))
+            print(schedule := pbt_lines(ostudy, study))
+            notes.append(f"The answer is a schedule:\n\n```\n{schedule}\n```")
         if args.confirm and not (outcome.interrupted or outcome.timed_out):
-            from mhtrain.study.race_figure import show
+            from mhtrain.study.race_figure import note, store_figure
 
             verdict = confirm.confirm(ostudy, args.confirm, args.confirm_seeds, args.confirm_delta)
             print("\n".join(verdict.lines(confirm.study_metric(ostudy))))
-            show(ostudy, verdict)
+            store_figure(ostudy, verdict)
+            notes.insert(0, note(verdict, confirm.study_metric(ostudy)))
+        if notes:
+            from optuna_dashboard import save_note
+
+            save_note(ostudy, "\n\n".join(notes))
         print(how)
         for line in outcome.deaths:
             print(line)

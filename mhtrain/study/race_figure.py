@@ -48,12 +48,10 @@ def note(verdict: Verdict, metric: str) -> str:
     return "\n".join([f"**{verdict.headline()}**", "", "```", *lines, "```"])
 
 
-def show(ostudy: optuna.Study, verdict: Verdict) -> None:
-    """Store the race's figure and note where optuna-dashboard shows them."""
-    from optuna_dashboard import save_note, save_plotly_graph_object
+def store_figure(ostudy: optuna.Study, verdict: Verdict) -> None:
+    """Store the race's figure where optuna-dashboard shows it (the study's first page)."""
+    from optuna_dashboard import save_plotly_graph_object
 
     from mhtrain.study.untrusted import study_metric
 
-    metric = study_metric(ostudy)
-    save_plotly_graph_object(ostudy, race_figure(verdict, metric), graph_object_id=GRAPH_ID)
-    save_note(ostudy, note(verdict, metric))
+    save_plotly_graph_object(ostudy, race_figure(verdict, study_metric(ostudy)), graph_object_id=GRAPH_ID)
