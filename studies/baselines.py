@@ -1,5 +1,6 @@
 """Single-task baseline study (conf/study/baseline_lr.yaml): the digit-only CNN over the same
-learning-rate range and budget as the lr study, for the multitask-versus-single-task comparison."""
+learning-rate range as the multihead arms it is the reference for (loss_weights, equal_lr, …) and
+the lr study's budget, for the multitask-versus-single-task comparison."""
 
 import sys
 

@@ -30,7 +30,9 @@ def claims() -> list[tuple[str, str, str]]:
 
 
 def test_the_claims_are_found():
-    assert ("baseline_lr", "range", "lr") in claims() and ("equal_lr", "range", "uncertainty_lr") in claims()
+    assert ("baseline_lr", "range", "loss_weights") in claims()
+    assert ("baseline_lr", "budget", "lr") in claims()
+    assert ("equal_lr", "range", "uncertainty_lr") in claims()
 
 
 @pytest.mark.parametrize(("study", "what", "other"), claims())
@@ -47,8 +49,10 @@ def test_a_study_that_claims_anothers_range_budget_or_sampler_has_it(study, what
 
 
 def test_the_baselines_cli_says_what_its_config_does():
-    """studies/baselines.py claims the lr study's range and budget for baseline_lr."""
+    """studies/baselines.py claims the multihead arms' range and the lr study's budget for baseline_lr."""
     text = " ".join((ROOT / "studies" / "baselines.py").read_text().split())
-    assert "same learning-rate range and budget as the lr study" in text
-    a, b = space.load("baseline_lr"), space.load("lr")
-    assert a.search_space == b.search_space and a.n_trials == b.n_trials
+    assert "same learning-rate range as the multihead arms it is the reference for" in text
+    a, b, arm = space.load("baseline_lr"), space.load("lr"), space.load("loss_weights")
+    lr = "model.optimizer.lr"
+    assert [p for p in a.search_space if p.key == lr] == [p for p in arm.search_space if p.key == lr]
+    assert a.n_trials == b.n_trials
