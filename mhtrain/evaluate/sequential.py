@@ -30,7 +30,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-PRIOR_SD = 2.0  # c: SD of the standardized effect under the alternative (the confirmation race's prior)
+from mhtrain.study.anytime import C, interval, martingale
+
+PRIOR_SD = 1 / C  # SD of the standardized effect under the alternative: the confirmation race's prior
 METHOD = (f"anytime-valid t-test (Bayes factor with a normal prior of SD {PRIOR_SD:g} on the "
           "standardized effect, scale mixed by its Haar measure; Ville's inequality; Pérez-Ortiz et al. "
           "2024, Wang and Ramdas 2025)")
@@ -44,28 +46,25 @@ def _moments(d: Sequence[float]) -> tuple[int, float, float]:
 
 def log_bayes_factor(d: Sequence[float], mu0: float = 0.0, c: float = PRIOR_SD) -> float:
     """log BF_n of the differences `d` against mean `mu0`; 0 (no evidence) below 2 units or
-    without spread."""
-    if len(d) < 2:
+    without spread. BF_n is the race's martingale (`mhtrain.study.anytime`), one implementation."""
+    if len(d) < 2 or _moments(d)[2] == 0:
         return 0.0
-    n, mean, sd = _moments(d)
-    if sd == 0:
-        return 0.0
-    nu, g = n - 1, 1 + n * c * c
-    t2 = n * (mean - mu0) ** 2 / sd**2
-    return -0.5 * math.log(g) + n / 2 * (math.log1p(t2 / nu) - math.log1p(t2 / (nu * g)))
+    return math.log(martingale(d, mu0, 1 / c))
 
 
 def radius(n: int, sd: float, alpha: float, c: float = PRIOR_SD) -> float:
-    """Half-width of the confidence sequence at n units with sample SD `sd`: t* · sd / √n, where
-    t* solves BF_n = 1/alpha; infinite where no mean can yet be excluded."""
+    """Half-width of the confidence sequence at n units with sample SD `sd` (the race's interval,
+    which depends on the data through n and sd only); infinite where no mean can yet be excluded."""
     if n < 2 or sd == 0:
         return math.inf
-    nu, g = n - 1, 1 + n * c * c
-    a = (math.sqrt(g) / alpha) ** (2 / n)  # (1 + x) / (1 + x/g) = a, x = t²/ν; its supremum is g
-    if a >= g:
-        return math.inf
-    x = (a - 1) / (1 - a / g)
-    return math.sqrt(nu * x) * sd / math.sqrt(n)
+    lo, hi = interval(_spread(n, sd), alpha, 1 / c)
+    return (hi - lo) / 2
+
+
+def _spread(n: int, sd: float) -> list[float]:
+    """n values with mean 0 and sample SD `sd`: the interval's half-width needs nothing else."""
+    x = sd * math.sqrt((n - 1) / 2)
+    return [x, -x] + [0.0] * (n - 2)
 
 
 def anytime(d: Sequence[float], alpha: float, c: float = PRIOR_SD) -> tuple[float, float, float]:
