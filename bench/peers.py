@@ -240,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             runnable.append(tool)
             print(f"{tool}: {env.versions(tool)}")
+    if not runnable:
+        return 0
     slots = {t: 1 for t in runnable} | {"ray": max(1, (os.cpu_count() or 1) // args.ray_cpus_per_trial)}
     extra = {"overrides": args.override, "cpus_per_trial": args.ray_cpus_per_trial}
     print(f"logs and clock files: {out}", flush=True)

@@ -66,10 +66,11 @@ def short(key: str) -> str:
 
 
 def trial_overrides(spec: RunSpec, values: dict[str, float], seed: int) -> list[str]:
-    """One trial's Hydra overrides: the study's fixed ones, the fidelity, its values, its seed."""
+    """One trial's Hydra overrides: the study's fixed ones, the fidelity, the run's own (`--override`),
+    its values, its seed."""
     fixed = study_config(spec.study).get("overrides") or []
-    return [*fixed, *spec.fidelity(), *(f"++{k}={v!r}" for k, v in values.items()),
-            f"seed={seed}", "test=false"]
+    return [*fixed, *spec.fidelity(), *spec.extra.get("overrides", []),
+            *(f"++{k}={v!r}" for k, v in values.items()), f"seed={seed}", "test=false"]
 
 
 def build(spec: RunSpec, values: dict[str, float], seed: int) -> tuple[Any, Any, Any]:

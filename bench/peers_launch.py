@@ -5,6 +5,7 @@ trials recorded through peers_clock.BatchClock read back into one row of numbers
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import math
 import os
@@ -64,6 +65,14 @@ class MemorySampler(threading.Thread):
             self.peak = max(self.peak, _pss_mb(pids))
 
 
+def _own_session() -> None:
+    """In the child: a session of its own (stopped as one group), and killed with the driver
+    (Linux's parent-death signal), so a driver that is killed leaves no tool training behind."""
+    os.setsid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 @dataclass
 class Launch:
     """What the driver knows of a finished tool run."""
@@ -83,19 +92,20 @@ def launch(argv: Sequence[str], env: dict[str, str], cwd: Path, log: Path, timeo
     started, t0 = time.time(), time.perf_counter()
     with open(log, "w") as out:
         proc = subprocess.Popen(list(argv), cwd=cwd, env={**os.environ, **env}, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, preexec_fn=_own_session)  # noqa: PLW1509
         sampler = MemorySampler(proc.pid)
         sampler.start()
         try:
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             code = -1
-        wall = time.perf_counter() - t0
-        sampler.done.set()
+        finally:  # also on Ctrl-C: what it left behind in its session (Ray's node processes)
+            wall = time.perf_counter() - t0
+            sampler.done.set()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
         sampler.join()
-        with contextlib.suppress(ProcessLookupError):  # what it left behind (Ray's node processes)
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
     result: dict[str, Any] = {}
     for line in log.read_text(errors="replace").splitlines():
         if line.startswith("PEERS_RESULT "):
