@@ -252,6 +252,10 @@ def test_a_pbt_study_runs_from_one_command_and_records_each_members_lineage(tiny
 
     shown = get_note(ostudy)
     assert shown.index("undecided after 2 seed(s)") < shown.index("The answer is a schedule:")
+    from mhtrain.evaluate.analyses import ledger  # the race is recorded among the study's analyses
+
+    (race,) = [a for a in ledger(ostudy) if a.family == "pbt_loss_weights race"]
+    assert race.tool == "confirm" and race.look == 1 and len(race.units) == 2
     # --confirm races the top 2 members' answers and the default, their lineages replayed on fresh seeds
     assert "on fresh seeds from 4 (one per round, each with its own validation images)" in out
     confirmed = ostudy.user_attrs["confirmation"]

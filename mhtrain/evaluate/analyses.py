@@ -27,7 +27,10 @@ import optuna
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mhtrain import ConfigError
-from mhtrain.evaluate.sequential import METHOD
+from mhtrain.evaluate.sequential import METHOD, anytime
+from mhtrain.evaluate.stats import LEVEL
+from mhtrain.study.confirm import read_design
+from mhtrain.study.race import Verdict
 
 ATTR = "analyses"  # study user attribute: a list of Analysis records, oldest first
 Unit = tuple[int, int]  # (study seed, training seed): one run of each arm
@@ -134,6 +137,26 @@ def record_analysis(study: optuna.Study, *, tool: str, family: str, arms: Sequen
     analysis = entry(planned, tool, test, metric, arms, [(0, int(s)) for s in seeds], fidelity, contrasts)
     record([study], analysis)
     return analysis
+
+
+def record_race(study: optuna.Study, verdict: Verdict, metric: str) -> Analysis | None:
+    """The confirmation race as a look of its own family (`<study> race`): each finalist against the
+    chosen arm, p anytime-valid over their shared seeds, adjusted as the race drops (x (n - 1)).
+    A race re-run on the same seeds is the same look: nothing is recorded again."""
+    first = read_design(study).first_seed
+    family, seeds = f"{study.study_name} race", list(range(first, first + verdict.rounds))
+    earlier = [a for a in ledger(study) if a.family == family]
+    if verdict.chosen is None or (earlier and len(earlier[-1].units) == len(seeds)):
+        return None
+    best = verdict.values[verdict.chosen]
+    contrasts = []
+    for arm, xs in verdict.values.items():
+        if arm != verdict.chosen:
+            p = anytime([y - x for x, y in zip(xs, best, strict=False)], 1 - LEVEL)[2]
+            contrasts.append((arm, verdict.chosen, p, min(1.0, p * (len(verdict.arms) - 1))))
+    return record_analysis(study, tool="confirm", family=family, arms=verdict.arms, seeds=seeds,
+                           test=f"{METHOD}, x (n - 1) over each arm's pairs", contrasts=contrasts,
+                           metric=metric, look=len(earlier) + 1)
 
 
 @dataclass(frozen=True)

@@ -145,6 +145,9 @@ def main(study_name: str, description: str, argv: Sequence[str] | None = None,
             verdict = confirm.confirm(ostudy, args.confirm, args.confirm_seeds, args.confirm_delta)
             print("\n".join(verdict.lines(confirm.study_metric(ostudy))))
             store_figure(ostudy, verdict)
+            from mhtrain.evaluate.analyses import record_race  # the study's ledger of analyses
+
+            record_race(ostudy, verdict, confirm.study_metric(ostudy))
             notes.insert(0, note(verdict, confirm.study_metric(ostudy)))
         if notes:
             from optuna_dashboard import save_note

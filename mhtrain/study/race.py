@@ -54,6 +54,7 @@ class Verdict:
     p_near: dict[str, float] = field(default_factory=dict)  # P(within delta of the best)
     # chosen tuned arm - default: (mean difference, lo, hi) at the elimination level, over shared rounds
     bought: tuple[str, float, float, float] | None = None
+    values: dict[str, list[float]] = field(default_factory=dict)  # the runs judged, per arm in seed order
     sign: float = 1.0  # +1 when the metric is maximized
     level: str = ""  # the elimination intervals' level, in words
 
@@ -135,7 +136,8 @@ def judge(arms: Sequence[str], values: Mapping[str, Sequence[float]], failed: Ma
     chosen, rule = _choose(alive, winner, ending)
     p_best, p_near = _bootstrap([a for a in arms if a in means], values, sign, delta, resamples)
     return Verdict(list(arms), r, cap, delta, ending, alive, eliminated, dict(failed), winner, chosen, rule,
-                   means, history, p_best, p_near, _bought(chosen, arms, values, failed, sign, a_elim), sign,
+                   means, history, p_best, p_near, _bought(chosen, arms, values, failed, sign, a_elim),
+                   {a: list(values[a]) for a in means}, sign,
                    f"{1 - alpha:.0%} jointly over each arm's {n - 1} pair(s)")
 
 
