@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import tiny_for
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.append(str(ROOT / "bench"))  # last: its modules shadow nothing
 
 from peers_launch import Launch, row  # noqa: E402 - bench/ is not a package
 
