@@ -211,3 +211,123 @@ def test_training_cli(tiny_data, tmp_path, override, named):
     assert proc.returncode == 2
     one_error_line(proc.stderr, named)
     assert not (tmp_path / "run").exists()
+
+
+# --- wrongly typed stored records: one line, and the command goes on where that is safe ---------
+
+RUNNING = "running"  # a trial of a worker that is gone, added to the real study
+
+
+def planted_study(real: tuple[dict, list], url: str, name: str, where: str, attr: str, value: object) -> None:
+    """The real study copied into `url` as `name` (and `name`_ref), `attr` set to `value` on the
+    study, on its best trial, or on a RUNNING trial whose worker is gone."""
+    import optuna
+
+    from mhtrain.study.ledger import owner
+    from tests.test_untrusted import copied
+
+    attrs, trials = real
+    best = max(trials, key=lambda t: t.value)
+    for study_name in (name, f"{name}_ref"):
+        config = {**attrs["config"], "name": study_name}
+        planted = {attr: value} if where == "study" else {}
+        ostudy = copied(url, study_name, {**attrs, "config": config, **planted}, [])
+        user = {**best.user_attrs, **({attr: value} if where == "best" else {})}
+        if attr == "seed" and where == "best":
+            user["overrides"] = [f"seed={value}" if o.startswith("seed=") else o for o in user["overrides"]]
+        for t in [best, *(t for t in trials if t is not best)]:  # the best first: the best of ties
+            ostudy.add_trial(optuna.trial.create_trial(
+                value=t.value, params=t.params, distributions=t.distributions,
+                user_attrs=user if t is best else t.user_attrs))
+        if where == RUNNING:
+            gone = value if attr == "owner" else {**owner(), "started": "1"}  # this host, not this pid
+            user = {**trials[0].user_attrs, "owner": gone, **({} if attr == "owner" else {attr: value})}
+            ostudy.add_trial(optuna.trial.create_trial(
+                state=optuna.trial.TrialState.RUNNING, params=trials[0].params,
+                distributions=trials[0].distributions, user_attrs=user))
+
+
+@pytest.fixture(scope="module")
+def real(tiny_data, tmp_path_factory):
+    from tests.test_untrusted import real_trials
+
+    return real_trials(tiny_data, tmp_path_factory.mktemp("real"))
+
+
+RECORD_CASES = [  # (where, attribute, value, command, exit code, what the one line names)
+    (RUNNING, "owner", "x", "resume", 0, "stored owner = 'x' ignored"),
+    (RUNNING, "owner", ["a"], "resume", 0, "stored owner = <a list of 1 item(s)> ignored"),
+    (RUNNING, "retries", "x", "resume", 0, "stored retries = 'x' ignored"),
+    ("best", "epochs", "x", "resume", 0, "stored epochs = 'x' ignored"),
+    ("best", "tracking", "x", "resume", 0, "stored tracking = 'x' ignored"),
+    ("best", "overrides", 5, "confirm", 2, "stored overrides = 5 refused"),
+    ("best", "seed", 5_000_000_000, "export", 2, "stored seed = 5000000000 refused"),
+    ("study", "reruns", {"trial1|seed1000": {"seconds": 1.0}}, "compare", 2, "(no test/digit_acc)"),
+    ("best", "seconds", "x", "compare", 2, "stored seconds = 'x' refused"),
+]
+
+
+def command(name: str, url: str, typed: list[str], which: str) -> int:
+    """The command a user types on the planted storage, in this process; its exit code."""
+    run = ["--study-name", name, "--storage", url, "--no-progress", "--n-trials", "2", *typed]
+    if which == "resume":
+        return cli.main("lr", "", run)
+    if which == "confirm":
+        return cli.main("lr", "", [*run, "--confirm", "2", "--confirm-seeds", "2"])
+    if which == "export":
+        return study_main.main(["export", name, "--config", "lr", "--storage", url, "--as-searched", *typed])
+    from mhtrain.study.local import trust
+    from mhtrain.study.space import load
+    from tests.test_untrusted import load_compare_cli
+
+    for arm in (name, f"{name}_ref"):  # as each arm's own study command declared its config
+        trust(load("lr", name=arm, extra_overrides=typed))
+    return load_compare_cli().main(["--arms", name, "--reference", f"{name}_ref", "--storage", url,
+                                    "--seeds", "2", *typed])
+
+
+@pytest.mark.parametrize(("where", "attr", "value", "which", "code", "named"), RECORD_CASES)
+def test_a_wrongly_typed_record_is_one_line(real, tiny_data, tmp_path, monkeypatch, capsys, where, attr,
+                                            value, which, code, named):
+    """Each was a traceback. A resume goes on (a trial with a broken owner is reaped, a broken
+    count is not trusted) with one warning line; what cannot go on refuses before any work."""
+    import uuid
+
+    import optuna
+
+    from tests.conftest import tiny_for
+
+    monkeypatch.chdir(tmp_path)
+    url, name = f"sqlite:///{tmp_path / 'shared.db'}", f"lr_{uuid.uuid4().hex[:8]}"
+    planted_study(real, url, name, where, attr, value)
+    capsys.readouterr()
+    got = command(name, url, tiny_for(tiny_data, epochs=1), which)
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if "A new study created" not in line]
+    assert got == code, err
+    assert len(err) == 1 and named in err[0], err
+    assert err[0].startswith("error: " if code else "warning: "), err
+    if where == RUNNING and attr == "owner":  # reaped, not fatal to the resume
+        reaped = optuna.load_study(study_name=name, storage=url).trials[2]
+        assert reaped.state == optuna.trial.TrialState.FAIL
+    assert not (ROOT / "conf" / "experiment" / f"best_{name}.yaml").exists()
+    assert not (tmp_path / "runs" / "compare").exists()  # refused before anything trained
+
+
+def test_an_export_refused_for_its_checkpoint_leaves_no_file(real, tiny_data, tmp_path, monkeypatch, capsys):
+    """A kept checkpoint that is not in the study's artifact folder: one line, and no best_*.yaml."""
+    import uuid
+
+    import optuna
+
+    monkeypatch.chdir(tmp_path)
+    url, name = f"sqlite:///{tmp_path / 'shared.db'}", f"lr_{uuid.uuid4().hex[:8]}"
+    planted_study(real, url, name, "best", "checkpoint", "0a1b2c3d-no-such-artifact")
+    ostudy = optuna.load_study(study_name=name, storage=url)
+    ostudy.set_user_attr("artifact_dir", str(tmp_path / "runs" / "a"))
+    capsys.readouterr()
+    from tests.conftest import tiny_for
+
+    argv = ["export", name, "--config", "lr", "--storage", url, *tiny_for(tiny_data, epochs=1)]
+    assert study_main.main(argv) == 2
+    one_error_line(capsys.readouterr().err, "checkpoint 0a1b2c3d-no-such-artifact is not in")
+    assert not (ROOT / "conf" / "experiment" / f"best_{name}.yaml").exists()

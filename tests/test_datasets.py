@@ -1,6 +1,8 @@
 """Beyond MNIST: a config-only fourth head, CIFAR-10 through torchvision, CIFAR-100-MH."""
 
+import json
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -156,3 +158,54 @@ def test_even_odd_thickness_map_is_a_config_file():
     cfg = compose("multihead_cnn_mnist", ["data=multihead_mnist_evenodd"])
     assert heads_of(cfg) == {"digit": 10, "thickness": 2, "smoothness": 3}
     assert list(cfg.data.heads.thickness.map.values()) == [0, 1] * 5
+
+
+def with_info(built: Path, tmp_path: Path, change) -> Path:
+    """A copy of the built dataset whose metadata file is `change(info)` (a dict to write as JSON,
+    or the text to write)."""
+    import shutil
+
+    copy = tmp_path / "downloaded"
+    shutil.copytree(built, copy)
+    info = change(json.loads((copy / cifar100mh.INFO).read_text()))
+    (copy / cifar100mh.INFO).write_text(info if isinstance(info, str) else json.dumps(info))
+    return copy
+
+
+def _set(key: str, value):
+    return lambda info: {**info, key: value}
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    (_set("parameter_names", ["digit", "thickness", "smoothness"]), "parameter_names"),
+    (lambda i: {**i, "parameter_names": {**i["parameter_names"], "a": "extra"}}, "parameter_names.a"),
+    (lambda i: {**i, "parameter_mappings": {**i["parameter_mappings"], "digit": {"min": 0, "max": "9"}}},
+     "parameter_mappings.digit.max = '9'"),
+    (lambda i: {**i, "parameter_mappings": {**i["parameter_mappings"], "digit": [0, 9]}},
+     "parameter_mappings.digit"),
+    (lambda i: json.dumps(i)[:-1] + ', "x": ' + "9" * 5000 + "}", "not valid JSON"),
+    (_set("image_size", "2x2x1"), "image_size 2x2x1: sides must be 8 to 4096"),
+    (_set("parameter_names", {"0": "digit\nx"}), "parameter_names.0"),
+])
+def test_downloaded_metadata_is_one_line_for_validate_and_training(built, tmp_path, change, named, capsys):
+    """Metadata that is not what the format holds: `validate` exits 2 with one line naming the
+    file and field, and training (composing the config reads the heads) says the same line."""
+    bad = with_info(built, tmp_path, change)
+    capsys.readouterr()
+    assert cifar100mh.main(["validate", str(bad)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {bad / cifar100mh.INFO}") and named in line, line
+    with pytest.raises((ConfigError, DataError), match=re.escape(named)) as e:
+        fit(compose("multihead_cnn_cifar100mh", [f"data.root={bad}", *quick(tmp_path)]))
+    assert "\n" not in str(e.value)
+
+
+def test_metadata_without_mappings_takes_classes_from_the_labels(built, tmp_path, capsys):
+    """The format lets a folder leave out `parameter_mappings`: validate and training count each
+    head's classes alike, from its largest label."""
+    bad = with_info(built, tmp_path, lambda i: {k: v for k, v in i.items() if k != "parameter_mappings"})
+    capsys.readouterr()
+    assert cifar100mh.main(["validate", str(bad)]) == 0
+    assert "heads {'digit': 10, 'thickness': 5, 'smoothness': 3}" in capsys.readouterr().out
+    assert heads_of(compose("multihead_cnn_cifar100mh", [f"data.root={bad}"])) == {
+        "digit": 10, "thickness": 5, "smoothness": 3}

@@ -54,7 +54,7 @@ _trusted: dict[str, Local] = {}  # study name -> the local config this process r
 def trust(study: space.StudyConfig, source: str | None = None) -> Local:
     """Declare `study` the local config this process runs `study.name` with (a run, a sweep's
     study, an export told `--config`): every later read of that study checks against it."""
-    local = Local.of(study, source or "the study config of this command")
+    local = Local.of(study, source or "the study config this command runs with")
     _trusted[study.name] = local
     return local
 

@@ -157,13 +157,14 @@ _checked: weakref.WeakSet[optuna.Study] = weakref.WeakSet()
 
 
 def check_records(ostudy: optuna.Study) -> None:
-    """Every record that readers of a whole study take as they find it (the comparison report,
-    the re-runs, the race's seeds), checked once per opened study: the first wrong one is one line."""
+    """Every record that readers of a whole study take as they find it (the comparison report and
+    its re-runs), checked once per opened study, before anything trains: the first wrong one is
+    one line."""
     if ostudy in _checked:
         return
     metric = "test/" + local_for(ostudy).metric.removeprefix("val/")
     for t in ostudy.get_trials(deepcopy=False):
-        for attr in ("experiment", "overrides", "seed", "seconds", "epochs", "population"):
+        for attr in ("experiment", "overrides", "seconds", "population"):  # what the report reads
             records.trial_attr(ostudy, t, attr)
     for key, rerun in (records.study_attr(ostudy, "reruns") or {}).items():
         values = rerun.model_extra or {}
@@ -177,7 +178,7 @@ def check_records(ostudy: optuna.Study) -> None:
 def _measured(value: Any) -> bool:
     """A re-run's measurement: a finite number, a list of them, or an encoded text."""
     if isinstance(value, list):
-        return len(value) <= 10**6 and all(_measured(v) for v in value if not isinstance(v, list))
+        return len(value) <= 10**6 and all(not isinstance(v, list) and _measured(v) for v in value)
     if isinstance(value, str):
         return len(value) <= 10**7
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
@@ -222,11 +223,10 @@ def check_resume(ostudy: optuna.Study, study: StudyConfig, storage_url: str) -> 
     """What a resumed run reads back before its first trial: the study's folders (read once,
     here), every trial's record that later steps read, and the values of trials waiting to run
     (enqueued by warm start, a retry, or anyone with the storage)."""
-    local = trust(study, f"conf/study with the command line of study {study.name}")
+    local = trust(study)
     folders.check(ostudy, storage_url)
     for t in ostudy.get_trials(deepcopy=False):
-        for attr in ("overrides", "seed"):  # the race's seeds are read from every trial
-            records.trial_attr(ostudy, t, attr)
+        records.trial_attr(ostudy, t, "overrides")  # the race reads every trial's seeds from them
     for t in ostudy.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         fixed = t.system_attrs.get("fixed_params") or {}
         where = trial_where(ostudy, t)
