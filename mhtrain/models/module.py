@@ -207,7 +207,9 @@ class MultiheadLitModule(L.LightningModule):
             return super().backward(loss, *args, **kwargs)
         losses, features, total = self._pending
         self._pending = None
-        scale = None if loss is total else (loss / total).detach()  # accumulation, AMP scaling
+        # what Lightning made of the returned total (divided for accumulation, scaled for AMP); a
+        # zero total (every loss exactly 0) has zero gradients whatever the scale
+        scale = None if loss is total else torch.where(total != 0, loss / total, 1.0).detach()
         on = self._active
         weights = aggregated_backward([self.priors[i] * losses[i] for i in on], features, self.net,
                                       [self.head_names[i] for i in on], self.stepped.aggregator, scale)
