@@ -43,10 +43,6 @@ def without_password(url: str) -> str:
     return _rebuild(url, None)
 
 
-def has_password(url: str) -> bool:
-    return without_password(url) != url
-
-
 URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
 

@@ -139,12 +139,14 @@ def test_export_then_final_training_as_a_user_types_it(tiny, storage, tmp_path):
     search = [*tiny, "trainer.max_epochs=2", "data.train_subset=300", "callbacks.early_stopping=null"]
     assert cli("lr.py", "--n-trials", "1", "--study-name", "fin", "--storage", storage,
                "--keep-checkpoints", "best", *search, cwd=tmp_path).returncode == 0
-    out = subprocess.run([sys.executable, "-m", "mhtrain.study", "export", "fin", "--storage", storage],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    # the study config it ran with and what was typed then: a storage's own fixed overrides are not taken
+    out = subprocess.run([sys.executable, "-m", "mhtrain.study", "export", "fin", "--config", "lr",
+                          "--storage", storage, *search], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
     path = ROOT / "conf" / "experiment" / "best_fin.yaml"
     try:
         assert out.returncode == 0, out.stderr[-2000:]
-        assert "without the search's" in out.stdout and "data.train_subset=300" in out.stdout
+        assert "left out (--as-searched keeps them)" in out.stdout and "data.train_subset=300" in out.stdout
         cfg = compose("best_fin")
         assert cfg.trainer.max_epochs == compose("multihead_cnn_mnist").trainer.max_epochs
         assert cfg.data.train_subset is None and cfg.data.data_dir == str(tiny[0].split("=", 1)[1])

@@ -296,11 +296,13 @@ def test_a_killed_workers_mlflow_run_is_ended_failed_when_its_trial_is_reaped(ti
 
 
 @pytest.mark.slow
-def test_a_trial_whose_heartbeat_stopped_has_its_mlflow_run_ended_and_is_retried(tmp_path):
-    """A worker on another machine died: Optuna's heartbeat, not the local reaper, fails it."""
+def test_a_trial_whose_heartbeat_stopped_has_its_mlflow_run_ended_and_is_retried(tmp_path, monkeypatch):
+    """A worker on another machine died: Optuna's heartbeat, not the local reaper, fails it. Its run
+    is ended in the tracking store of this machine's environment, the one the trial names."""
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     client = MlflowClient(uri)
     run = client.create_run(client.create_experiment("hb-0a1b2c3d"), tags={"trial": "0"})
     ostudy = optuna.create_study(study_name="hb", storage=open_storage(f"sqlite:///{tmp_path / 'o.db'}", 1))

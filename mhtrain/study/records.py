@@ -163,7 +163,7 @@ def shown(value: Any, limit: int = 60) -> str:
 def problem(error: ValidationError) -> tuple[str, Any, str]:
     """(where in the value, the bad part, what is wrong) of a validation error's first finding."""
     first = error.errors(include_url=False)[0]
-    loc = ".".join(str(p) for p in first["loc"] if p not in ("function-after",))
+    loc = ".".join(str(p) for p in first["loc"])
     pattern = (first.get("ctx") or {}).get("pattern")
     why = ("not one line of printable text" if pattern == LINE else f"not of the form {pattern}" if pattern
            else " ".join(str(first["msg"]).split())[:120])
@@ -193,10 +193,12 @@ def warn(line: str) -> None:
 
 
 def study_where(ostudy: optuna.Study) -> str:
+    """How a one-line message names the study (its name is checked where it enters)."""
     return f"study {ostudy.study_name}"
 
 
 def trial_where(ostudy: optuna.Study | str, trial: optuna.trial.FrozenTrial) -> str:
+    """How a one-line message names the trial and its study (or study name)."""
     name = ostudy if isinstance(ostudy, str) else ostudy.study_name
     return f"study {name}, trial {trial.number}" if name else f"trial {trial.number}"
 
@@ -211,18 +213,6 @@ def trial_attr(ostudy: optuna.Study | str, trial: optuna.trial.FrozenTrial, attr
     """The trial's user attribute `attr`, checked; None when absent (or broken and not `fatal`)."""
     return read(trial_where(ostudy, trial), attr, trial.user_attrs.get(attr),
                 _adapter(TrialRecord, attr), fatal)
-
-
-def check_trial(ostudy: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Every attribute of the trial, checked (the first wrong one is one line)."""
-    for attr in trial.user_attrs:
-        trial_attr(ostudy, trial, attr)
-
-
-def check_study(ostudy: optuna.Study) -> None:
-    """Every attribute of the study, checked (the first wrong one is one line)."""
-    for attr in ostudy.user_attrs:
-        study_attr(ostudy, attr)
 
 
 def stored_config(ostudy: optuna.Study) -> StoredConfig | None:

@@ -57,9 +57,9 @@ def segments(trial: optuna.trial.FrozenTrial, keys: Sequence[str],
         copied = s.parent_epoch if s.parent is not None else None
         if s.parent is not None and (copied is None or copied < 1):
             refuse(where, f"{SCHEDULE} parent_epoch={records.shown(copied)} (not an integer >= 1)")
-        for name, epochs in (("epoch", s.epoch), ("parent_epoch", copied)):
+        for field, epochs in (("epoch", s.epoch), ("parent_epoch", copied)):  # an order skips `epoch` of them
             if top is not None and epochs is not None and epochs > top:
-                refuse(where, f"{SCHEDULE} {name}={epochs} (past the {top} epochs the local trainer runs)")
+                refuse(where, f"{SCHEDULE} {field}={epochs} (past the {top} epochs the local trainer runs)")
         out.append({"epoch": s.epoch, "parent": s.parent, "parent_epoch": copied,
                     "values": {k: values.get(k) for k in keys}})
     if out[0]["parent"] is not None or out[0]["epoch"] != 0:

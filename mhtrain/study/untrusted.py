@@ -181,7 +181,9 @@ def _measured(value: Any) -> bool:
         return len(value) <= 10**6 and all(not isinstance(v, list) and _measured(v) for v in value)
     if isinstance(value, str):
         return len(value) <= 10**7
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63
 
 
 def values_within(where: str, values: Mapping[str, Any], local: Local, keys: Iterable[str]) -> dict[str, Any]:
