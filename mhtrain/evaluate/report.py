@@ -191,8 +191,11 @@ def study_items(a: Arm) -> list[str]:
         stretches = [f"from epoch {s['epoch']} (trial {s['trial']}) " + ", ".join(
             f"`{k.rsplit('.', 1)[-1]}` {v:.4g}" for k, v in s["values"].items()) for s in schedule]
         items.append(f"re-runs replay its lineage's schedule: {'; '.join(stretches)}")
+    epochs = sum(r.get("epochs", 0) for r in a.records)
     items.append(f"re-runs: {len(a.records)} seeds, {duration(rerun_s)} training, "
-                 f"{sum(r.get('epochs', 0) for r in a.records) / len(a.records):.1f} epochs on average")
+                 f"{epochs / len(a.records):.1f} epochs on average, {rerun_s / max(epochs, 1):.1f} s per "
+                 "epoch (a gradient-aggregating weighting needs one backward per head: compare this cost "
+                 "across arms)")
     return items
 
 
