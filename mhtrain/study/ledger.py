@@ -7,6 +7,7 @@ import datetime
 import os
 import socket
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +62,12 @@ def finished(ostudy: optuna.Study) -> int:
     return n_done(counts(ostudy))
 
 
-def alive(who: Owner) -> bool:
-    """Whether the process that started a trial still runs: a zombie or a recycled pid does not."""
-    stat = _stat(who.pid)
-    return bool(stat) and stat[0] != "Z" and who.started in (None, stat[19])
+def alive(who: Owner | Mapping[str, Any]) -> bool:
+    """Whether the process that started a trial still runs: a zombie or a recycled pid does not.
+    `who`: a checked owner record, or this process's own (`owner()`)."""
+    pid, started = (who.pid, who.started) if isinstance(who, Owner) else (who["pid"], who.get("started"))
+    stat = _stat(pid)
+    return bool(stat) and stat[0] != "Z" and started in (None, stat[19])
 
 
 def trial_owner(ostudy: optuna.Study, t: optuna.trial.FrozenTrial) -> Owner | bool | None:

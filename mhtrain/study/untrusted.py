@@ -162,17 +162,26 @@ def check_records(ostudy: optuna.Study) -> None:
     one line."""
     if ostudy in _checked:
         return
-    metric = "test/" + local_for(ostudy).metric.removeprefix("val/")
     for t in ostudy.get_trials(deepcopy=False):
         for attr in ("experiment", "overrides", "seconds", "population"):  # what the report reads
             records.trial_attr(ostudy, t, attr)
+    stored_reruns(ostudy)
+    _checked.add(ostudy)
+
+
+def stored_reruns(ostudy: optuna.Study) -> dict[str, dict[str, Any]]:
+    """The study's stored `compare` re-runs (key -> record), each checked to hold the test metric
+    of the local config and measurements only (numbers, lists of them, encoded outcomes)."""
+    metric = "test/" + local_for(ostudy).metric.removeprefix("val/")
+    out = {}
     for key, rerun in (records.study_attr(ostudy, "reruns") or {}).items():
-        values = rerun.model_extra or {}
-        bad = next((k for k, v in values.items() if not _measured(v)), None)
+        values = rerun.model_dump()
+        bad = next((k for k, v in values.items() if v is not None and not _measured(v)), None)
         if metric not in values or bad is not None:
             refuse(f"{study_where(ostudy)}, re-run {shown(key, 60)}",
                    f"reruns record ({'no ' + metric if bad is None else shown(bad, 40) + ' not a number'})")
-    _checked.add(ostudy)
+        out[key] = {k: v for k, v in values.items() if v is not None}
+    return out
 
 
 def _measured(value: Any) -> bool:
