@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mhtrain import ConfigError
 from mhtrain.study.race import DEFAULT, Verdict, judge
+from mhtrain.study.records import trial_attr
 from mhtrain.study.replay import retrain_config
 from mhtrain.study.untrusted import searched, study_metric, trial_record
 
@@ -122,7 +123,8 @@ def top_trials(ostudy: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
 def fresh_seeds(ostudy: optuna.Study, n: int) -> list[int]:
     """n seeds above every seed a trial of the study used: none of its runs is repeated."""
     used = [int(o.removeprefix("seed=")) for t in ostudy.get_trials(deepcopy=False)
-            for o in t.user_attrs.get("overrides", []) if re.fullmatch(r"seed=-?\d{1,10}", str(o))]
+            for o in trial_attr(ostudy, t, "overrides", fatal=False) or []
+            if re.fullmatch(r"seed=-?\d{1,10}", str(o))]
     start = min(max(used, default=-1) + 1, MAX_SEED - n)
     return list(range(start, start + n))
 
