@@ -12,6 +12,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from mhtrain.study.pbt import SCHEDULE
+from mhtrain.study.race_figure import HEIGHT
 from mhtrain.study.replay import segments
 from mhtrain.study.untrusted import searched, study_metric
 
@@ -69,8 +70,6 @@ def study_lineage(ostudy: optuna.Study) -> go.Figure:
 def store_lineage(ostudy: optuna.Study) -> None:
     """Draw the study's lineage and store it where optuna-dashboard shows it."""
     from optuna_dashboard import save_plotly_graph_object
-
-    from mhtrain.study.race_figure import HEIGHT
 
     fig = study_lineage(ostudy).update_layout(height=HEIGHT, margin={"l": 50, "r": 10, "t": 50, "b": 40})
     save_plotly_graph_object(ostudy, fig, graph_object_id=GRAPH_ID)
