@@ -16,8 +16,8 @@ CONFIRMING = $(if $(CONFIRM),--confirm $(CONFIRM))
 
 .PHONY: help install lock lock-check data test test-all lint train emhcm exp-multihead-cnn-mnist ecm exp-cnn-mnist \
 	emhcc10 exp-multihead-cnn-cifar10 \
-	study-lr study-loss-weights study-baselines compare compare-weighting data-efficiency dashboard \
-	tensorboard mlflow
+	study-lr study-loss-weights study-baselines study-pbt compare compare-weighting data-efficiency dashboard \
+	tensorboard mlflow docs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_ -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-36s %s\n", $$1, $$2}'
@@ -25,7 +25,7 @@ help: ## list the targets
 # requirements.lock pins every package (torch 2.14.1, optuna 5.0.0, ...): a study's answer
 # depends on the sampler's version. `make lock` re-pins after pyproject.toml changes.
 LOCK := requirements.lock
-PIP_COMPILE = $(VENV)/bin/pip-compile --quiet --extra dev --extra postgres --extra mlflow --strip-extras \
+PIP_COMPILE = $(VENV)/bin/pip-compile --quiet --extra dev --extra postgres --extra mlflow --extra docs --strip-extras \
 	--no-emit-index-url --no-emit-find-links pyproject.toml
 
 $(STAMP): pyproject.toml $(LOCK)
@@ -57,6 +57,11 @@ test-all: $(STAMP) ## everything: killed processes, workers, PostgreSQL, Chromiu
 
 lint: $(STAMP) ## ruff
 	$(PY) -m ruff check mhtrain studies tests bench
+
+# docs: the site from docs/ (mkdocs.yml; the layout and API pages generated from the tree by
+# docs/hooks.py) into site/, strict: a broken link, a missing page or a docstring warning fails
+docs: $(STAMP) ## build the docs site into site/ (mkdocs build --strict)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 # gpu-check: one command on a GPU machine that has torch, Lightning and pytest but no network
 # (no venv: its python3; .device/setup.sh, when carried, installs the missing wheels and MNIST)
@@ -97,6 +102,9 @@ study-loss-weights: data ## learning rate + loss weights of the multihead CNN (3
 
 study-baselines: data ## the digit-only baseline over the same lr range (20 trials, QUICK)
 	$(PY) studies/baselines.py --n-trials 20 --storage $(STORAGE) --workers $(WORKERS) $(CONFIRMING) $(QUICK) $(ARGS)
+
+study-pbt: data ## population-based training of lr + loss weights (4 members stacked, QUICK)
+	$(PY) studies/pbt_loss_weights.py --n-trials 4 --storage $(STORAGE) --workers $(WORKERS) $(CONFIRMING) $(QUICK) $(ARGS)
 
 compare: $(STAMP) ## re-train the best of study-lr and study-baselines (5 seeds), write the report
 	$(PY) studies/compare.py --multitask lr --baseline baseline_lr --storage $(STORAGE) $(ARGS)
@@ -168,8 +176,10 @@ calibrate: data ## A/A false-difference and A/B detection rates of compare's tes
 	$(PY) studies/calibrate.py --reps $(CALIBRATE_REPS) --seeds $(SEEDS) --extend-to $(CALIBRATE_EXTEND) \
 		$(QUICK) $(ARGS)
 
-dashboard: $(STAMP) ## optuna-dashboard on http://127.0.0.1:8080 for the default storage
-	$(PY) -m mhtrain.study dashboard --storage $(STORAGE)
+PORT ?= 8080
+
+dashboard: $(STAMP) ## optuna-dashboard on http://127.0.0.1:PORT (PORT=8080 unless given) for STORAGE
+	$(PY) -m mhtrain.study dashboard --storage $(STORAGE) --port $(PORT)
 
 LOGDIR ?= runs/studies
 MLFLOW_PORT ?= 5000
