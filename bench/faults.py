@@ -32,7 +32,7 @@ from optuna.trial import TrialState
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mhtrain.study.lifecycle import OVER_BUDGET  # noqa: E402
+from mhtrain.study.records import OVER_BUDGET  # noqa: E402
 from mhtrain.study.storage import open_storage  # noqa: E402
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)

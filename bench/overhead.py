@@ -31,7 +31,7 @@ import optuna
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from mhtrain.study import runner, space
+from mhtrain.study import runner, study_config
 
 FITS: list[dict[str, float]] = []  # one record per fit, in trial order
 TARGET_S = 0.3
@@ -90,7 +90,8 @@ class BatchClock(Callback):
 
 
 def run_study(args: argparse.Namespace, folder: str, name: str) -> list[optuna.trial.FrozenTrial]:
-    study = space.load("loss_weights", name=name, n_trials=args.n_trials, pruner="none", extra_overrides=[
+    study = study_config.load("loss_weights", name=name, n_trials=args.n_trials, pruner="none",
+                              extra_overrides=[
         f"data.train_subset={args.subset}", f"data.val_subset={args.subset}",
         f"trainer.max_epochs={args.epochs}",
         f"+callbacks.batch_clock._target_={__name__}.BatchClock"])

@@ -40,7 +40,7 @@ import optuna
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from mhtrain.study import space
+from mhtrain.study import records, study_config
 from mhtrain.study.pruners import build_pruner, from_text, parse_pruner, sub_epoch_points
 from mhtrain.study.samplers import make_sampler
 from mhtrain.study.trials import search_base, trial_values, with_values
@@ -146,7 +146,7 @@ def _key(params: dict) -> tuple:
 class Curves:
     """Curves by parameters: the first proposal of a configuration starts it, later ones reuse it."""
 
-    def __init__(self, study: space.StudyConfig, folder: str, parts: int) -> None:
+    def __init__(self, study: records.StudyConfig, folder: str, parts: int) -> None:
         self.study, self.folder, self.parts = study, folder, parts
         self.runs: dict[tuple, Curve] = {}
 
@@ -166,7 +166,7 @@ class Curves:
             run.stop()
 
 
-def replay(study: space.StudyConfig, spec, seed: int, curves: Curves, max_epochs: int,
+def replay(study: records.StudyConfig, spec, seed: int, curves: Curves, max_epochs: int,
            storage: str) -> dict:
     """One study of `study.n_trials` trials under `spec`, its trials reporting recorded curves."""
     ostudy = optuna.create_study(storage=storage, study_name=f"{spec}-{seed}", direction=study.direction,
@@ -258,7 +258,7 @@ def report(specs: list, results: dict, seeds: list[int], sign: float) -> None:
           f"<= {TARGET_REGRET_PP} pp)")
 
 
-def probe_cost(study: space.StudyConfig, folder: str, steps: int = 40) -> str:
+def probe_cost(study: records.StudyConfig, folder: str, steps: int = 40) -> str:
     """What one sub-epoch report costs at this fidelity: a val pass against a training epoch (its
     batches timed on the module's own step, a plain loop's rate)."""
     from mhtrain.train import build
@@ -307,8 +307,8 @@ def main() -> None:
                                                          ("val_subset", args.val_subset))]
     if args.epochs:
         fidelity.append(f"trainer.max_epochs={args.epochs}")
-    study = space.load("loss_weights", n_trials=args.n_trials, extra_overrides=fidelity)
-    max_epochs = int(space.base_config(study).trainer.max_epochs)
+    study = study_config.load("loss_weights", n_trials=args.n_trials, extra_overrides=fidelity)
+    max_epochs = int(study_config.base_config(study).trainer.max_epochs)
     if args.probe_cost:
         with tempfile.TemporaryDirectory() as tmp:
             print(probe_cost(study, tmp), flush=True)

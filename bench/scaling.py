@@ -15,16 +15,16 @@ import time
 
 import torch
 
-from mhtrain.study import runner, space
+from mhtrain.study import opening, runner, study_config
 
 
 def run_once(workers: int, args: argparse.Namespace, tmp: str) -> float:
-    study = space.load("lr", name=f"scaling_{workers}", n_trials=args.n_trials, pruner="none",
+    study = study_config.load("lr", name=f"scaling_{workers}", n_trials=args.n_trials, pruner="none",
                        extra_overrides=[f"trainer.max_epochs={args.epochs}",
                                         f"data.train_subset={args.train_subset}",
                                         "data.val_subset=2000", "callbacks.early_stopping=null"])
     url = f"sqlite:///{tmp}/w{workers}.db"
-    ostudy = runner.open_study(study, url)
+    ostudy = opening.open_study(study, url)
     for i in range(args.n_trials):
         ostudy.enqueue_trial({"model.optimizer.lr": 10 ** (-3.5 + 2 * i / max(1, args.n_trials - 1))})
     start = time.perf_counter()

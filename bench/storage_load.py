@@ -33,7 +33,7 @@ from optuna.trial import TrialState
 
 from mhtrain import quiet
 from mhtrain.study.ledger import counts, n_done, owner, reap
-from mhtrain.study.lifecycle import OVER_BUDGET
+from mhtrain.study.records import OVER_BUDGET
 from mhtrain.study.storage import open_storage
 
 STEPS = 10

@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mhtrain import ConfigError
-from mhtrain.population.pbt import LR, WEIGHTS
+from mhtrain.pbt import LR, WEIGHTS, check_values
 
 
 def batch_generator(seed: int, epochs: int, n: int) -> torch.Generator:
@@ -42,10 +42,9 @@ class ScheduleReplay(Callback):
             schedule = OmegaConf.to_container(schedule, resolve=True)
         self.entries = sorted((dict(e) for e in schedule), key=lambda e: e["epoch"])
         for e in self.entries:
-            bad = [k for k in e["values"] if k != LR and not k.startswith(WEIGHTS)]
-            if bad or (e.get("order") and e["epoch"] == 0):
-                raise ConfigError(f"schedule entry {e}: keys {LR} and {WEIGHTS}<head> only, and no "
-                                 "order at epoch 0 (the run's seed sets it)")
+            check_values(f"schedule entry at epoch {e['epoch']}", e["values"])
+            if e.get("order") and e["epoch"] == 0:
+                raise ConfigError(f"schedule entry {e}: no order at epoch 0 (the run's seed sets it)")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         heads = {WEIGHTS + h for h in pl_module.head_names}

@@ -277,7 +277,7 @@ def command(name: str, url: str, typed: list[str], which: str) -> int:
     if which == "export":
         return study_main.main(["export", name, "--config", "lr", "--storage", url, "--as-searched", *typed])
     from mhtrain.study.local import trust
-    from mhtrain.study.space import load
+    from mhtrain.study.study_config import load
     from tests.test_untrusted import load_compare_cli
 
     for arm in (name, f"{name}_ref"):  # as each arm's own study command declared its config

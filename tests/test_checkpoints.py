@@ -17,7 +17,7 @@ from mhtrain import ConfigError
 from mhtrain.config import build_model, compose
 from mhtrain.population.check import population_size
 from mhtrain.study import __main__ as study_main
-from mhtrain.study import runner, space
+from mhtrain.study import runner, study_config
 from mhtrain.study.checkpoints import ARTIFACT_DIR, CHECKPOINT
 from mhtrain.study.export import export_checkpoint
 from mhtrain.study.storage import artifact_dir, open_storage
@@ -27,7 +27,8 @@ from tests.conftest import tiny_for
 
 
 def run(tiny_data: Path, tmp_path: Path, keep: str, n_trials: int, pruner: str = "none") -> optuna.Study:
-    study = space.load("lr", keep_checkpoints=keep, n_trials=n_trials, name=f"keep_{keep}", pruner=pruner,
+    study = study_config.load("lr", keep_checkpoints=keep, n_trials=n_trials, name=f"keep_{keep}",
+                              pruner=pruner,
                        extra_overrides=[*tiny_for(tiny_data), "callbacks.early_stopping=null"])
     ostudy, _ = runner.run(study, f"sqlite:///{tmp_path / 'optuna.db'}", progress=False)
     return ostudy
@@ -88,7 +89,7 @@ def test_no_checkpoint_unless_asked_and_export_says_none(tiny_data, tmp_path, mo
 
 def test_a_population_cannot_keep_checkpoints(tiny):
     with pytest.raises(ConfigError, match="keep"):
-        space.load("lr", keep_checkpoints="best", population=2, extra_overrides=tiny)
+        study_config.load("lr", keep_checkpoints="best", population=2, extra_overrides=tiny)
     # auto falls back to solo trials, even where it would stack (a GPU's base config)
     base = copy.deepcopy(search_base("multihead_cnn_mnist", tuple(tiny)))  # the cached one is shared
     base.trainer.accelerator = "cuda"

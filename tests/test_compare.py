@@ -19,7 +19,7 @@ from mhtrain.evaluate.analyses import ledger
 from mhtrain.evaluate.predictions import outcomes
 from mhtrain.evaluate.reruns import RERUNS, Arm, rerun_config
 from mhtrain.evaluate.stats import contrasts, holm
-from mhtrain.study import runner, space
+from mhtrain.study import runner, study_config
 from mhtrain.study.storage import open_storage
 from tests.conftest import ROOT
 
@@ -43,7 +43,7 @@ def load_cli():
 
 
 def run_study(config: str, tiny_overrides: list[str], storage: str) -> optuna.Study:
-    study = space.load(config, n_trials=2, extra_overrides=[*tiny_overrides, "trainer.max_epochs=1"])
+    study = study_config.load(config, n_trials=2, extra_overrides=[*tiny_overrides, "trainer.max_epochs=1"])
     ostudy, _ = runner.run(study, storage, progress=False)
     return ostudy
 
@@ -53,7 +53,7 @@ def searched_study(name: str, complete: int, pruned: int = 0,
     """Study `name` (a config of conf/study, recorded on it as a study run records it) with
     `complete` finished and `pruned` stopped trials, made by hand (in memory): the value rises
     with the thickness weight, so importances can tell."""
-    config = space.load(name)
+    config = study_config.load(name)
     study = optuna.create_study(study_name=name, direction="maximize")
     study.set_metric_names(["val/digit_acc"])
     study.set_user_attr("config", config.to_dict())
@@ -114,7 +114,7 @@ def test_each_weighting_study_loads_and_runs(config, params, learned, tiny_overr
 
 
 def test_the_lr_range_is_the_loss_weights_studys():
-    lr = {name: next(p for p in space.load(name).search_space if p.key == "model.optimizer.lr")
+    lr = {name: next(p for p in study_config.load(name).search_space if p.key == "model.optimizer.lr")
           for name in ("equal_lr", "uncertainty_lr", "loss_weights")}
     assert lr["equal_lr"] == lr["uncertainty_lr"] == lr["loss_weights"]
 

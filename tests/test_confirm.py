@@ -9,7 +9,7 @@ import optuna
 import pytest
 from optuna.trial import create_trial
 
-from mhtrain.study import confirm, runner, space
+from mhtrain.study import confirm, runner, study_config
 from mhtrain.study.summary import summary
 from tests.conftest import ROOT, tiny_for
 
@@ -24,7 +24,7 @@ def searched(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> optun
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         fidelity = [*tiny_for(tiny_data, epochs=2), "data.train_subset=128"]
-        study = space.load("lr", n_trials=1, pruner="none", extra_overrides=fidelity)
+        study = study_config.load("lr", n_trials=1, pruner="none", extra_overrides=fidelity)
         ostudy, _ = runner.run(study, f"sqlite:///{root / 'optuna.db'}", progress=False)
     return ostudy
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mhtrain.study import runner, space
+from mhtrain.study import runner, study_config
 from tests.conftest import ROOT, tiny_for
 
 pytestmark = pytest.mark.slow  # a real dashboard server and headless Chromium
@@ -58,7 +58,7 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path):
     """A two-trial study made by the harness (checkpoints kept), served by optuna-dashboard."""
     folder = tmp_path_factory.mktemp("dash")
     storage = f"sqlite:///{folder / 'optuna.db'}"
-    study = space.load("lr", keep_checkpoints="all", n_trials=2, name="dash_study",
+    study = study_config.load("lr", keep_checkpoints="all", n_trials=2, name="dash_study",
                        extra_overrides=tiny_for(tiny_data))
     cwd = Path.cwd()
     os.chdir(folder)

@@ -14,7 +14,7 @@ import torch
 from mhtrain import ConfigError, DataError
 from mhtrain.config import compose, heads_of
 from mhtrain.data import cifar100mh
-from mhtrain.study import runner, space
+from mhtrain.study import runner, study_config
 from mhtrain.train import fit
 from tests.conftest import ROOT, tiny_for
 
@@ -34,7 +34,7 @@ def test_fourth_head_is_config_only(tiny_data, tmp_path, monkeypatch):
     assert "val/orientation_acc" in result.best and result.params == 422_866 + 516
 
     monkeypatch.chdir(tmp_path)
-    study = space.load("orientation_weights", n_trials=1,
+    study = study_config.load("orientation_weights", n_trials=1,
                        extra_overrides=overrides)
     ostudy, _ = runner.run(study, f"sqlite:///{tmp_path / 'o.db'}", progress=False)
     assert "model.loss_weights.orientation" in ostudy.trials[0].params

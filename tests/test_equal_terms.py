@@ -7,7 +7,7 @@ import re
 import pytest
 
 from mhtrain.config import CONF_DIR
-from mhtrain.study import space
+from mhtrain.study import study_config
 from tests.conftest import ROOT
 
 CLAIM = re.compile(r"same ((?:range|budget|sampler)(?:(?:, | and )(?:range|budget|sampler))*) as `?(\w+)`?",
@@ -37,7 +37,7 @@ def test_the_claims_are_found():
 
 @pytest.mark.parametrize(("study", "what", "other"), claims())
 def test_a_study_that_claims_anothers_range_budget_or_sampler_has_it(study, what, other):
-    a, b = space.load(study), space.load(other)
+    a, b = study_config.load(study), study_config.load(other)
     if what == "range":  # every key both search, searched over the same distribution
         shared = {p.key for p in a.search_space} & {p.key for p in b.search_space}
         assert shared, f"{study} and {other} search no key in common"
@@ -52,7 +52,7 @@ def test_the_baselines_cli_says_what_its_config_does():
     """studies/baselines.py claims the multihead arms' range and the lr study's budget for baseline_lr."""
     text = " ".join((ROOT / "studies" / "baselines.py").read_text().split())
     assert "same learning-rate range as the multihead arms it is the reference for" in text
-    a, b, arm = space.load("baseline_lr"), space.load("lr"), space.load("loss_weights")
+    a, b, arm = study_config.load("baseline_lr"), study_config.load("lr"), study_config.load("loss_weights")
     lr = "model.optimizer.lr"
     assert [p for p in a.search_space if p.key == lr] == [p for p in arm.search_space if p.key == lr]
     assert a.n_trials == b.n_trials

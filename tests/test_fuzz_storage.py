@@ -26,11 +26,11 @@ from hypothesis import strategies as st
 from optuna.trial import TrialState
 
 from mhtrain import one_line_errors
-from mhtrain.study import cli, space
+from mhtrain.pbt import SCHEDULE
+from mhtrain.study import cli, study_config
 from mhtrain.study.__main__ import main as study_main
 from mhtrain.study.ledger import owner
 from mhtrain.study.local import trust
-from mhtrain.study.pbt import SCHEDULE
 from mhtrain.study.records import StudyRecord, TrialRecord
 from tests.conftest import ROOT, tiny_for
 from tests.test_untrusted import Listener, copied, load_compare_cli, real_trials
@@ -65,7 +65,7 @@ def with_reruns(base: dict) -> None:
         mp.chdir(base["root"])
         for name in (NAME, f"{NAME}_ref"):
             copied(url, name, {**attrs, "config": {**attrs["config"], "name": name}}, base["trials"])
-            trust(space.load("lr", name=name, extra_overrides=base["typed"]))
+            trust(study_config.load("lr", name=name, extra_overrides=base["typed"]))
         assert load_compare_cli().main(["--arms", NAME, "--reference", f"{NAME}_ref", "--storage", url,
                                         "--seeds", "2", "data.train_subset=64", *base["typed"]]) == 0
         attrs["reruns"] = optuna.load_study(study_name=NAME, storage=url).user_attrs["reruns"]
@@ -111,7 +111,7 @@ def build(url: str, base: dict, draw: st.DataObject, values: st.SearchStrategy, 
     attrs, trials = copy.deepcopy(base["attrs"]), [copy.deepcopy(t) for t in base["trials"]]
     name = PBT if command == "plots" else NAME
     if name == PBT:
-        study = space.load(PBT, extra_overrides=["trainer.max_epochs=4"])
+        study = study_config.load(PBT, extra_overrides=["trainer.max_epochs=4"])
         trust(study)  # its members' records keep the real trials' fixed overrides: said, not used
         attrs["config"] = {**study.to_dict(), "overrides": attrs["config"]["overrides"]}
         for t in trials:
@@ -156,7 +156,7 @@ def run(command: str, url: str, typed: list[str]) -> int:
         return study_main(["export", NAME, "--config", "lr", "--storage", url, *typed])
     if command == "compare":
         for arm in (NAME, f"{NAME}_ref"):  # as each arm's own study command declared its config
-            trust(space.load("lr", name=arm, extra_overrides=typed))
+            trust(study_config.load("lr", name=arm, extra_overrides=typed))
         return load_compare_cli().main(["--arms", NAME, "--reference", f"{NAME}_ref", "--storage", url,
                                         "--seeds", "2", "data.train_subset=64", *typed])
     if command == "summary":

@@ -17,7 +17,7 @@ from mhtrain.contract import WEIGHTINGS, metric_names
 from mhtrain.models import MultiheadLitModule
 from mhtrain.models.weighting import STEPPED, dwa_weights, rlw_weights
 from mhtrain.population.check import check_model, population_size
-from mhtrain.study import runner, space
+from mhtrain.study import runner, study_config
 from mhtrain.train import fit
 from tests.conftest import tiny_for
 
@@ -272,7 +272,7 @@ def on_gpu(cfg):
 def test_a_population_refuses_each_method_by_name_and_auto_falls_back_to_solo(tiny_data, tiny, method):
     base = compose("multihead_cnn_mnist", [f"data.data_dir={tiny_data}", "data.verify=false",
                                            "callbacks.model_checkpoint=null", f"model.weighting={method}"])
-    varying = [p.key for p in space.load(STUDIES[method], extra_overrides=tiny).search_space]
+    varying = [p.key for p in study_config.load(STUDIES[method], extra_overrides=tiny).search_space]
     line = f"model.weighting={method} .*; a population trains fixed loss weights: use population=1"
     with pytest.raises(ConfigError, match=line) as refused:
         population_size(4, base, varying, False)
@@ -289,7 +289,7 @@ def test_a_population_refuses_each_method_by_name_and_auto_falls_back_to_solo(ti
 @pytest.mark.parametrize("method", METHODS)
 def test_each_method_study_runs_a_tiny_trial(method, tiny, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    study = space.load(STUDIES[method], n_trials=1,
+    study = study_config.load(STUDIES[method], n_trials=1,
                        extra_overrides=[*tiny, "trainer.max_epochs=1", "data.train_subset=128"])
     assert study.population == 1 and f"model.weighting={method}" in study.overrides
     ostudy, _ = runner.run(study, f"sqlite:///{tmp_path / 'optuna.db'}", progress=False)

@@ -14,13 +14,12 @@ from optuna.trial import TrialState
 from mhtrain import ConfigError
 from mhtrain.config import compose
 from mhtrain.evaluate.lineage import lineage_figure
+from mhtrain.pbt import LR, SCHEDULE, WEIGHTS, Controller, Pbt, PbtSpec, explore, parse_pbt, quantiles
 from mhtrain.population import Member
 from mhtrain.population.optim import adam_columns
-from mhtrain.population.pbt import LR, WEIGHTS, Controller, Pbt, hypers, quantiles
 from mhtrain.population.runs import MemberRun
 from mhtrain.population.stacked import Stack
 from mhtrain.study.params import parse_param
-from mhtrain.study.pbt import SCHEDULE, PbtSpec, explore, parse_pbt
 from tests.conftest import ROOT, tiny_for
 from tests.device_guards import in_step
 from tests.test_gpu_path import DEVICES, HEADS, batch, joining, lit
@@ -136,12 +135,12 @@ def test_the_worst_member_copies_the_best_and_goes_on_with_explored_values():
     explorer = Recorder()
     best = {k: v[2].detach().clone() for k, v in stack.rows.items()}
     assert Controller(Pbt(explorer, "val/digit_acc")).step(stack, runs) == [(1, 2)]
-    assert explorer.seen == [hypers(stack, 2)] and hypers(stack, 2)[LR] == 3e-3
-    assert explorer.told == [("m1", "m2", 1, 1, {**hypers(stack, 2), LR: 6e-3})]
+    assert explorer.seen == [stack.values(2)] and stack.values(2)[LR] == 3e-3
+    assert explorer.told == [("m1", "m2", 1, 1, {**stack.values(2), LR: 6e-3})]
     for key, row in stack.rows.items():
         assert torch.equal(row[1], best[key] if key != "lr" else torch.tensor(6e-3, dtype=torch.float64)), key
     assert runs[1].optimizer.param_groups[0]["lr"] == 6e-3  # what the next restack reads back
-    assert hypers(stack, 1)[WEIGHTS + "digit"] == 1.0 and len(hypers(stack, 1)) == 1 + len(HEADS)
+    assert stack.values(1)[WEIGHTS + "digit"] == 1.0 and len(stack.values(1)) == 1 + len(HEADS)
 
 
 def test_a_member_exploits_only_every_interval_epochs():
@@ -192,14 +191,14 @@ def test_pbt_settings_are_checked(raw, says):
 
 
 def test_a_pbt_study_is_refused_before_work_where_it_cannot_run(tiny_data):
-    from mhtrain.study import space
+    from mhtrain.study import study_config
 
     tiny = tiny_for(tiny_data)
     with pytest.raises(ConfigError, match="at least 2 members"):
-        space.load("pbt_loss_weights", extra_overrides=tiny, population=1)
+        study_config.load("pbt_loss_weights", extra_overrides=tiny, population=1)
     with pytest.raises(ConfigError, match="model.scheduler is set"):
         step_lr = "{_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,step_size:1}"
-        space.load("pbt_loss_weights", extra_overrides=[*tiny, f"model.scheduler={step_lr}"])
+        study_config.load("pbt_loss_weights", extra_overrides=[*tiny, f"model.scheduler={step_lr}"])
 
 
 def test_a_pbt_study_runs_from_one_command_and_records_each_members_lineage(tiny_data, tmp_path, monkeypatch,

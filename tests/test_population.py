@@ -22,7 +22,7 @@ from mhtrain.population.check import check_config, population_size, trainer_args
 from mhtrain.population.fit import fit_population, member_from_config
 from mhtrain.population.optim import adam_args, adam_rows, adam_step
 from mhtrain.population.runs import Stopper
-from mhtrain.study import runner, space
+from mhtrain.study import opening, study_config, workers
 from mhtrain.study.workers import auto_workers
 from mhtrain.train import fit
 
@@ -196,15 +196,15 @@ def test_stacked_adam_step_is_torch_adam_per_member():
 @pytest.mark.slow
 def test_members_leave_and_join_within_an_exact_budget(tiny_data, tmp_path, monkeypatch, one_thread):
     monkeypatch.chdir(tmp_path)
-    study = space.load("lr", extra_overrides=[
+    study = study_config.load("lr", extra_overrides=[
         f"data.data_dir={tiny_data}", "data.verify=false", "data.val_size=100", "data.batch_size=32",
         "trainer.max_epochs=3", "callbacks.early_stopping=null"], n_trials=5, population=2,
         search_space={"model.optimizer.lr": {"type": "float", "low": 1e-8, "high": 1e-1, "log": True}})
-    ostudy = runner.open_study(study, f"sqlite:///{tmp_path / 'optuna.db'}")
+    ostudy = opening.open_study(study, f"sqlite:///{tmp_path / 'optuna.db'}")
     ostudy.pruner = ThresholdPruner(lower=0.5)  # a chance-level epoch is pruned at once
     for lr in (3e-3, 3e-3, 3e-3, 1e-7, 1e-7):  # 1e-7: inside the space above, so it is used
         ostudy.enqueue_trial({"model.optimizer.lr": lr})
-    runner.work(study, ostudy)
+    workers.work(study, ostudy)
 
     trials = ostudy.get_trials()
     assert len(trials) == 5

@@ -39,13 +39,13 @@ def new_storage(kind: str, folder: Path, tag: str) -> str:
 
 def open_together(barrier, urls: list[str], results) -> None:
     """One process: open each new storage and the study in it the moment all others do."""
-    from mhtrain.study import runner, space
+    from mhtrain.study import opening, study_config
 
-    study = space.load("lr", n_trials=3, population=1)
+    study = study_config.load("lr", n_trials=3, population=1)
     for url in urls:
         barrier.wait()
         try:
-            runner.open_study(study, url, reproducible=False)
+            opening.open_study(study, url, reproducible=False)
             results.put(None)
         except Exception as e:  # noqa: BLE001 - reported to the test, which names it
             results.put(f"{url}: {type(e).__name__}: {e}")

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from mhtrain.study import cli, runner, space
-from mhtrain.study.lifecycle import FAIL_REASON, OVER_BUDGET
+from mhtrain.study import cli, runner, study_config
+from mhtrain.study.records import FAIL_REASON, OVER_BUDGET
 from mhtrain.study.slurm import glue, job_name, job_script
 from tests.conftest import tiny_for
 from tests.test_workers import assert_intact, study_args, trials
@@ -285,7 +285,7 @@ def test_a_task_out_of_time_mid_trial_loses_nothing(tiny_data, tmp_path, name, j
     done = sum(t.state in FINISHED for t in ts)
     assert 0 < done < 200
 
-    study = space.load("lr", name=name, n_trials=done + 1, pruner="none",  # its retry is the last
+    study = study_config.load("lr", name=name, n_trials=done + 1, pruner="none",  # its retry is the last
                        extra_overrides=[*tiny_for(tiny_data, 4), "callbacks.early_stopping=null"])
     runner.run(study, POSTGRES, progress=False, heartbeat=1)  # the same study, run on: here
     ts = trials(POSTGRES, name)

@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 
 from mhtrain import ConfigError
 from mhtrain.config import compose
-from mhtrain.study import runner, space
+from mhtrain.study import opening, records, runner, study_config, workers
 from mhtrain.study.export import export
 from mhtrain.study.params import parse_param
 from mhtrain.study.storage import open_storage
@@ -24,8 +24,8 @@ def storage(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'optuna.db'}"
 
 
-def load(config: str, tiny: list[str], *extra: str, **changes) -> space.StudyConfig:
-    return space.load(config, extra_overrides=[*tiny, *extra], **changes)
+def load(config: str, tiny: list[str], *extra: str, **changes) -> records.StudyConfig:
+    return study_config.load(config, extra_overrides=[*tiny, *extra], **changes)
 
 
 # an lr study whose space reaches a hopeless 1e-7: an enqueued value is used only inside it
@@ -59,7 +59,7 @@ def test_hopeless_trials_are_pruned(tiny, storage, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     study = load("lr", tiny, "trainer.max_epochs=4", "callbacks.early_stopping=null", n_trials=5,
                  pruner={"name": "median", "n_startup_trials": 3, "n_warmup_steps": 0}, search_space=WIDE_LR)
-    ostudy = runner.open_study(study, storage)
+    ostudy = opening.open_study(study, storage)
     for lr in (3e-3, 3e-3, 3e-3, 1e-7, 1e-7):
         ostudy.enqueue_trial({"model.optimizer.lr": lr})
     runner.run(study, storage, progress=False)
@@ -79,7 +79,7 @@ def test_successive_halving_judges_a_trial_after_its_first_epoch(tiny, storage, 
     monkeypatch.chdir(tmp_path)
     study = load("lr", tiny, "trainer.max_epochs=4", "callbacks.early_stopping=null", n_trials=2,
                  pruner={"name": "sha", "min_resource": 1, "reduction_factor": 4}, search_space=WIDE_LR)
-    ostudy = runner.open_study(study, storage)
+    ostudy = opening.open_study(study, storage)
     for lr in (3e-3, 1e-7):
         ostudy.enqueue_trial({"model.optimizer.lr": lr})
     runner.run(study, storage, progress=False)
@@ -199,16 +199,16 @@ def test_negative_loss_weight_range_is_refused(tiny, tmp_path, monkeypatch):
     (tmp_path / "study" / "neg.yaml").write_text(
         "experiment: multihead_cnn_mnist\nsearch_space:\n"
         "  model.loss_weights.thickness: {type: float, low: -1.0, high: 1.0}\n")
-    monkeypatch.setattr(space, "CONF_DIR", tmp_path)  # where study configs are read from
+    monkeypatch.setattr(study_config, "CONF_DIR", tmp_path)  # where study configs are read from
     with pytest.raises(ConfigError, match="loss weights must be >= 0"):
-        space.load("neg", extra_overrides=tiny)
+        study_config.load("neg", extra_overrides=tiny)
 
 
 def test_metric_must_be_logged_and_the_study_config_exist(tiny):
     with pytest.raises(ConfigError, match="not logged by a model with heads \\['digit'\\]"):
         load("baseline_lr", tiny, metric="val/thickness_acc")
     with pytest.raises(ConfigError, match="no study config"):
-        space.load("nope")
+        study_config.load("nope")
 
 
 def test_a_search_key_that_does_not_exist_is_refused(tiny, tmp_path, monkeypatch):
@@ -216,9 +216,9 @@ def test_a_search_key_that_does_not_exist_is_refused(tiny, tmp_path, monkeypatch
     (tmp_path / "study" / "typo.yaml").write_text(
         "experiment: multihead_cnn_mnist\nsearch_space:\n"
         "  model.optimizer.learning_rate: {type: float, low: 0.001, high: 0.01}\n")
-    monkeypatch.setattr(space, "CONF_DIR", tmp_path)
+    monkeypatch.setattr(study_config, "CONF_DIR", tmp_path)
     with pytest.raises(ConfigError, match="search_space key model.optimizer.learning_rate does not exist"):
-        space.load("typo", extra_overrides=tiny)
+        study_config.load("typo", extra_overrides=tiny)
 
 
 def test_a_loaded_study_is_frozen_and_keeps_every_bound(tiny):
@@ -232,14 +232,14 @@ def test_a_loaded_study_is_frozen_and_keeps_every_bound(tiny):
 
 def test_resume_diffs_name_only_what_changed(tiny, storage, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    runner.open_study(load("lr", tiny, n_trials=1), storage)
+    opening.open_study(load("lr", tiny, n_trials=1), storage)
     with pytest.raises(ConfigError) as e:
-        runner.open_study(load("lr", tiny, "trainer.max_epochs=1", n_trials=1), storage)
+        opening.open_study(load("lr", tiny, "trainer.max_epochs=1", n_trials=1), storage)
     assert "overrides: now with ['trainer.max_epochs=1']" in str(e.value) and "without" not in str(e.value)
     # allowed once, the study is now the new one: resuming it needs no flag again
-    runner.open_study(load("lr", tiny, "trainer.max_epochs=1"), storage, allow_changes=True)
-    ostudy = runner.open_study(load("lr", tiny, "trainer.max_epochs=1"), storage)
-    assert ostudy.user_attrs[runner.EARLIER][0]["overrides"] == tiny
+    opening.open_study(load("lr", tiny, "trainer.max_epochs=1"), storage, allow_changes=True)
+    ostudy = opening.open_study(load("lr", tiny, "trainer.max_epochs=1"), storage)
+    assert ostudy.user_attrs[opening.EARLIER][0]["overrides"] == tiny
 
 
 def test_a_study_name_hydra_would_misparse_still_gets_a_folder(tiny, storage, monkeypatch, tmp_path):
@@ -254,7 +254,7 @@ def test_existing_study_with_another_metric_is_refused(tiny, storage, monkeypatc
     monkeypatch.chdir(tmp_path)
     runner.run(load("lr", tiny, "trainer.max_epochs=1", n_trials=1), storage, progress=False)
     with pytest.raises(ConfigError, match="made differently.*metric: 'val/digit_acc' -> 'val/avg_acc'"):
-        runner.open_study(load("lr", tiny, metric="val/avg_acc"), storage)
+        opening.open_study(load("lr", tiny, metric="val/avg_acc"), storage)
     assert len(optuna.load_study(study_name="lr", storage=open_storage(storage)).trials) == 1
 
 
@@ -295,7 +295,7 @@ def test_cli_help_explains_each_option(tmp_path):
 @pytest.mark.parametrize("modules", [
     "mhtrain.study.__main__",  # `dashboard` answers at once, not after seconds of imports
     # the lifecycle, the ledger and the study config sit below the engines: no trainer in them
-    "mhtrain.study.lifecycle, mhtrain.study.ledger, mhtrain.study.space, mhtrain.result",
+    "mhtrain.study.lifecycle, mhtrain.study.ledger, mhtrain.study.study_config, mhtrain.result",
 ])
 def test_the_lower_layers_import_no_torch_or_lightning(modules, tmp_path):
     code = f"import sys; import {modules}; print(sorted({{'torch', 'lightning'}} & set(sys.modules)))"
@@ -328,12 +328,13 @@ def test_the_failure_policy_stops_at_once_on_errors_that_fail_every_trial():
 
 def test_a_result_that_cannot_be_recorded_fails_its_trial_with_the_reason(tiny, tmp_path):
     from mhtrain.result import FitResult
-    from mhtrain.study import runner, space
-    from mhtrain.study.lifecycle import FAIL_REASON, Lifecycle
+    from mhtrain.study import study_config
+    from mhtrain.study.lifecycle import Lifecycle
+    from mhtrain.study.records import FAIL_REASON
     from mhtrain.study.storage import Heartbeat
 
-    study = space.load("lr", n_trials=1, population=1, extra_overrides=tiny)
-    ostudy = runner.open_study(study, f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = study_config.load("lr", n_trials=1, population=1, extra_overrides=tiny)
+    ostudy = opening.open_study(study, f"sqlite:///{tmp_path / 'optuna.db'}")
     with Heartbeat(ostudy._storage) as heartbeat:
         life = Lifecycle(study, ostudy, heartbeat)
         trial, _ = life.start()
@@ -371,18 +372,18 @@ def test_a_study_run_composes_and_builds_its_config_once(tiny, tmp_path, monkeyp
 
 
 def test_a_study_records_its_versions_and_a_resume_under_others_warns(tiny, tmp_path, capsys):
-    from mhtrain.study import runner, space
+    from mhtrain.study import study_config
 
-    study = space.load("lr", n_trials=1, population=1, extra_overrides=tiny)
+    study = study_config.load("lr", n_trials=1, population=1, extra_overrides=tiny)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    ostudy = runner.open_study(study, storage)
-    recorded = ostudy.user_attrs[runner.VERSIONS]
+    ostudy = opening.open_study(study, storage)
+    recorded = ostudy.user_attrs[opening.VERSIONS]
     assert recorded == {"mhtrain": "0.1.0", "torch": torch_version(), "lightning": lightning_version(),
                         "optuna": optuna.__version__}
-    runner.open_study(study, storage)
+    opening.open_study(study, storage)
     assert capsys.readouterr().err == ""  # same versions: nothing to say
-    ostudy.set_user_attr(runner.VERSIONS, {**recorded, "optuna": "4.0.0"})
-    runner.open_study(study, storage)
+    ostudy.set_user_attr(opening.VERSIONS, {**recorded, "optuna": "4.0.0"})
+    opening.open_study(study, storage)
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert f"optuna 4.0.0 -> {optuna.__version__}" in line and line.startswith("warning: study lr")
 
@@ -414,16 +415,16 @@ def test_a_trial_that_trains_all_its_epochs_is_complete_though_a_pruner_would_st
         tiny, tmp_path, population):
     from optuna.pruners import ThresholdPruner
 
-    from mhtrain.study import runner, space
+    from mhtrain.study import study_config
 
     states = {}
     for epochs in (1, 2):
-        study = space.load("lr", n_trials=2, population=population, name=f"last_{epochs}",
+        study = study_config.load("lr", n_trials=2, population=population, name=f"last_{epochs}",
                            extra_overrides=[*tiny, f"trainer.max_epochs={epochs}",
                                             "callbacks.early_stopping=null", "data.train_subset=64"])
-        ostudy = runner.open_study(study, f"sqlite:///{tmp_path / 'optuna.db'}")
+        ostudy = opening.open_study(study, f"sqlite:///{tmp_path / 'optuna.db'}")
         ostudy.pruner = ThresholdPruner(lower=1.5)  # no accuracy reaches it: every report says prune
-        runner.work(study, ostudy)
+        workers.work(study, ostudy)
         states[epochs] = [(t.state, t.user_attrs["epochs"]) for t in ostudy.get_trials()]
     assert states[1] == [(TrialState.COMPLETE, 1)] * 2  # its only epoch was its last
     assert states[2] == [(TrialState.PRUNED, 1)] * 2  # stopped with an epoch still to train
@@ -431,10 +432,10 @@ def test_a_trial_that_trains_all_its_epochs_is_complete_though_a_pruner_would_st
 
 @pytest.mark.parametrize("planted", ["5.0.0", ["optuna"], {"optuna": {"_target_": "os.system"}}, None])
 def test_a_planted_versions_record_is_read_as_data(tiny, tmp_path, capsys, planted):
-    from mhtrain.study import runner, space
+    from mhtrain.study import study_config
 
-    study = space.load("lr", n_trials=1, population=1, extra_overrides=tiny)
+    study = study_config.load("lr", n_trials=1, population=1, extra_overrides=tiny)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    runner.open_study(study, storage).set_user_attr(runner.VERSIONS, planted)
-    runner.open_study(study, storage)  # resumes: nothing to compare, nothing raised
+    opening.open_study(study, storage).set_user_attr(opening.VERSIONS, planted)
+    opening.open_study(study, storage)  # resumes: nothing to compare, nothing raised
     assert capsys.readouterr().err == ""

@@ -12,7 +12,7 @@ from optuna.pruners import ThresholdPruner
 from optuna.trial import TrialState
 
 from mhtrain import ConfigError
-from mhtrain.study import runner, space
+from mhtrain.study import opening, study_config, workers
 from mhtrain.study.summary import summary
 
 NEVER = {"name": "median", "n_startup_trials": 100}  # a pruner that never stops these trials
@@ -20,9 +20,9 @@ LRS = (3e-3, 1e-3)
 
 
 def run(tmp_path: Path, tiny: list[str], name: str, pruner: dict, *extra: str):
-    study = space.load("lr", name=name, n_trials=len(LRS), population=1, pruner=pruner,
+    study = study_config.load("lr", name=name, n_trials=len(LRS), population=1, pruner=pruner,
                        extra_overrides=[*tiny, "callbacks.early_stopping=null", *extra])
-    ostudy = runner.open_study(study, f"sqlite:///{tmp_path / 'optuna.db'}")
+    ostudy = opening.open_study(study, f"sqlite:///{tmp_path / 'optuna.db'}")
     for lr in LRS:
         ostudy.enqueue_trial({"model.optimizer.lr": lr})
     return study, ostudy
@@ -35,7 +35,7 @@ def test_quarter_reports_leave_training_as_it_was(tiny, tmp_path):
     for every in (1.0, 0.25):
         study, ostudy = run(tmp_path, tiny, f"every_{every}", {**NEVER, "report_every": every},
                             "logger=[csv]")
-        runner.work(study, ostudy)
+        workers.work(study, ostudy)
         values[every] = [(t.state, t.intermediate_values, t.value) for t in ostudy.get_trials()]
     for (state, epoch_steps, value), (state_q, quarter_steps, value_q) in zip(
             values[1.0], values[0.25], strict=True):
@@ -53,7 +53,7 @@ def test_quarter_reports_leave_training_as_it_was(tiny, tmp_path):
 def test_a_trial_judged_after_a_quarter_trains_a_quarter(tiny, tmp_path):
     study, ostudy = run(tmp_path, tiny, "quarter", {"name": "sha", "report_every": 0.25})
     ostudy.pruner = ThresholdPruner(lower=1.5)  # no accuracy reaches it: every report says prune
-    runner.work(study, ostudy)
+    workers.work(study, ostudy)
     trials = ostudy.get_trials()
     assert [t.state for t in trials] == [TrialState.PRUNED] * 2
     assert [sorted(t.intermediate_values) for t in trials] == [[1], [1]]
@@ -64,4 +64,5 @@ def test_a_trial_judged_after_a_quarter_trains_a_quarter(tiny, tmp_path):
 def test_sub_epoch_reports_in_a_population_are_refused(tiny):
     with pytest.raises(ConfigError, match=r"pruner.report_every=0.25 with a population of 2 .*members "
                                           r"leave a population at epoch ends"):
-        space.load("lr", population=2, pruner={"name": "sha", "report_every": 0.25}, extra_overrides=tiny)
+        study_config.load("lr", population=2, pruner={"name": "sha", "report_every": 0.25},
+                          extra_overrides=tiny)

@@ -22,7 +22,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import metadata as hp_metadata
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from mhtrain.study import cli, runner, space
+from mhtrain.study import cli, opening, study_config, workers
 from mhtrain.study.ledger import reap
 from mhtrain.study.storage import open_storage
 from mhtrain.study.summary import summary
@@ -39,13 +39,13 @@ def run_study(tmp_path: Path, tiny_data: Path, *extra: str, name: str = "lr", po
               lrs: tuple[float, ...] = LRS, storage: str | None = None):
     """The lr study on tiny data with the trials' learning rates enqueued, trained by one worker
     here; returns (study config, Optuna study)."""
-    study = space.load("lr", name=name, n_trials=len(lrs), population=population, extra_overrides=[
+    study = study_config.load("lr", name=name, n_trials=len(lrs), population=population, extra_overrides=[
         *tiny_for(tiny_data), "callbacks.early_stopping=null", *extra], search_space=WIDE_LR)
-    ostudy = runner.open_study(study, storage or f"sqlite:///{tmp_path / 'optuna.db'}")
+    ostudy = opening.open_study(study, storage or f"sqlite:///{tmp_path / 'optuna.db'}")
     ostudy.pruner = ThresholdPruner(lower=0.5)  # a chance-level epoch is pruned at once
     for lr in lrs[len(ostudy.trials):]:
         ostudy.enqueue_trial({"model.optimizer.lr": lr})
-    runner.work(study, ostudy)
+    workers.work(study, ostudy)
     return study, ostudy
 
 
@@ -237,7 +237,7 @@ def test_a_tracking_server_that_dies_costs_a_warning_per_trial_not_the_trial(mlf
     start = time.monotonic()
     for lr in LRS[1:]:
         ostudy.enqueue_trial({"model.optimizer.lr": lr})
-    runner.work(dataclasses.replace(study, n_trials=len(LRS)), ostudy)
+    workers.work(dataclasses.replace(study, n_trials=len(LRS)), ostudy)
     # one epoch each: the pruner is not asked at a trial's last epoch, so all three complete
     assert [t.state for t in ostudy.get_trials()] == [TrialState.COMPLETE] * 3
     warnings = [line for line in capfd.readouterr().err.splitlines() if line.startswith("warning: MLflow")]

@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 from mhtrain import ConfigError, DataError
 from mhtrain.config import compose
 from mhtrain.data import cifar100mh
-from mhtrain.study import space
+from mhtrain.study import opening, records, study_config
 from mhtrain.study.storage import load_existing, open_storage
 from mhtrain.study.trials import OUTPUT_ROOT
 from tests.conftest import ROOT, tiny_for
@@ -191,7 +191,7 @@ PAYLOAD = ("{{_target_: builtins.int, _args_: [{{_target_: builtins.bool, _args_
 LR = optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)
 
 
-def planted(url: str, study: space.StudyConfig, marker: Path, elsewhere: Path) -> optuna.Study:
+def planted(url: str, study: records.StudyConfig, marker: Path, elsewhere: Path) -> optuna.Study:
     """A study as `studies/lr.py` records it (so a resume accepts it), whose best trial's stored
     overrides carry a payload and whose stored trial folder lies outside the project's runs."""
     ostudy = optuna.create_study(study_name=study.name, storage=url, direction="maximize")
@@ -227,7 +227,7 @@ def test_a_hostile_storage_runs_nothing(tiny_data, tmp_path, monkeypatch, capsys
     name = f"lr_{uuid.uuid4().hex[:8]}"  # export writes conf/experiment/best_<name>.yaml
     tiny = [*tiny_for(tiny_data, epochs=1)]
     for study_name in (name, f"{name}_ref"):
-        planted(url, space.load("lr", name=study_name, extra_overrides=tiny), marker, elsewhere)
+        planted(url, study_config.load("lr", name=study_name, extra_overrides=tiny), marker, elsewhere)
     exported = ROOT / "conf" / "experiment" / f"best_{name}.yaml"
     compare = load_compare_cli()
     capsys.readouterr()
@@ -260,11 +260,11 @@ def load_compare_cli():
 
 
 @pytest.fixture
-def local_lr() -> space.StudyConfig:
+def local_lr() -> records.StudyConfig:
     """conf/study/lr.yaml as it is, declared the config this process runs study `lr` with."""
     from mhtrain.study.local import trust
 
-    study = space.load("lr")
+    study = study_config.load("lr")
     trust(study)
     return study
 
@@ -323,14 +323,13 @@ def test_the_experiment_and_group_choices_are_the_projects_own_configs(experimen
 
 
 def test_resume_refuses_enqueued_values_and_folders_that_are_not_the_projects(tiny, tmp_path, monkeypatch):
-    from mhtrain.study import runner
     from mhtrain.study.checkpoints import ARTIFACT_DIR, hand_over
     from mhtrain.study.untrusted import check_resume
 
     monkeypatch.chdir(tmp_path)
     url = f"sqlite:///{tmp_path / 'shared.db'}"
-    study = space.load("lr", extra_overrides=tiny)
-    ostudy = runner.open_study(study, url)
+    study = study_config.load("lr", extra_overrides=tiny)
+    ostudy = opening.open_study(study, url)
     check_resume(ostudy, study, url)  # what the project itself records passes
     for n, (key, value, why) in enumerate([
             ("model.optimizer.lr", {"_target_": "os.system", "_args_": ["x"]}, " (a nested node"),
@@ -463,7 +462,7 @@ def real_trials(tiny_data: Path, root: Path, name: str = "lr") -> tuple[dict, li
 
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        study = space.load("lr", name=name, n_trials=2, extra_overrides=tiny_for(tiny_data, epochs=1))
+        study = study_config.load("lr", name=name, n_trials=2, extra_overrides=tiny_for(tiny_data, epochs=1))
         ostudy, _ = runner.run(study, f"sqlite:///{root / 'real.db'}", progress=False)
     return dict(ostudy.user_attrs), ostudy.get_trials()
 
@@ -543,7 +542,7 @@ def test_compare_trains_only_the_local_config_of_a_planted_study(real, tiny_data
     url, name = f"sqlite:///{tmp_path / 'shared.db'}", f"lr_{uuid.uuid4().hex[:8]}"
     folders = plant_fixed(url, name, real, listener, tmp_path)
     for study_name in (name, f"{name}_ref"):  # the study config each arm's own command ran with
-        trust(space.load("lr", name=study_name, extra_overrides=tiny_for(tiny_data, 1)))
+        trust(study_config.load("lr", name=study_name, extra_overrides=tiny_for(tiny_data, 1)))
     assert load_compare_cli().main(["--arms", name, "--reference", f"{name}_ref", "--storage", url,
                                     "--seeds", "2", "data.train_subset=64"]) == 0
     assert "error" not in capsys.readouterr().err
@@ -607,10 +606,10 @@ def test_the_reaper_opens_no_address_a_trial_stored(tmp_path, monkeypatch, liste
 
 def pbt_record(tmp_path: Path, schedule: list[dict]) -> tuple[optuna.Study, optuna.trial.FrozenTrial]:
     """A PBT study named after conf/study/pbt_loss_weights.yaml, one member with `schedule`."""
+    from mhtrain.pbt import SCHEDULE
     from mhtrain.study.local import trust
-    from mhtrain.study.pbt import SCHEDULE
 
-    study = space.load("pbt_loss_weights", extra_overrides=["trainer.max_epochs=4"])
+    study = study_config.load("pbt_loss_weights", extra_overrides=["trainer.max_epochs=4"])
     trust(study)
     lr, thick = "model.optimizer.lr", "model.loss_weights.thickness"
     ostudy = optuna.create_study(study_name="pbt_loss_weights", direction="maximize")
@@ -654,15 +653,15 @@ def test_a_replayed_schedule_obeys_the_local_space_and_trainer(tmp_path, second,
 def test_a_stored_folder_is_read_once_and_used_as_read(tiny, tmp_path, monkeypatch):
     """Another process changes the study's folders mid-run (to folders inside runs/ that pass the
     check): this process's later trials still write where it first read, and keep checkpoints there."""
-    from mhtrain.study import folders, runner
+    from mhtrain.study import folders
     from mhtrain.study.checkpoints import ARTIFACT_DIR, remember_store
     from mhtrain.study.trials import trial_config
     from mhtrain.study.untrusted import check_resume
 
     monkeypatch.chdir(tmp_path)
     url = f"sqlite:///{tmp_path / 'shared.db'}"
-    study = space.load("lr", extra_overrides=tiny)
-    ostudy = runner.open_study(study, url)
+    study = study_config.load("lr", extra_overrides=tiny)
+    ostudy = opening.open_study(study, url)
     check_resume(ostudy, study, url)
     store = remember_store(ostudy, url)
     first = Path(ostudy.user_attrs[OUTPUT_ROOT]).resolve()

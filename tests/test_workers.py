@@ -12,8 +12,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from mhtrain.study import runner, space
-from mhtrain.study.lifecycle import FAIL_REASON, OVER_BUDGET
+from mhtrain.study import runner, study_config
+from mhtrain.study.records import FAIL_REASON, OVER_BUDGET
 from mhtrain.study.storage import open_storage
 from mhtrain.study.workers import auto_workers
 from tests.conftest import ROOT, tiny_for
@@ -203,7 +203,8 @@ def test_each_worker_sees_one_gpu_of_the_machine(tiny, tmp_path, monkeypatch):
     takes its slot's GPU); checked on the CPU through the environment each worker records."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "parent's own")
-    study = space.load("lr", n_trials=4, pruner="none", extra_overrides=[*tiny, "trainer.max_epochs=1"])
+    study = study_config.load("lr", n_trials=4, pruner="none",
+                              extra_overrides=[*tiny, "trainer.max_epochs=1"])
     ostudy, _ = runner.run(study, f"sqlite:///{tmp_path / 'g.db'}", progress=False, workers=2,
                            gpus=["3", "5"])
     seen = {t.user_attrs["owner"]["pid"]: t.user_attrs["owner"]["gpu"] for t in ostudy.get_trials()}

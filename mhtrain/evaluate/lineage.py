@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from mhtrain.study.pbt import SCHEDULE
+from mhtrain.pbt import SCHEDULE
 from mhtrain.study.race_figure import HEIGHT
 from mhtrain.study.replay import segments
 from mhtrain.study.untrusted import searched, study_metric

@@ -24,7 +24,7 @@ from mhtrain.evaluate import predictions, variance
 from mhtrain.evaluate.document import Table
 from mhtrain.evaluate.reruns import Arm, OnDone, rerun_arms
 from mhtrain.evaluate.stats import Contrast
-from mhtrain.study import runner, space
+from mhtrain.study import opening, records, runner, study_config
 from mhtrain.study.confirm import chosen_trial
 from mhtrain.study.untrusted import trial_record
 
@@ -40,7 +40,7 @@ def seeds_of(first: int, per: int, j: int) -> list[int]:
 
 
 def repeat_config(ostudy: optuna.Study, j: int, n_trials: int | None,
-                  search: Sequence[str]) -> space.StudyConfig:
+                  search: Sequence[str]) -> records.StudyConfig:
     """Search j of the arm `ostudy`: its local config `conf/study/<arm>.yaml` with the command
     line's `search` overrides and budget, study seed + j. Nothing is taken from the storage: the
     repeat is refused in one line unless the arm's recorded study is this same search (experiment,
@@ -49,14 +49,14 @@ def repeat_config(ostudy: optuna.Study, j: int, n_trials: int | None,
     arm = ostudy.study_name
     where = f"--study-seeds: study {arm}"
     try:
-        base = space.load(arm)
+        base = study_config.load(arm)
     except ConfigError:
         raise ConfigError(f"{where} has no config conf/study/{arm}.yaml to repeat its search with") from None
-    study = space.load(arm, name=name_of(arm, j), seed=base.seed + j, n_trials=n_trials,
+    study = study_config.load(arm, name=name_of(arm, j), seed=base.seed + j, n_trials=n_trials,
                        extra_overrides=list(search))
-    stored = runner.stored_config(ostudy) or {}
+    stored = opening.stored_config(ostudy) or {}
     ours = {**study.to_dict(), "seed": base.seed}
-    changes = runner.identity_changes(stored, study) + [
+    changes = opening.identity_changes(stored, study) + [
         f"{k}: {stored.get(k)!r} -> {ours[k]!r}" for k in ("n_trials", "seed", "sampler", "pruner")
         if stored.get(k) != ours[k]]
     if changes:

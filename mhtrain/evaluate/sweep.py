@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from mhtrain import ConfigError
 from mhtrain.config import compose, prepare_data
 from mhtrain.evaluate.reruns import RERUN_MODE, Arm, OnDone, rerun_best
-from mhtrain.study import runner, space
+from mhtrain.study import records, runner, study_config
 from mhtrain.study.storage import check_storage
 
 _ABSENT = object()
@@ -83,7 +83,7 @@ class Cell:
 
     point: Point
     arm: str
-    study: space.StudyConfig
+    study: records.StudyConfig
     rerun: tuple[str, ...]
 
 
@@ -144,7 +144,7 @@ def plan(over: Over, arms: Sequence[str], search: Sequence[str], rerun: Sequence
     sizes: dict[str, int] = {}
     full = None
     for arm in arms:
-        base = space.load(arm, n_trials=n_trials, extra_overrides=list(search))
+        base = study_config.load(arm, n_trials=n_trials, extra_overrides=list(search))
         cfg = compose(base.experiment, base.overrides)
         if not over.key.startswith("+") and OmegaConf.select(cfg, over.key, default=_ABSENT) is _ABSENT:
             raise ConfigError(f"--over {over.key}: no such key in experiment {base.experiment} "
@@ -162,7 +162,7 @@ def plan(over: Over, arms: Sequence[str], search: Sequence[str], rerun: Sequence
         for arm in arms:
             setting = over.override(value)
             try:
-                study = space.load(arm, name=study_name(arm, over, value), n_trials=budget[arm],
+                study = study_config.load(arm, name=study_name(arm, over, value), n_trials=budget[arm],
                                    extra_overrides=[*search, setting])
                 training_images(compose(study.experiment, study.overrides))
                 cfg = compose(study.experiment, [*study.overrides, *rerun, setting, *per_seed, *RERUN_MODE])

@@ -11,10 +11,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from mhtrain.data.datamodule import TensorDataModule
+from mhtrain.pbt import Pbt
 from mhtrain.population.check import trainer_args as checked_trainer_args
 from mhtrain.population.members import MemberSource
 from mhtrain.population.module import PopulationModule
-from mhtrain.population.pbt import Pbt
 
 # runs until no member is left, logs nothing itself (members have their loggers), keeps no checkpoints
 POPULATION_TRAINER: dict[str, Any] = {

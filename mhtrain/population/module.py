@@ -8,9 +8,9 @@ import lightning as L
 import torch
 
 from mhtrain.data.datamodule import MemberBatches, TensorDataModule
+from mhtrain.pbt import Controller, Pbt
 from mhtrain.population.check import check_model
 from mhtrain.population.members import Member, MemberSource
-from mhtrain.population.pbt import Controller, Pbt
 from mhtrain.population.runs import MemberRun
 from mhtrain.population.stacked import Stack
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 import warnings
@@ -77,6 +78,12 @@ class MemberRun:
         stopper = Stopper(member.early_stopping) if member.early_stopping is not None else None
         run = cls(member, torch.Generator().manual_seed(member.seed), optimizer, scheduler, stopper, epoch)
         return run, adam_args(optimizer)
+
+    def adopt(self, parent: MemberRun, lr: float) -> None:
+        """PBT's exploit on the run's side: its scheduler reads `lr` from now on and its early
+        stopping goes on as `parent`'s (the stack took `parent`'s weights)."""
+        self.optimizer.param_groups[0]["lr"] = lr  # what `restack` reads back
+        self.stopper = copy.deepcopy(parent.stopper)
 
     def end_epoch(self, train: Mapping[str, float], val: Mapping[str, float], batches: int,
                   primary: str, report: Callable[[Member, int, Mapping[str, float]], bool]) -> bool:

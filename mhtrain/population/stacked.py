@@ -14,6 +14,7 @@ from torch import nn
 
 from mhtrain.contract import metric_key
 from mhtrain.models.module import EpochSums, effective_weights, epoch_metrics, weighted_total
+from mhtrain.pbt import LR, WEIGHTS
 from mhtrain.population.check import check_criterion
 from mhtrain.population.optim import adam_columns, adam_rows, adam_step
 from mhtrain.population.stack import StackedNets
@@ -95,6 +96,19 @@ class Stack:
             if priors is not None:
                 self.rows["priors"][i] = torch.as_tensor(priors, dtype=self.rows["priors"].dtype)
         self._columns()
+
+    def values(self, i: int) -> dict[str, float]:
+        """Member `i`'s mutable values by config key (PBT's view of it, `mhtrain.pbt.Members`)."""
+        weights = self.rows["priors"][i].tolist()
+        return {LR: self.args[i]["lr"], **{WEIGHTS + h: w for h, w in zip(self.heads, weights, strict=True)}}
+
+    def exploit(self, dst: int, src: int, values: Mapping[str, float]) -> None:
+        """PBT's exploit: member `dst` takes `src`'s whole state and goes on with `values` (config
+        keys; missing ones stay as copied)."""
+        self.copy_member(dst, src)
+        now = self.values(dst)
+        priors = [float(values.get(WEIGHTS + h, now[WEIGHTS + h])) for h in self.heads]
+        self.set_hypers(dst, lr=values.get(LR), priors=priors)
 
     def train(self, mode: bool = True) -> None:
         self.nets.train(mode)

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> int:
         from mhtrain import ConfigError
-        from mhtrain.study import local, records, space
+        from mhtrain.study import local, records, study_config
         from mhtrain.study.export import export, export_checkpoint, handover_lines
 
         records.study_name(args.study, "study name")
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.config is not None or args.overrides:  # the local config its records are read against
             if not local.NAME.fullmatch(config):
                 raise ConfigError(f"--config {records.shown(config)}: name a conf/study/*.yaml, e.g. lr")
-            local.trust(space.load(config, name=args.study, extra_overrides=args.overrides),
+            local.trust(study_config.load(config, name=args.study, extra_overrides=args.overrides),
                             f"conf/study/{config}.yaml with the command line")
         path, dropped = export(args.study, args.storage, as_searched=args.as_searched)
         try:

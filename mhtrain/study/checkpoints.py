@@ -22,7 +22,7 @@ from mhtrain.study.records import ARTIFACT_DIR as ARTIFACT_DIR  # re-exported: w
 from mhtrain.study.storage import artifact_dir
 
 if TYPE_CHECKING:
-    from mhtrain.study.space import StudyConfig
+    from mhtrain.study.records import StudyConfig
 
 KEEP = ("none", "best", "all")
 CHECKPOINT = "checkpoint"  # trial user attribute: the artifact id of its checkpoint

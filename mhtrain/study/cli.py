@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 
 from mhtrain import ConfigError, one_line_errors, quiet
-from mhtrain.study import confirm, records, slurm, space
+from mhtrain.study import confirm, records, slurm, study_config
 from mhtrain.study.checkpoints import KEEP
 from mhtrain.study.pruners import NAMES as PRUNERS
 from mhtrain.study.pruners import from_text
@@ -31,7 +31,7 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--experiment", help="experiment to search instead of the study config's; "
                    "the metric becomes that experiment's optimized_metric")
     p.add_argument("--metric", help="val metric to optimize (default: the experiment's)")
-    p.add_argument("--sampler", choices=space.SAMPLERS, help="default from the study config")
+    p.add_argument("--sampler", choices=study_config.SAMPLERS, help="default from the study config")
     p.add_argument("--pruner", metavar="NAME[:KEY=V,...]",
                    help=f"{', '.join(PRUNERS)}, arguments after a colon, e.g. sha:report_every=0.25 "
                         "(default from the study config)")
@@ -110,18 +110,18 @@ def main(study_name: str, description: str, argv: Sequence[str] | None = None,
         check_args(args)
         confirm.check(args)
         workers = count_arg("--workers", args.workers)
-        study = space.load(study_name, keep_checkpoints=args.keep_checkpoints, name=args.study_name,
+        study = study_config.load(study_name, keep_checkpoints=args.keep_checkpoints, name=args.study_name,
                            n_trials=args.n_trials, experiment=args.experiment, metric=args.metric,
                            sampler=args.sampler, pruner=args.pruner and from_text(args.pruner),
                            seed=args.seed, extra_overrides=args.overrides,
                            population=count_arg("--population", args.population))
-        prepare_data(space.base_config(study))
+        prepare_data(study_config.base_config(study))
         check_storage(args.storage)
         if args.slurm is not None or args.dry_run:
             return slurm.submit(p, args, study_name, study)
         warm = load_source(args.storage, args.warm_start, study.name) if args.warm_start else None
         if workers == "auto":  # one per GPU when the study trains on GPUs
-            workers = auto_workers(space.base_config(study).trainer.get("accelerator"))
+            workers = auto_workers(study_config.base_config(study).trainer.get("accelerator"))
         # how this run trains, said at its start and again under its summary
         how = (f"{study.name}: budget {study.n_trials} trials, {workers} worker(s), population "
                f"{study.population} per worker ({study.population_reason}), storage {masked(args.storage)}")
@@ -131,7 +131,8 @@ def main(study_name: str, description: str, argv: Sequence[str] | None = None,
         ostudy, outcome = runner.run(study, args.storage, timeout=args.timeout, progress=not args.no_progress,
                                      workers=workers, heartbeat=args.heartbeat,
                                      allow_changes=args.allow_changes, warm=warm)
-        print(summary(ostudy, study.max_epochs, args.storage, confirm.val_images(space.base_config(study))))
+        val_images = confirm.val_images(study_config.base_config(study))
+        print(summary(ostudy, study.max_epochs, args.storage, val_images))
         notes = []  # the study's note in optuna-dashboard: the race's verdict, a PBT answer's schedule
         if study.pbt is not None:  # the lineage figure to the dashboard, the best schedule here and there
             from mhtrain.evaluate.lineage import store_lineage

@@ -17,14 +17,13 @@ import optuna
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from mhtrain import tracking
+from mhtrain.pbt import SCHEDULE, Pbt, explore, segment
 from mhtrain.population import Member
 from mhtrain.population.fit import fit_population, member_from_config
-from mhtrain.population.pbt import Pbt
 from mhtrain.result import FitResult
 from mhtrain.study import interrupt
 from mhtrain.study.ledger import reap
 from mhtrain.study.lifecycle import Lifecycle
-from mhtrain.study.pbt import SCHEDULE, explore, segment
 from mhtrain.study.pruners import sub_epoch_points
 from mhtrain.study.trials import search_base
 from mhtrain.train import fit

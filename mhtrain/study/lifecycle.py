@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import optuna
 from omegaconf import DictConfig
@@ -21,13 +22,9 @@ from mhtrain.result import FitResult
 from mhtrain.study import checkpoints
 from mhtrain.study.interrupt import StudyInterrupted
 from mhtrain.study.ledger import FINISHED, counts, n_done, owner, show
-from mhtrain.study.slurm import placement
-from mhtrain.study.space import StudyConfig
+from mhtrain.study.records import FAIL_REASON, OVER_BUDGET, StudyConfig
 from mhtrain.study.storage import Heartbeat
 from mhtrain.study.trials import trial_config
-
-OVER_BUDGET = "over_budget"  # trial user attribute: asked in a race for the last slot, not run
-FAIL_REASON = "fail_reason"  # trial user attribute: why it failed, in one line
 
 
 def reason(error: BaseException) -> str:
@@ -40,8 +37,10 @@ class Lifecycle:
     """The trials one worker runs in one study: which are running, which a pruner stopped."""
 
     def __init__(self, study: StudyConfig, ostudy: optuna.Study, heartbeat: Heartbeat,
-                 bar: tqdm | None = None, deadline: float | None = None) -> None:
+                 bar: tqdm | None = None, deadline: float | None = None,
+                 where: Mapping[str, Any] | None = None) -> None:
         self.study, self.ostudy, self.heartbeat, self.bar = study, ostudy, heartbeat, bar
+        self.where = dict(where or {})  # where its trials run (a SLURM task's id), recorded on each
         self.deadline = deadline
         self.running: dict[int, optuna.Trial] = {}
         self.pruned: set[int] = set()
@@ -62,8 +61,8 @@ class Lifecycle:
         asked at the same moment each saw room for one more, and the later-numbered ones step
         back (FAIL, marked, never trained)."""
         trial = self.ostudy.ask()
-        # at once: the reaper judges a trial by its owner; `placement` says which SLURM task it is
-        trial.set_user_attr("owner", {**owner(), **placement()})
+        # at once: the reaper judges a trial by its owner; `where` says which SLURM task it is
+        trial.set_user_attr("owner", {**owner(), **self.where})
         ahead = self.ostudy.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
         if sum(t.number <= trial.number for t in ahead) > self.study.n_trials:
             trial.set_user_attr(OVER_BUDGET, True)

@@ -15,7 +15,7 @@ import optuna
 
 from mhtrain import ConfigError
 from mhtrain.config import CONF_DIR
-from mhtrain.study import records, space
+from mhtrain.study import records, study_config
 from mhtrain.study.params import Param, stored
 from mhtrain.study.records import shown, study_where
 
@@ -36,7 +36,7 @@ class Local:
     pbt: bool
 
     @classmethod
-    def of(cls, study: space.StudyConfig, source: str) -> Local:
+    def of(cls, study: records.StudyConfig, source: str) -> Local:
         return cls(source, study.experiment, study.metric, study.search_space, study.overrides,
                    study.max_epochs, study.pbt is not None)
 
@@ -51,7 +51,7 @@ class Local:
 _trusted: dict[str, Local] = {}  # study name -> the local config this process runs it with
 
 
-def trust(study: space.StudyConfig, source: str | None = None) -> Local:
+def trust(study: records.StudyConfig, source: str | None = None) -> Local:
     """Declare `study` the local config this process runs `study.name` with (a run, a sweep's
     study, an export told `--config`): every later read of that study checks against it."""
     local = Local.of(study, source or "the study config this command runs with")
@@ -62,7 +62,7 @@ def trust(study: space.StudyConfig, source: str | None = None) -> Local:
 @functools.lru_cache(maxsize=32)
 def _from_file(config: str, name: str) -> Local:
     try:
-        study = space.load(config, name=name)
+        study = study_config.load(config, name=name)
     except ConfigError as e:
         raise ConfigError(f"study {name}: its local study config conf/study/{config}.yaml does not load "
                           f"here ({e}); pass the overrides it needs") from None

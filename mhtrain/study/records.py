@@ -7,20 +7,26 @@ the leaf every reader of a storage imports."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import optuna
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
 from mhtrain import ConfigError
-from mhtrain.study.params import Param
+from mhtrain.pbt import PbtSpec
+from mhtrain.study.params import Param, stored
+from mhtrain.study.pruners import PrunerSpec
 
 OUTPUT_ROOT = "output_root"  # study user attribute: the folder that holds this study's trials
 ARTIFACT_DIR = "artifact_dir"  # study user attribute: where its checkpoints are stored
+OVER_BUDGET = "over_budget"  # trial user attribute: asked in a race for the last slot, not run
+FAIL_REASON = "fail_reason"  # trial user attribute: why it failed, in one line
 LINE = r"^[^\x00-\x1f\x7f]*$"  # one line of text: no line break, no control character
 Text = Annotated[str, StringConstraints(strict=True, max_length=4000, pattern=LINE)]
 Short = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=200, pattern=LINE)]
@@ -30,6 +36,38 @@ Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Amount = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0, le=1e9)]
 ArtifactId = Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9-]{1,100}$")]
 STRICT = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """What a study searches, over which experiment, with which sampler and pruner; and how this
+    run trains it (population size and why, checkpoint policy), settled when it was loaded."""
+
+    name: str
+    experiment: str
+    metric: str
+    direction: str
+    n_trials: int
+    seed: int
+    sampler: str
+    pruner: PrunerSpec
+    search_space: tuple[Param, ...]
+    overrides: tuple[str, ...]
+    max_epochs: int  # the experiment's, with the study's overrides: a pruner's max resource
+    population: int = 1
+    population_reason: str = "1 as asked"
+    keep_checkpoints: str = "none"
+    pbt: PbtSpec | None = None  # population-based training (mhtrain/pbt.py)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What the study is, as stored on it (JSON values), so a resumed run can be compared
+        with it; how a run trains it (population, checkpoints) is not part of it."""
+        return json.loads(json.dumps({
+            "name": self.name, "experiment": self.experiment, "metric": self.metric,
+            "direction": self.direction, "n_trials": self.n_trials, "seed": self.seed,
+            "sampler": self.sampler, "pruner": self.pruner.to_dict(), "overrides": list(self.overrides),
+            "search_space": {p.key: stored(p) for p in self.search_space},
+            "pbt": self.pbt.to_dict() if self.pbt else None}))
 
 
 class Owner(BaseModel):

@@ -19,13 +19,13 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from mhtrain.config import compose
+from mhtrain.pbt import SCHEDULE
 from mhtrain.study import records
 from mhtrain.study.local import local_for
-from mhtrain.study.pbt import SCHEDULE
 from mhtrain.study.untrusted import refuse, scalar, seed_value, stored_overrides, trial_record
 
 if TYPE_CHECKING:
-    from mhtrain.study.space import StudyConfig
+    from mhtrain.study.records import StudyConfig
 
 
 def segments(trial: optuna.trial.FrozenTrial, keys: Sequence[str],

@@ -27,7 +27,9 @@ from optuna.trial import TrialState
 
 from mhtrain import ConfigError
 from mhtrain.study.ledger import retries_of, trial_owner
-from mhtrain.study.records import shown, trial_attr
+from mhtrain.study.opening import open_study, prepare
+from mhtrain.study.records import FAIL_REASON, OVER_BUDGET, shown, trial_attr
+from mhtrain.study.warmstart import load_source
 from mhtrain.urls import masked, scrubbed
 
 LOG_DIR = Path("runs/slurm")
@@ -95,8 +97,6 @@ def rerun_stopped(ostudy: optuna.Study, max_retries: int = 3) -> list[int]:
     """In a SLURM task a stop is the scheduler's (scancel, time limit, requeue, preemption), not a
     person's: the trials it cut short (FAIL, interrupted) are enqueued again with their
     parameters, as the reaper does for a dead worker, so another task re-runs them."""
-    from mhtrain.study.lifecycle import FAIL_REASON, OVER_BUDGET
-
     me = placement().get("slurm")
     if me is None:
         return []
@@ -250,18 +250,7 @@ def submit(p: argparse.ArgumentParser, args: argparse.Namespace, config: str, st
 def create(args: argparse.Namespace, study: Any) -> None:
     """Create (or resume) the study before any task starts, with its warm start and artifact
     store set once, so the tasks only ever load it."""
-    from omegaconf import OmegaConf
-
-    from mhtrain.study.checkpoints import remember_store
-    from mhtrain.study.runner import open_study
-    from mhtrain.study.space import base_config
-    from mhtrain.study.warmstart import load_source, warm_start
-
     ostudy = open_study(study, args.storage, args.heartbeat, reproducible=False,
                         allow_changes=args.allow_changes)
-    if study.keep_checkpoints != "none":
-        remember_store(ostudy, args.storage)
-    if args.warm_start:
-        base, keys = base_config(study), [p.key for p in study.search_space]
-        warm_start(ostudy, *load_source(args.storage, args.warm_start, study.name), study.search_space,
-                   {k: OmegaConf.select(base, k, default=None) for k in keys})
+    warm = load_source(args.storage, args.warm_start, study.name) if args.warm_start else None
+    prepare(ostudy, study, args.storage, warm)

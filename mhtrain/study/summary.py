@@ -12,8 +12,7 @@ from mhtrain.study import folders
 from mhtrain.study.checkpoints import ARTIFACT_DIR, CHECKPOINT
 from mhtrain.study.confirm import precision_lines
 from mhtrain.study.ledger import FINISHED
-from mhtrain.study.lifecycle import OVER_BUDGET
-from mhtrain.study.records import trial_attr
+from mhtrain.study.records import OVER_BUDGET, trial_attr
 from mhtrain.study.slurm import where
 from mhtrain.study.warmstart import ATTR as WARM
 from mhtrain.tracking import TRACKING, curves

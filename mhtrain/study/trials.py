@@ -21,7 +21,7 @@ from mhtrain.study.records import OUTPUT_ROOT as OUTPUT_ROOT  # re-exported: whe
 from mhtrain.study.records import within
 
 if TYPE_CHECKING:
-    from mhtrain.study.space import StudyConfig
+    from mhtrain.study.records import StudyConfig
 
 # How a trial runs, not what it trains: never the test split, no checkpoints, no epoch bars.
 SEARCH_MODE = ("test=false", "callbacks.model_checkpoint=null", "++trainer.enable_checkpointing=false",

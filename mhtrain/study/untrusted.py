@@ -28,8 +28,7 @@ from mhtrain.config import CONF_DIR
 from mhtrain.study import folders, records
 from mhtrain.study.local import NAME, Local, differences, local_for, trust
 from mhtrain.study.params import Param
-from mhtrain.study.records import shown, study_where, trial_where
-from mhtrain.study.space import StudyConfig
+from mhtrain.study.records import StudyConfig, shown, study_where, trial_where
 
 PER_TRIAL = ("seed", "optimized_metric")  # set on every trial by the study itself
 RESERVED = ("hydra",)  # how Hydra runs a job (its folder, its launcher) is not a stored record's

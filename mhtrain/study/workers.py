@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,10 +14,15 @@ from typing import Any
 import optuna
 from tqdm import tqdm
 
-from mhtrain.study import folders, interrupt
-from mhtrain.study.ledger import POLL_S, counts, finished, reap, show
+from mhtrain.study import folders, interrupt, policy
+from mhtrain.study.engines import engine
+from mhtrain.study.ledger import POLL_S, counts, finished, n_done, reap, show
+from mhtrain.study.lifecycle import Lifecycle
+from mhtrain.study.opening import open_study
 from mhtrain.study.policy import MAX_REPLACEMENTS
-from mhtrain.study.space import StudyConfig
+from mhtrain.study.records import StudyConfig
+from mhtrain.study.slurm import placement
+from mhtrain.study.storage import Heartbeat
 
 GPU_ENV = "CUDA_VISIBLE_DEVICES"
 
@@ -79,13 +85,44 @@ class Pool:
         return p
 
 
+def work(study: StudyConfig, ostudy: optuna.Study, timeout: float | None = None,
+         bar: tqdm | None = None) -> Outcome:
+    """One worker: train trials with the study's engine (solo, or a population of K) until the
+    study holds `n_trials` finished ones (complete or pruned), or `timeout` seconds pass.
+    Trials other workers are running count toward the budget, so K workers do not overshoot;
+    a worker waits for them (they may be dead and get re-run) rather than start one too many."""
+    trainer = engine(study.population)
+    deadline = time.monotonic() + timeout if timeout else None
+    failures, outcome = 0, Outcome()
+    with Heartbeat(ostudy._storage) as heartbeat:
+        life = Lifecycle(study, ostudy, heartbeat, bar, deadline, where=placement())
+        while True:
+            interrupt.check()
+            reap(ostudy)
+            state = counts(ostudy)
+            show(bar, ostudy, state, study.n_trials)
+            if n_done(state) >= study.n_trials:
+                break
+            if life.past_deadline():
+                outcome.timed_out = True
+                break
+            if not life.room():
+                interrupt.wait(POLL_S)
+                continue
+            try:
+                trainer.run(life)
+            except Exception as e:  # noqa: BLE001 - its trials are FAIL with a reason already
+                failures += 1
+                policy.after_failure(e, failures)  # raises when the study must stop
+                tqdm.write(f"trial failed: {type(e).__name__}: {e}")
+    return outcome
+
+
 def _worker(study: StudyConfig, storage_url: str, timeout: float | None, threads: int,
             heartbeat: int, stop: Any, parent: int) -> None:
     interrupt.install(shared=stop, ignore_sigint=True)
     interrupt.die_with_parent(parent)
     import torch
-
-    from mhtrain.study.runner import open_study, work
 
     torch.set_num_threads(threads)
     try:

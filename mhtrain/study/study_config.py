@@ -5,18 +5,18 @@ before anything runs. Nothing changes a `StudyConfig` afterwards."""
 from __future__ import annotations
 
 import copy
-import json
-from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from mhtrain import ConfigError
 from mhtrain.config import CONF_DIR, check, heads_of
+from mhtrain.pbt import check as check_pbt
+from mhtrain.pbt import parse_pbt
 from mhtrain.study.checkpoints import KEEP
-from mhtrain.study.params import Param, parse_param, stored
-from mhtrain.study.pbt import PbtSpec, parse_pbt
-from mhtrain.study.pruners import PrunerSpec, build_pruner, parse_pruner
+from mhtrain.study.params import Param, parse_param
+from mhtrain.study.pruners import build_pruner, parse_pruner
+from mhtrain.study.records import StudyConfig
 from mhtrain.study.samplers import SAMPLERS as SAMPLER_REGISTRY
 from mhtrain.study.trials import search_base, study_base
 
@@ -26,38 +26,6 @@ DEFAULTS: dict[str, Any] = {"name": None, "experiment": None, "metric": None, "d
                             "n_trials": 20, "seed": 0, "sampler": "tpe", "pruner": None,
                             "search_space": {}, "overrides": [], "population": "auto", "pbt": None}
 _ABSENT = object()
-
-
-@dataclass(frozen=True)
-class StudyConfig:
-    """What a study searches, over which experiment, with which sampler and pruner; and how this
-    run trains it (population size and why, checkpoint policy), settled when it was loaded."""
-
-    name: str
-    experiment: str
-    metric: str
-    direction: str
-    n_trials: int
-    seed: int
-    sampler: str
-    pruner: PrunerSpec
-    search_space: tuple[Param, ...]
-    overrides: tuple[str, ...]
-    max_epochs: int  # the experiment's, with the study's overrides: a pruner's max resource
-    population: int = 1
-    population_reason: str = "1 as asked"
-    keep_checkpoints: str = "none"
-    pbt: PbtSpec | None = None  # population-based training (mhtrain/study/pbt.py)
-
-    def to_dict(self) -> dict[str, Any]:
-        """What the study is, as stored on it (JSON values), so a resumed run can be compared
-        with it; how a run trains it (population, checkpoints) is not part of it."""
-        return json.loads(json.dumps({
-            "name": self.name, "experiment": self.experiment, "metric": self.metric,
-            "direction": self.direction, "n_trials": self.n_trials, "seed": self.seed,
-            "sampler": self.sampler, "pruner": self.pruner.to_dict(), "overrides": list(self.overrides),
-            "search_space": {p.key: stored(p) for p in self.search_space},
-            "pbt": self.pbt.to_dict() if self.pbt else None}))
 
 
 def base_config(study: StudyConfig) -> DictConfig:
@@ -149,9 +117,7 @@ def load(config: str, keep_checkpoints: str = "none", **changes: Any) -> StudyCo
                           "save nothing; pass --population 1 or set report_every: 1")
     pbt = None if raw["pbt"] in (None, False) else parse_pbt(raw["pbt"])
     if pbt is not None:
-        from mhtrain.population.pbt import check as check_pbt
-
-        check_pbt(cfg, [p.key for p in space])
+        check_pbt([p.key for p in space], cfg.model.get("scheduler"))
         if k < 2:
             raise ConfigError(f"pbt needs a population of at least 2 members, got {k} ({why}); "
                               "pass --population 4 (auto on a GPU)")
