@@ -53,8 +53,9 @@ import optuna
 from hydra.utils import instantiate
 
 from mhtrain import ConfigError, one_line_errors
-from mhtrain.evaluate import analyses, document, report, reruns, searches, sweep, sweep_report
+from mhtrain.evaluate import document, report, reruns, searches, sweep, sweep_report
 from mhtrain.evaluate.stats import Contrast, contrasts
+from mhtrain.study import analyses
 from mhtrain.study.storage import DEFAULT_STORAGE
 
 REPORTS = Path("runs/reports")

@@ -8,8 +8,8 @@ import optuna
 import pytest
 
 from mhtrain import ConfigError
-from mhtrain.evaluate import analyses
-from mhtrain.evaluate.analyses import ATTR, Look, entry, ledger, plan, record, record_analysis, units_text
+from mhtrain.study import analyses
+from mhtrain.study.analyses import ATTR, Look, entry, ledger, plan, record, record_analysis, units_text
 
 PAIR = [("lr", "baseline_lr")]
 

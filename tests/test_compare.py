@@ -15,11 +15,11 @@ from optuna.trial import TrialState, create_trial
 from scipy import stats
 
 from mhtrain.evaluate import document, figures, report
-from mhtrain.evaluate.analyses import ledger
 from mhtrain.evaluate.predictions import outcomes
 from mhtrain.evaluate.reruns import RERUNS, Arm, rerun_config
 from mhtrain.evaluate.stats import contrasts, holm
 from mhtrain.study import runner, study_config
+from mhtrain.study.analyses import ledger
 from mhtrain.study.storage import open_storage
 from tests.conftest import ROOT
 

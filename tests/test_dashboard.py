@@ -134,9 +134,8 @@ def test_every_figure_the_project_stores_fits_the_dashboards_box(tmp_path: Path)
     from optuna.distributions import FloatDistribution
     from optuna.trial import create_trial
 
-    from mhtrain.evaluate.lineage import store_lineage
+    from mhtrain.study.dashboard_figures import store_figure, store_lineage
     from mhtrain.study.race import DEFAULT, judge
-    from mhtrain.study.race_figure import store_figure
 
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     ostudy = optuna.create_study(study_name="pbt_loss_weights", storage=storage, direction="maximize")

@@ -143,7 +143,7 @@ def build(url: str, base: dict, draw: st.DataObject, values: st.SearchStrategy, 
 
 def run(command: str, url: str, typed: list[str]) -> int:
     """The command as a user types it, in this process: its exit code (an exception escapes)."""
-    from mhtrain.evaluate.lineage import study_lineage
+    from mhtrain.study.dashboard_figures import study_lineage
     from mhtrain.study.replay import lineage
     from mhtrain.study.summary import summary
 

@@ -13,12 +13,12 @@ from optuna.trial import TrialState
 
 from mhtrain import ConfigError
 from mhtrain.config import compose
-from mhtrain.evaluate.lineage import lineage_figure
 from mhtrain.pbt import LR, SCHEDULE, WEIGHTS, Controller, Pbt, PbtSpec, explore, parse_pbt, quantiles
 from mhtrain.population import Member
 from mhtrain.population.optim import adam_columns
 from mhtrain.population.runs import MemberRun
 from mhtrain.population.stacked import Stack
+from mhtrain.study.dashboard_figures import lineage_figure
 from mhtrain.study.params import parse_param
 from tests.conftest import ROOT, tiny_for
 from tests.device_guards import in_step
@@ -190,6 +190,29 @@ def test_pbt_settings_are_checked(raw, says):
     assert parse_pbt(True) == PbtSpec() == PbtSpec(1, 0.25, 0.25, (1.2, 0.8))
 
 
+def test_the_keys_pbt_may_change_are_declared_once_and_every_rule_follows(tiny_data, monkeypatch):
+    """Narrow `mhtrain.pbt.MUTABLE` to the learning rate alone: the study config's check, explore
+    and the solo replay all refuse or keep the loss weights, with no other edit."""
+    from mhtrain import pbt
+    from mhtrain.schedule import ScheduleReplay
+    from mhtrain.study import study_config
+
+    weight = WEIGHTS + "thickness"
+    space = [parse_param(LR, {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}),
+             parse_param(weight, {"type": "float", "low": 0.0, "high": 2.0})]
+    start = {LR: 5e-3, weight: 1.0}
+    ScheduleReplay([{"epoch": 1, "values": {weight: 0.5}}])  # allowed as declared
+    assert explore(space, PbtSpec(resample_probability=1.0), start, random.Random(0))[weight] != 1.0
+    monkeypatch.setattr(pbt, "MUTABLE", (LR,))
+    with pytest.raises(ConfigError, match=f"search_space key {weight}: .* perturbs only {LR};"):
+        study_config.load("pbt_loss_weights", extra_overrides=tiny_for(tiny_data))
+    for _ in range(20):
+        out = explore(space, PbtSpec(resample_probability=1.0), start, random.Random(_))
+        assert out[weight] == 1.0 and out[LR] != 5e-3  # the weight is no longer the explore's
+    with pytest.raises(ConfigError, match=f"sets \\['{weight}'\\]: keys {LR} only"):
+        ScheduleReplay([{"epoch": 1, "values": {weight: 0.5}}])
+
+
 def test_a_pbt_study_is_refused_before_work_where_it_cannot_run(tiny_data):
     from mhtrain.study import study_config
 
@@ -251,7 +274,7 @@ def test_a_pbt_study_runs_from_one_command_and_records_each_members_lineage(tiny
 
     shown = get_note(ostudy)
     assert shown.index("undecided after 2 seed(s)") < shown.index("The answer is a schedule:")
-    from mhtrain.evaluate.analyses import ledger  # the race is recorded among the study's analyses
+    from mhtrain.study.analyses import ledger  # the race is recorded among the study's analyses
 
     (race,) = [a for a in ledger(ostudy) if a.family == "pbt_loss_weights race"]
     assert race.tool == "confirm" and race.look == 1 and len(race.units) == 2

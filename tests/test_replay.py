@@ -15,9 +15,9 @@ from optuna.trial import create_trial
 
 from mhtrain import ConfigError
 from mhtrain.config import compose
-from mhtrain.evaluate.lineage import study_lineage
 from mhtrain.pbt import SCHEDULE
 from mhtrain.schedule import ScheduleReplay, batch_generator
+from mhtrain.study.dashboard_figures import study_lineage
 from mhtrain.study.replay import lineage
 from mhtrain.train import build, fit
 

@@ -8,8 +8,8 @@ import random
 import pytest
 from scipy import optimize, stats
 
-from mhtrain.evaluate.sequential import anytime, log_bayes_factor, radius
 from mhtrain.evaluate.stats import contrast
+from mhtrain.study.anytime import anytime, log_bayes_factor, radius
 
 
 def t_bayes_factor(d: list[float], mu0: float, prior_sd: float) -> float:

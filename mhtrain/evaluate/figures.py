@@ -16,9 +16,9 @@ import plotly.graph_objects as go
 from optuna.trial import TrialState
 
 from mhtrain.evaluate.document import Figure
-from mhtrain.evaluate.lineage import study_lineage
 from mhtrain.evaluate.reruns import Arm
 from mhtrain.evaluate.stats import plural
+from mhtrain.study.dashboard_figures import study_lineage
 from mhtrain.study.replay import is_pbt
 
 MIN_COMPLETE = 10  # completed trials (the only ones importances and contours use) needed to say anything

@@ -13,7 +13,6 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 
 from mhtrain.evaluate import document as doc
-from mhtrain.evaluate.analyses import Look, units_text
 from mhtrain.evaluate.document import Block, Bullets, Heading, Para, Table, TableBlock
 from mhtrain.evaluate.figures import comparison_figures
 from mhtrain.evaluate.power import power_line, sampling_line
@@ -30,6 +29,7 @@ from mhtrain.evaluate.stats import (
     plural_of,
     r_text,
 )
+from mhtrain.study.analyses import Look, units_text
 from mhtrain.study.confirm import chosen_trial
 from mhtrain.study.replay import replayed
 

@@ -20,12 +20,11 @@ from typing import TYPE_CHECKING
 from scipy import stats
 
 from mhtrain import ConfigError
-from mhtrain.evaluate.sequential import anytime
+from mhtrain.study.anytime import LEVEL, anytime
 
 if TYPE_CHECKING:  # for hints only: the statistics need no training code
     from mhtrain.evaluate.reruns import Arm
 
-LEVEL = 0.95  # of every confidence interval; also the significance threshold 1 - LEVEL
 UNDEFINED_P = 1.0  # what an undefined test (no spread) counts as in a family: it stays in m
 INTERVAL = ("Student-t intervals (n − 1 degrees of freedom) of the plain mean over seeds, cut to "
             "0–100% where they run past; the column is that plain mean, the one every difference subtracts")

@@ -15,7 +15,6 @@ import plotly.graph_objects as go
 from optuna.trial import TrialState
 
 from mhtrain.evaluate import document as doc
-from mhtrain.evaluate.analyses import Look
 from mhtrain.evaluate.document import Block, Bullets, Figure, Heading, Para, Table, TableBlock
 from mhtrain.evaluate.report import design_lines, ledger_blocks, setup_text, space_items, with_ci
 from mhtrain.evaluate.reruns import Arm
@@ -32,6 +31,7 @@ from mhtrain.evaluate.stats import (
     r_text,
 )
 from mhtrain.evaluate.sweep import Over, Point
+from mhtrain.study.analyses import Look
 
 
 @dataclass(frozen=True)

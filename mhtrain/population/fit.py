@@ -15,8 +15,8 @@ from mhtrain import ConfigError
 from mhtrain.config import build_model
 from mhtrain.pbt import Pbt
 from mhtrain.population.check import check_config, check_member
-from mhtrain.population.engine import train_population
 from mhtrain.population.members import Member, MemberSource
+from mhtrain.population.trainer import train_population
 
 
 def member_from_config(cfg: DictConfig, key: Any, base: DictConfig | None = None) -> Member:

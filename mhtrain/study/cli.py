@@ -10,7 +10,6 @@ from mhtrain.study import confirm, records, slurm, study_config
 from mhtrain.study.checkpoints import KEEP
 from mhtrain.study.pruners import NAMES as PRUNERS
 from mhtrain.study.pruners import from_text
-from mhtrain.study.replay import pbt_lines
 from mhtrain.study.storage import DEFAULT_STORAGE, HEARTBEAT_S, URL_FORMS, check_storage
 from mhtrain.urls import masked
 
@@ -102,6 +101,7 @@ def main(study_name: str, description: str, argv: Sequence[str] | None = None,
         # torch and Lightning come in here, once the arguments are read: `--help` stays instant
         from mhtrain.config import prepare_data
         from mhtrain.study import runner
+        from mhtrain.study.answer import answer
         from mhtrain.study.summary import summary
         from mhtrain.study.warmstart import load_source
         from mhtrain.study.workers import auto_workers
@@ -133,27 +133,8 @@ def main(study_name: str, description: str, argv: Sequence[str] | None = None,
                                      allow_changes=args.allow_changes, warm=warm)
         val_images = confirm.val_images(study_config.base_config(study))
         print(summary(ostudy, study.max_epochs, args.storage, val_images))
-        notes = []  # the study's note in optuna-dashboard: the race's verdict, a PBT answer's schedule
-        if study.pbt is not None:  # the lineage figure to the dashboard, the best schedule here and there
-            from mhtrain.evaluate.lineage import store_lineage
-
-            store_lineage(ostudy)
-            print(schedule := pbt_lines(ostudy, study))
-            notes.append(f"The answer is a schedule:\n\n```\n{schedule}\n```")
-        if args.confirm and not (outcome.interrupted or outcome.timed_out):
-            from mhtrain.study.race_figure import note, store_figure
-
-            verdict = confirm.confirm(ostudy, args.confirm, args.confirm_seeds, args.confirm_delta)
-            print("\n".join(verdict.lines(confirm.study_metric(ostudy))))
-            store_figure(ostudy, verdict)
-            from mhtrain.evaluate.analyses import record_race  # the study's ledger of analyses
-
-            record_race(ostudy, verdict, confirm.study_metric(ostudy))
-            notes.insert(0, note(verdict, confirm.study_metric(ostudy)))
-        if notes:
-            from optuna_dashboard import save_note
-
-            save_note(ostudy, "\n\n".join(notes))
+        answer(ostudy, study, args.confirm if not (outcome.interrupted or outcome.timed_out) else 0,
+               args.confirm_seeds, args.confirm_delta)
         print(how)
         for line in outcome.deaths:
             print(line)

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import lightning as L
 import optuna
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from tqdm import tqdm
 
 from mhtrain import tracking
 from mhtrain.pbt import SCHEDULE, Pbt, explore, segment
@@ -122,6 +123,10 @@ class TrialMembers:
         self.life, self.base = life, base
         self.cohort: dict[int, list[int]] = {}  # trial -> the trials training with it when it joined
         self.runs: dict[int, tracking.TrialRun] = {}  # trial -> its tracking runs, while it trains
+        # members finish together at the end of a population's run: progress moves by member-epoch
+        shown = life.bar is not None and not life.bar.disable
+        self.epochs = tqdm(total=life.study.n_trials * life.study.max_epochs, desc="member-epochs",
+                           unit="epoch", position=1, leave=False, disable=not shown, dynamic_ncols=True)
 
     def next(self, free: int) -> list[Member]:
         life, members = self.life, []
@@ -141,6 +146,7 @@ class TrialMembers:
         return members
 
     def report(self, member: Member, epoch: int, metrics: dict[str, float]) -> bool:
+        self.epochs.update(1)
         return self.life.report(member.key, epoch + 1, metrics)
 
     def finish(self, member: Member, result: FitResult) -> None:
@@ -159,6 +165,9 @@ class TrialMembers:
         for run in self.runs.values():
             run.end("FAIL")
         self.runs.clear()
+
+    def close(self) -> None:
+        self.epochs.close()
 
 
 class PbtMembers(TrialMembers):
@@ -181,6 +190,10 @@ class PbtMembers(TrialMembers):
 
     def exploited(self, member: Member, parent: Member, epoch: int, parent_epoch: int,
                   values: dict[str, float]) -> None:
+        shown = ", ".join(f"{p.key.rpartition('.')[2]} {values[p.key]:.4g}"
+                          for p in self.life.study.search_space)
+        tqdm.write(f"PBT exploit: trial {member.key.number} (epoch {epoch}) copied trial {parent.key.number} "
+                   f"(epoch {parent_epoch}), goes on with {shown}")
         self._record(member.key, segment(epoch, parent.key.number, self.life.study.search_space, values,
                                          parent_epoch))
 
@@ -215,6 +228,8 @@ class Population:
             life.fail_running(e)
             members.fail()
             raise
+        finally:
+            members.close()
 
 
 def engine(population: int) -> Engine:

@@ -27,8 +27,7 @@ import optuna
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mhtrain import ConfigError
-from mhtrain.evaluate.sequential import METHOD, anytime
-from mhtrain.evaluate.stats import LEVEL
+from mhtrain.study.anytime import LEVEL, METHOD, anytime
 from mhtrain.study.confirm import read_design
 from mhtrain.study.race import Verdict
 
