@@ -1,5 +1,6 @@
 """The study as a runner sees it: trials by state, who runs each, the progress bar, and the
-running trials of dead workers, failed and enqueued again. Imports no torch or Lightning."""
+running trials of dead workers, failed and queued again (through `policy.requeue`, the one retry
+path). Imports no torch or Lightning."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from mhtrain import tracking
-from mhtrain.study.policy import MAX_RETRIES
+from mhtrain.study.policy import requeue
 from mhtrain.study.records import Owner, trial_attr
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -78,14 +79,6 @@ def trial_owner(ostudy: optuna.Study, t: optuna.trial.FrozenTrial) -> Owner | bo
     return trial_attr(ostudy, t, "owner", fatal=False) or False
 
 
-def retries_of(ostudy: optuna.Study, t: optuna.trial.FrozenTrial) -> int:
-    """How often the trial is a re-run already (a broken count: the cap, so it is not re-run)."""
-    if t.user_attrs.get("retries") is None:
-        return 0
-    count = trial_attr(ostudy, t, "retries", fatal=False)
-    return MAX_RETRIES if count is None else count
-
-
 def end_runs(ostudy: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
     """End the tracking runs of a trial whose worker died, from its checked records."""
     tracking.end_abandoned(t.number, trial_attr(ostudy, t, tracking.TRACKING, fatal=False),
@@ -93,7 +86,8 @@ def end_runs(ostudy: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
 
 
 def reap(ostudy: optuna.Study, dead_pid: int | None = None) -> list[int]:
-    """Fail the running trials of dead workers and enqueue them again; returns their numbers.
+    """Fail the running trials of dead workers and queue them again (`policy.requeue`: one
+    counter, one cap); returns their numbers.
     A worker on this host is checked directly (any storage); one elsewhere by heartbeat (RDB).
     A trial whose owner record is broken is reaped as one whose worker is gone."""
     if dead_pid is None:
@@ -113,9 +107,7 @@ def reap(ostudy: optuna.Study, dead_pid: int | None = None) -> list[int]:
             continue  # another process reaped it first
         reaped.append(t.number)
         end_runs(ostudy, t)
-        retries = retries_of(ostudy, t)
-        if retries < MAX_RETRIES:
-            ostudy.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "retries": retries + 1})
+        requeue(ostudy, t)
     return reaped
 
 

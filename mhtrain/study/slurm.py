@@ -25,10 +25,11 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from mhtrain import ConfigError
-from mhtrain.study.ledger import retries_of, trial_owner
+from mhtrain import ConfigError, program
+from mhtrain.study.ledger import trial_owner
 from mhtrain.study.opening import open_study, prepare
-from mhtrain.study.records import FAIL_REASON, OVER_BUDGET, shown, trial_attr
+from mhtrain.study.policy import requeue
+from mhtrain.study.records import FAIL_REASON, shown, trial_attr
 from mhtrain.study.warmstart import load_source
 from mhtrain.urls import masked, scrubbed
 
@@ -93,24 +94,19 @@ def where(ostudy: optuna.Study, trials: Iterable[optuna.trial.FrozenTrial]) -> l
     return lines
 
 
-def rerun_stopped(ostudy: optuna.Study, max_retries: int = 3) -> list[int]:
+def rerun_stopped(ostudy: optuna.Study) -> list[int]:
     """In a SLURM task a stop is the scheduler's (scancel, time limit, requeue, preemption), not a
-    person's: the trials it cut short (FAIL, interrupted) are enqueued again with their
-    parameters, as the reaper does for a dead worker, so another task re-runs them."""
+    person's: the trials it cut short here (FAIL, interrupted) are queued again with their
+    parameters through the one retry path (`policy.requeue`: one counter, one cap), as the reaper
+    does for a dead worker, so another task re-runs them."""
     me = placement().get("slurm")
     if me is None:
         return []
-    trials = ostudy.get_trials(deepcopy=False)
-    retried = {trial_attr(ostudy, t, "retry_of", fatal=False) for t in trials}
     again = []
-    for t in trials:
-        if t.state != TrialState.FAIL or not t.params:
-            continue
-        owner, retries = trial_owner(ostudy, t), retries_of(ostudy, t)
+    for t in ostudy.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        owner = trial_owner(ostudy, t)
         if (owner and owner.slurm == me and (trial_attr(ostudy, t, FAIL_REASON, fatal=False) or "")
-                .startswith("interrupted") and not trial_attr(ostudy, t, OVER_BUDGET, fatal=False)
-                and t.number not in retried and retries < max_retries):
-            ostudy.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "retries": retries + 1})
+                .startswith("interrupted") and requeue(ostudy, t)):
             again.append(t.number)
     return again
 
@@ -241,7 +237,7 @@ def submit(p: argparse.ArgumentParser, args: argparse.Namespace, config: str, st
     log = workdir / LOG_DIR / f"{job_name(study.name)}-{job}_<task>.out"
     print(f"submitted SLURM job {job}: {args.slurm} array task(s) of study {study.name} "
           f"(budget {study.n_trials} trials), logs {log}")
-    print(f"watch:  squeue -j {job}   and   python -m mhtrain.study dashboard --storage {args.storage}")
+    print(f"watch:  squeue -j {job}   and   {program()} -m mhtrain.study dashboard --storage {args.storage}")
     print(f"cancel: scancel {job}   (running trials end FAIL; finished ones stay; the same "
           "command submits again for the rest)")
     return 0

@@ -1,6 +1,7 @@
 """Where studies live: SQLite by default, a Journal file for many local processes, PostgreSQL
 for many machines. Every URL is checked before anything is written, so a bad one costs nothing;
-RDB storages keep a heartbeat so a killed worker's trials are retried."""
+RDB storages keep a heartbeat so a killed worker's trials are retried (through `policy.requeue`,
+the one retry path)."""
 
 from __future__ import annotations
 
@@ -15,13 +16,13 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
 
 from mhtrain import ConfigError
 from mhtrain.study import records
 from mhtrain.study.ledger import end_runs
-from mhtrain.study.policy import MAX_RETRIES
+from mhtrain.study.policy import requeue
 from mhtrain.urls import masked, scrubbed
 
 DEFAULT_STORAGE = "sqlite:///runs/optuna.db"
@@ -106,13 +107,12 @@ def repair_journal(path: Path) -> int:
         lock.release()
 
 
-class RetryStale(RetryHeartbeatStaleTrialCallback):
-    """Optuna's retry of a trial whose heartbeat stopped (a worker on another machine died),
-    which also ends the trial's MLflow run, as the local reaper does."""
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        end_runs(study, trial)
-        super().__call__(study, trial)
+def retry_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """What follows a trial whose heartbeat stopped (a worker on another machine died), once
+    Optuna's `fail_stale_trials` failed it: its tracking runs end and it is queued again through
+    the one retry path, as the local reaper does."""
+    end_runs(study, trial)
+    requeue(study, trial)
 
 
 def open_storage(url: str, heartbeat: int = HEARTBEAT_S,
@@ -138,7 +138,7 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT_S,
             with warnings.catch_warnings():  # heartbeats are "experimental" to Optuna: every command said so
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-                                  heartbeat_stale_trial_callback=RetryStale(max_retry=MAX_RETRIES),
+                                  heartbeat_stale_trial_callback=retry_stale,
                                   # one idle connection a process, not SQLAlchemy's 3: PostgreSQL's
                                   # default 100 then holds ~90 workers (bench/storage_load.py)
                                   engine_kwargs={"pool_pre_ping": True, "pool_size": 1}
@@ -186,7 +186,9 @@ class Heartbeat:
 
     def __init__(self, storage: optuna.storages.BaseStorage) -> None:
         self.storage = storage
-        self.interval = storage.get_heartbeat_interval() if isinstance(storage, RDBStorage) else None
+        # an RDB storage as a study holds it (Optuna wraps it in a cache) beats; a Journal file has none
+        beats = getattr(storage, "get_heartbeat_interval", None)
+        self.interval = beats() if callable(beats) else None
         self.trial_ids: set[int] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

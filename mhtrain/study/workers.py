@@ -113,7 +113,8 @@ def work(study: StudyConfig, ostudy: optuna.Study, timeout: float | None = None,
                 trainer.run(life)
             except Exception as e:  # noqa: BLE001 - its trials are FAIL with a reason already
                 failures += 1
-                policy.after_failure(e, failures)  # raises when the study must stop
+                # raises when the study must stop: the machine's fault names where the trials write
+                policy.after_failure(e, failures, folders.stored_folder(ostudy, folders.OUTPUT_ROOT))
                 tqdm.write(f"trial failed: {type(e).__name__}: {e}")
     return outcome
 
