@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 # Messages that tell a user of this tool nothing, silenced in one place (`quiet`), never on import.
 NOISE = (
@@ -24,6 +26,18 @@ def quiet() -> None:
         warnings.filterwarnings("ignore", message=message)
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def program(name: str = "python") -> str:
+    """How a printed command names `name` ("python", or a console script of this environment such
+    as "optuna-dashboard") so that it runs as typed in a fresh shell, the environment not activated:
+    its path in this environment, relative to the working directory when it lies inside it."""
+    path = Path(sys.executable)
+    if name != "python":
+        path = path.with_name(name)
+    if path.is_relative_to(Path.cwd()):
+        path = path.relative_to(Path.cwd())  # `.venv/bin/optuna-dashboard`
+    return shlex.quote(str(path))
 
 
 class ConfigError(ValueError):

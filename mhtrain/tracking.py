@@ -25,7 +25,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from mhtrain import ConfigError
+from mhtrain import ConfigError, program
 from mhtrain.urls import masked, scrubbed, without_password
 
 TRACKING = "tracking"  # trial user attribute: logger name -> where its curves are
@@ -265,12 +265,14 @@ def curves(logged: Iterable[tuple[Mapping[str, str] | None, str | None]]) -> lis
         if "mlflow" in (places or {}):
             studies.add(experiment_name(str(output_dir or "")))
     study = ", ".join(quote(s) for s in sorted(studies))
-    lines = [f"curves: tensorboard --logdir {quote(masked(place))} --host 127.0.0.1  (or `make tensorboard`)"
+    board = program("tensorboard")
+    lines = [f"curves: {board} --logdir {quote(masked(place))} --host 127.0.0.1  (or `make tensorboard`)"
              for place in sorted({os.path.dirname(p.rstrip("/")) for p in where.get("tensorboard", ())})]
     for uri in sorted(where.get("mlflow", ())):
         if uri.startswith(("http://", "https://")):
             lines.append(f"curves: MLflow experiment {study} at {quote(masked(uri))}")
         else:
-            lines.append(f"curves: mlflow ui --backend-store-uri {quote(masked(uri))} --host 127.0.0.1  "
+            lines.append(f"curves: {program('mlflow')} ui --backend-store-uri {quote(masked(uri))} "
+                         "--host 127.0.0.1  "
                          f"(or `make mlflow`), experiment {study}")
     return lines

@@ -3,6 +3,7 @@
 import copy
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import lightning as L
@@ -13,7 +14,7 @@ from hydra.utils import instantiate
 from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
 
-from mhtrain import ConfigError
+from mhtrain import ConfigError, program
 from mhtrain.config import build_model, compose
 from mhtrain.population.check import population_size
 from mhtrain.study import __main__ as study_main
@@ -62,8 +63,15 @@ def test_keep_all_stores_each_trial_and_export_hands_over_weights_that_score_the
     assert f"--artifact-dir {tmp_path / 'optuna-artifacts'}" in text
     assert f"make dashboard STORAGE=sqlite:///{tmp_path / 'optuna.db'}" in text
     # the hint works as typed, from here, on this study's own storage (not the default one)
-    (hint,) = re.findall(r"`(python -m mhtrain\.study export [^`]+)`", text)
+    (hint,) = re.findall(r"`(\S+ -m mhtrain\.study export [^`]+)`", text)
+    assert shlex.split(hint)[0] == shlex.split(program())[0]  # this environment's python, by its path
     assert study_main.main(shlex.split(hint)[3:]) == 0
+    # the dashboard's command runs as typed in a fresh shell, the environment not activated
+    (dashboard,) = [x.removeprefix("dashboard: ").split("  (or")[0] for x in text.splitlines()
+                    if x.startswith("dashboard: ")]
+    fresh = subprocess.run(f"{dashboard} --version", shell=True, capture_output=True, text=True,
+                           env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
 
 
 def test_keep_best_keeps_the_trials_that_beat_every_earlier_one(tiny_data, tmp_path, monkeypatch):

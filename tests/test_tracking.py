@@ -22,6 +22,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import metadata as hp_metadata
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from mhtrain import program
 from mhtrain.study import cli, opening, study_config, workers
 from mhtrain.study.ledger import reap
 from mhtrain.study.storage import open_storage
@@ -92,7 +93,13 @@ def test_tensorboard_writes_a_run_per_trial_with_its_values_against_its_best(tin
                                 "trial": t.number, "state": t.state.name}
         assert (run / "csv" / "metrics.csv").is_file()  # csv as well, as asked
     text = summary(ostudy, study.max_epochs, "sqlite:///optuna.db")
-    assert f"curves: tensorboard --logdir {root.resolve()} --host 127.0.0.1" in text
+    line = next(x for x in text.splitlines() if x.startswith("curves: "))
+    command = line.removeprefix("curves: ").split("  (or")[0]
+    assert command == f"{program('tensorboard')} --logdir {root.resolve()} --host 127.0.0.1"
+    # as typed in a fresh shell, the environment not activated: it runs (here: its --help)
+    fresh = subprocess.run(f"{command} --help", shell=True, capture_output=True, text=True,
+                           env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert fresh.returncode == 0 and "--logdir" in fresh.stdout, fresh.stderr[-2000:]
 
 
 def test_a_population_member_logs_what_a_solo_trial_logs(tiny_data, tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from mhtrain import ConfigError
+from mhtrain import ConfigError, program
 from mhtrain.config import CONF_DIR, compose
 from mhtrain.study.checkpoints import hand_over
 from mhtrain.study.confirm import ATTR, chosen_trial
@@ -103,9 +103,9 @@ def handover_lines(study_name: str, storage_url: str, path: Path, dropped: list[
     else:
         left = f"; the search's {' '.join(dropped)} left out (--as-searched keeps them)" if dropped else ""
         out.append(f"it trains at {fidelity or 'the experiment’s own fidelity'}{left}")
-    out.append(f"train it: python -m mhtrain.train experiment=best_{study_name}")
+    out.append(f"train it: {program()} -m mhtrain.train experiment=best_{study_name}")
     if checkpoint is not None:
-        out.append(f"its weights: {checkpoint}; go on training from them: python -m mhtrain.train "
+        out.append(f"its weights: {checkpoint}; go on training from them: {program()} -m mhtrain.train "
                    f"experiment=best_{study_name} ckpt_path={checkpoint}")
     elif not pbt and not any(isinstance(t.user_attrs.get("population"), dict)  # stacked: keeps none
                              for t in study.get_trials(deepcopy=False)):

@@ -18,6 +18,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
+from mhtrain import program
 from mhtrain.config import compose
 from mhtrain.pbt import SCHEDULE
 from mhtrain.study import records
@@ -158,8 +159,8 @@ def pbt_lines(ostudy: optuna.Study, study: StudyConfig) -> str:
         return "pbt: no member has finished yet"
     best = max(done, key=lambda t: t.value if study.direction == "maximize" else -t.value)
     lines = [f"pbt: trial {best.number}'s schedule (its user attribute {SCHEDULE}; the lineage figure "
-             "and this schedule are on the study's page in optuna-dashboard; `python -m mhtrain.study "
-             "export` writes it as a solo replay):"]
+             "and this schedule are on the study's page in optuna-dashboard; "
+             f"`{program()} -m mhtrain.study export` writes it as a solo replay):"]
     for seg in segments(best, keys, ostudy):
         source = "its own start" if seg["parent"] is None else f"copied trial {seg['parent']}"
         values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"

@@ -8,6 +8,7 @@ from shlex import quote
 
 import optuna
 
+from mhtrain import program
 from mhtrain.study import folders
 from mhtrain.study.checkpoints import ARTIFACT_DIR, CHECKPOINT
 from mhtrain.study.confirm import precision_lines
@@ -70,12 +71,13 @@ def summary(ostudy: optuna.Study, max_epochs: int, storage_url: str, val_images:
     kept = sum(1 for t in trials if attr(t, CHECKPOINT))
     storage = quote(masked(storage_url))  # a password in the URL is never printed
     if kept:
-        lines.append(f"checkpoints: {kept} kept in {quote(str(artifacts))}; `python -m mhtrain.study export "
+        lines.append(f"checkpoints: {kept} kept in {quote(str(artifacts))}; "
+                     f"`{program()} -m mhtrain.study export "
                      f"{quote(ostudy.study_name)} --storage {storage}` hands over the best")
     lines += where(ostudy, trials)  # hosts and SLURM tasks, when the study ran on more than one place
     lines += curves((attr(t, TRACKING), attr(t, "output_dir")) for t in trials)  # TensorBoard / MLflow
     # every command printed here names the storage it was run on: it works as typed
-    lines.append(f"dashboard: optuna-dashboard {storage}"
+    lines.append(f"dashboard: {program('optuna-dashboard')} {storage}"
                  + (f" --artifact-dir {quote(str(artifacts))}" if artifacts else "")
                  + f"  (or `make dashboard STORAGE={storage}`)")
     return "\n".join(lines)
