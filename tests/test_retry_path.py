@@ -271,3 +271,26 @@ def test_a_full_or_read_only_disk_ends_the_run_in_one_line(code, tiny_data, tmp_
     (t,) = trials(url, name)  # the first trial met it; nothing queued again, no count touched
     assert t.state == TrialState.FAIL and os.strerror(getattr(errno, code)) in t.user_attrs[FAIL_REASON]
     assert RETRIES not in t.user_attrs and RETRY_OF not in t.user_attrs
+
+
+@pytest.mark.slow
+def test_with_two_workers_a_full_disk_ends_the_run_in_one_line_with_nothing_replaced(tiny_data, tmp_path):
+    """Each worker meets the disk: the first refusal stops the other and the run (exit 2, one line),
+    where a dead worker would be replaced and its trial queued again."""
+    unshare = unshare_mount()
+    if unshare is None:
+        pytest.skip("cannot mount a private tmpfs here (`unshare -m` and `mount -t tmpfs` need root "
+                    "or user namespaces)")
+    (tmp_path / "runs").mkdir()
+    url, name = f"sqlite:///{tmp_path / 'f.db'}", f"f_{uuid.uuid4().hex[:8]}"
+    args = study_args(tiny_data, url, name, 4, 1, "--workers", "2")
+    done = subprocess.run([*unshare, "sh", "-c", f"{MOUNTS['ENOSPC']} && exec \"$@\"", "sh", *args],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    lines = [line for line in done.stderr.strip().splitlines() if "A new study created" not in line]
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert lines[0].startswith(f"error: {tmp_path / 'runs'}") and "(ENOSPC); " in lines[0], lines
+    assert "died" not in done.stdout  # no worker replaced
+    ts = trials(url, name)
+    assert ts and all(t.state == TrialState.FAIL for t in ts) and len(ts) <= 2  # one a worker at most
+    assert not any(RETRIES in t.user_attrs for t in ts)

@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 from tqdm import tqdm
 
+from mhtrain import ConfigError, DataError, quiet
 from mhtrain.study import folders, interrupt, policy
 from mhtrain.study.engines import engine
 from mhtrain.study.ledger import POLL_S, counts, finished, n_done, reap, show
@@ -25,6 +26,7 @@ from mhtrain.study.slurm import placement
 from mhtrain.study.storage import Heartbeat
 
 GPU_ENV = "CUDA_VISIBLE_DEVICES"
+REFUSED = 2  # a worker's exit code when it ended on a one-line refusal it put on `Pool.errors`
 
 
 @dataclass
@@ -67,6 +69,11 @@ class Pool:
     stop: Any
     size: int
     gpus: list[str]
+    errors: Any = None  # a worker's one-line refusal (config, data, the machine's fault), for the parent
+
+    def __post_init__(self) -> None:
+        if self.errors is None:
+            self.errors = self.ctx.SimpleQueue()
 
     def start(self, slot: int, args: tuple) -> mp.Process:
         """Start worker `slot`; a spawned child takes the environment as it is at `start`, so
@@ -75,7 +82,7 @@ class Pool:
         if self.gpus:
             os.environ[GPU_ENV] = self.gpus[slot % len(self.gpus)]
         try:
-            p = self.ctx.Process(target=_worker, args=(*args, self.stop, os.getpid()))
+            p = self.ctx.Process(target=_worker, args=(*args, self.stop, self.errors, os.getpid()))
             p.start()
         finally:
             if saved is None:
@@ -120,9 +127,10 @@ def work(study: StudyConfig, ostudy: optuna.Study, timeout: float | None = None,
 
 
 def _worker(study: StudyConfig, storage_url: str, timeout: float | None, threads: int,
-            heartbeat: int, stop: Any, parent: int) -> None:
+            heartbeat: int, stop: Any, errors: Any, parent: int) -> None:
     interrupt.install(shared=stop, ignore_sigint=True)
     interrupt.die_with_parent(parent)
+    quiet()  # a spawned child starts with the warning filters at their defaults
     import torch
 
     torch.set_num_threads(threads)
@@ -133,6 +141,9 @@ def _worker(study: StudyConfig, storage_url: str, timeout: float | None, threads
         work(study, ostudy, timeout)
     except interrupt.StudyInterrupted:
         os._exit(130)
+    except (ConfigError, DataError) as e:  # every worker would meet it: the parent stops the run
+        errors.put((isinstance(e, ConfigError), str(e)))
+        os._exit(REFUSED)
 
 
 def supervise(study: StudyConfig, storage_url: str, ostudy: optuna.Study, pool: Pool,
@@ -150,6 +161,10 @@ def supervise(study: StudyConfig, storage_url: str, ostudy: optuna.Study, pool: 
                 p.join()
                 if p.exitcode == 0 or (p.exitcode == 130 and interrupt.requested()):
                     continue
+                if p.exitcode == REFUSED and not pool.errors.empty():
+                    config, message = pool.errors.get()
+                    stop_all(pool, procs, ostudy)  # its own trial failed with its reason already
+                    raise (ConfigError if config else DataError)(message)
                 held = reap(ostudy, dead_pid=p.pid)
                 how = f"signal {-p.exitcode}" if p.exitcode < 0 else f"exit code {p.exitcode}"
                 line = (f"worker pid {p.pid} died ({how}) holding trial(s) "
@@ -166,13 +181,18 @@ def supervise(study: StudyConfig, storage_url: str, ostudy: optuna.Study, pool: 
                 interrupt.check()
     except interrupt.StudyInterrupted:
         outcome.interrupted = True
-        pool.stop.set()
-        for p in procs.values():
-            p.join(timeout=60)
-            if p.is_alive():
-                p.kill()
-                p.join()
-            reap(ostudy, dead_pid=p.pid)
+        stop_all(pool, procs, ostudy)
         return outcome  # the killed workers' retries stay enqueued for the next run
     outcome.timed_out = timeout is not None and finished(ostudy) < study.n_trials
     return outcome
+
+
+def stop_all(pool: Pool, procs: dict[int, mp.Process], ostudy: optuna.Study) -> None:
+    """Stop every worker (each fails its running trials), then reap what each held."""
+    pool.stop.set()
+    for p in procs.values():
+        p.join(timeout=60)
+        if p.is_alive():
+            p.kill()
+            p.join()
+        reap(ostudy, dead_pid=p.pid)
