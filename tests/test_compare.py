@@ -237,6 +237,10 @@ def test_multi_arm_compare_writes_the_report_and_a_second_run_retrains_nothing(
     assert ("| arm | seeds | test digit acc (%) | test thickness acc (%) | test smoothness acc (%) |"
             in md)
     assert "| baseline_lr (reference) | 2 |" in md and "| – | – |" in md
+    assert "| arm | re-run s per epoch | × baseline_lr |" in md and "| baseline_lr | " in md
+    (cost,) = [line.strip("| ").split(" | ") for line in md.splitlines()
+               if line.startswith("| uncertainty_lr | ") and line.count("|") == 4]
+    assert float(cost[1]) > 0 and float(cost[2]) > 0  # its s per epoch, and that against the reference's
     assert ("| arm | difference (pp) | paired 95% CI, unadjusted (pp) | paired p | paired Holm-adjusted p "
             "| Welch 95% CI, unadjusted (pp) | Welch p | Welch Holm-adjusted p | r over seeds |") in md
     for arm in ("equal_lr", "uncertainty_lr"):

@@ -98,6 +98,18 @@ def accuracy_table(c: Comparison) -> Table:
     return rows
 
 
+def cost_table(c: Comparison) -> Table:
+    """What each arm's re-runs cost per epoch, and that against the reference's: a gradient-balancing
+    weighting (one backward per head) costs more than a scalarized loss at the same accuracy."""
+    def per_epoch(a: Arm) -> float:
+        epochs = sum(r.get("epochs", 0) for r in a.records)
+        return sum(r.get("seconds", 0) for r in a.records) / max(epochs, 1)
+
+    ref = per_epoch(c.reference)
+    return [["arm", "re-run s per epoch", f"× {c.reference.name}"],
+            *([a.name, f"{per_epoch(a):.2f}", f"{per_epoch(a) / ref:.2f}" if ref else "–"] for a in c.arms)]
+
+
 def contrast_table(c: Comparison) -> Table:
     """Every arm minus the reference: the paired test (which decides at a first look) and Welch's
     beside it, each with its unadjusted interval, raw and Holm-adjusted p; the arms' correlation
@@ -259,6 +271,7 @@ def blocks(c: Comparison) -> list[Block]:
             Heading("Verdicts"), Bullets(c.sentences()),
             Heading(f"Test accuracy (plain mean over seeds [{100 * LEVEL:.0f}% t CI])"),
             TableBlock(accuracy_table(c)),
+            Heading("Cost (the re-runs, on this machine)"), TableBlock(cost_table(c)),
             Heading(f"Against {c.reference.name}: {c.metric}"), TableBlock(contrast_table(c)),
             *(Para(line) for line in design_lines(c.contrasts, c.reference.values(c.metric), c.test_images)),
             *variance_blocks(c),
