@@ -35,7 +35,7 @@ from mhtrain.study.records import StudyRecord, TrialRecord
 from tests.conftest import ROOT, tiny_for
 from tests.test_untrusted import Listener, copied, load_compare_cli, real_trials
 
-FAST_EXAMPLES, FULL_EXAMPLES = 12, 150
+FAST_EXAMPLES, FULL_EXAMPLES = 12, 40  # the full tier: about 4 s an example, every command
 NAME = f"fuzz_{uuid.uuid4().hex[:6]}"  # conf/experiment/best_<NAME>.yaml is export's, removed each time
 PBT = "pbt_loss_weights"  # the dashboard's lineage: named after its local study config
 COMMANDS = ("resume", "export", "compare", "confirm", "summary", "plots")
