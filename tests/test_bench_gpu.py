@@ -26,6 +26,7 @@ def bench_gpu():
     return module
 
 
+@pytest.mark.slow  # over 10 s: the full tier
 def test_the_whole_gpu_bench_runs_on_the_cpu_and_prints_its_table(tiny_data, tmp_path):
     # the study subprocess gets the data directory from --data-dir alone (it tried to download
     # MNIST), and a study that works leaves a row (an unbound name made the script exit 1)

@@ -282,6 +282,7 @@ def test_multi_arm_compare_writes_the_report_and_a_second_run_retrains_nothing(
     assert "a follow-up of family `weighting`" in text
 
 
+@pytest.mark.slow  # over 10 s: the full tier
 def test_more_seeds_after_a_look_are_refused_unless_declared_and_then_judged_as_a_later_look(
         tiny_overrides, storage, monkeypatch, tmp_path, capsys):
     """The issue's `--seeds 10` after `--seeds 5`, here 4 after 3, on real tiny re-runs."""

@@ -224,6 +224,7 @@ def test_a_pbt_study_is_refused_before_work_where_it_cannot_run(tiny_data):
         study_config.load("pbt_loss_weights", extra_overrides=[*tiny, f"model.scheduler={step_lr}"])
 
 
+@pytest.mark.slow  # over 10 s: the full tier
 def test_a_pbt_study_runs_from_one_command_and_records_each_members_lineage(tiny_data, tmp_path, monkeypatch,
                                                                              capsys):
     import optuna
