@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from mhtrain.population import pbt
+from mhtrain import pbt
 
 
 def timed(clock: str):  # noqa: ANN201 - wraps Controller.step
