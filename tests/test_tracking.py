@@ -314,6 +314,7 @@ def test_a_trial_whose_heartbeat_stopped_has_its_mlflow_run_ended_and_is_retried
     run = client.create_run(client.create_experiment("hb-0a1b2c3d"), tags={"trial": "0"})
     ostudy = optuna.create_study(study_name="hb", storage=open_storage(f"sqlite:///{tmp_path / 'o.db'}", 1))
     trial = ostudy.ask()
+    trial.suggest_float("lr", 1e-4, 1e-2, log=True)  # a trial with no parameters yet is not re-run
     trial.set_user_attr("owner", {"host": "another-machine", "pid": 1, "started": None})
     trial.set_user_attr(TRACKING, {"mlflow": uri})
     trial.set_user_attr("output_dir", str(tmp_path / "hb-0a1b2c3d" / "trial_0000"))
