@@ -177,7 +177,7 @@ def kill_population_and_resume(args: list[str], storage: str, name: str, folder:
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_a_killed_population_worker_is_rerun_member_by_member(tiny_data, kind, name, tmp_path):
     storage = {"sqlite": f"sqlite:///{tmp_path / 'p.db'}", "journal": str(tmp_path / "p.journal")}[kind]
-    args = study_args(tiny_data, storage, name, 4, 5, "--population", "2")
+    args = study_args(tiny_data, storage, name, 4, 3, "--population", "2")
     both_running = lambda ts: sum(t.state == TrialState.RUNNING for t in ts) == 2  # noqa: E731
     kill_population_and_resume(args, storage, name, tmp_path, 2, lambda ts: both_running(ts)
                                and any(t.intermediate_values for t in ts if t.state == TrialState.RUNNING))
