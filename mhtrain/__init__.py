@@ -9,6 +9,9 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+# The shipped configs: experiments, studies and their parts (Hydra's search path).
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
 # Messages that tell a user of this tool nothing, silenced in one place (`quiet`), never on import.
 NOISE = (
     r".*isinstance\(treespec, LeafSpec\).*",  # lightning 2.6 on torch 2.14: its own pytree use, every fit

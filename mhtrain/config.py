@@ -14,10 +14,8 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mhtrain import ConfigError, DataError, quiet, tracking
+from mhtrain import CONF_DIR, ConfigError, DataError, quiet, tracking
 from mhtrain.contract import check_loss_weights, check_weighting, metric_names
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 def compose(experiment: str | None = None, overrides: Sequence[str] = ()) -> DictConfig:

@@ -292,6 +292,17 @@ def test_cli_help_explains_each_option(tmp_path):
         assert flag in proc.stdout
 
 
+def test_run_help_lists_the_study_configs(capsys):
+    """`python -m mhtrain.study run --help` names every conf/study config (it once listed none)."""
+    from mhtrain.study import __main__ as study_main
+
+    with pytest.raises(SystemExit) as done:
+        study_main.main(["run", "--help"])
+    assert done.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert all(p.stem in out for p in (ROOT / "conf" / "study").glob("*.yaml")) and "loss_weights" in out
+
+
 @pytest.mark.parametrize("modules", [
     "mhtrain.study.__main__",  # `dashboard` answers at once, not after seconds of imports
     # the lifecycle, the ledger and the study config sit below the engines: no trainer in them

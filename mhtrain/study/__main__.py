@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from mhtrain import one_line_errors
+from mhtrain import CONF_DIR, one_line_errors
 from mhtrain.study.storage import DEFAULT_STORAGE, artifact_dir, check_storage
 
 # the study modules import torch and Lightning (seconds): `dashboard` needs none of them
@@ -23,7 +23,11 @@ def main(argv: list[str] | None = None) -> int:
                         prog=f"python -m mhtrain.study run {argv[1]}")
     parser = argparse.ArgumentParser(prog="python -m mhtrain.study", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run a study config: run CONFIG --help for its options")
+    configs = sorted(p.stem for p in (CONF_DIR / "study").glob("*.yaml"))
+    run = sub.add_parser("run", help="run a study config: run CONFIG --help for its options",
+                         description="Run a conf/study/<CONFIG>.yaml; `run CONFIG --help` lists its "
+                                     "options (trials, storage, workers, --confirm, ...).")
+    run.add_argument("config", choices=configs, metavar="CONFIG", help=f"one of: {', '.join(configs)}")
     ex = sub.add_parser("export", help="write conf/experiment/best_<study>.yaml from the best trial")
     ex.add_argument("study", help="study name in the storage")
     ex.add_argument("--storage", default=DEFAULT_STORAGE, help=f"default {DEFAULT_STORAGE}")
@@ -47,8 +51,6 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)  # says what it does not know, as ever
     else:
         args.overrides = [*args.overrides, *rest]
-    if args.command == "run":
-        parser.error("run needs a study config name, e.g. run loss_weights")
     if args.command == "dashboard":
         return one_line_errors(lambda: dashboard(args.storage, args.port, args.host))
 
