@@ -361,6 +361,13 @@ def test_study_seeds_repeat_each_search_and_the_report_splits_the_variance(
     split = next(line for line in md.splitlines() if line.startswith("| equal_lr − baseline_lr |"))
     assert split.count("%)") >= 2 and " to " in split.split("|")[-2]  # shares and a bootstrap interval
     assert "study seeds 0–1 × seeds 1000–1003" in md
+    # the cost is the runs': seconds over epochs of all 4 runs, not of the 2 searches' pooled means
+    runs = [r for arm in ("equal_lr", "equal_lr@study_seed:1") for r in
+            optuna.load_study(study_name=arm, storage=ostorage).user_attrs[RERUNS].values()]
+    per_epoch = sum(r["seconds"] for r in runs) / sum(r["epochs"] for r in runs)
+    cost = next(line for line in md.split("## Cost", 1)[1].splitlines() if line.startswith("| equal_lr | "))
+    assert float(cost.split("|")[2]) == pytest.approx(per_epoch, abs=0.006)
+    assert "re-runs: 4, " in md and f"{per_epoch:.1f} s per epoch" in md
 
     assert cli.main(args) == 0  # stored: nothing searched or trained again, a repeat in the ledger
     again = capsys.readouterr().out

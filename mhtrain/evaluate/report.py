@@ -204,8 +204,9 @@ def study_items(a: Arm) -> list[str]:
             f"`{k.rsplit('.', 1)[-1]}` {v:.4g}" for k, v in s["values"].items()) for s in schedule]
         items.append(f"re-runs replay its lineage's schedule: {'; '.join(stretches)}")
     epochs = sum(r.get("epochs", 0) for r in a.records)
-    items.append(f"re-runs: {len(a.records)} seeds, {duration(rerun_s)} training, "
-                 f"{epochs / len(a.records):.1f} epochs on average, {rerun_s / max(epochs, 1):.1f} s per "
+    runs = sum(r.get("runs", 1) for r in a.records)  # a pooled record is one search's runs
+    items.append(f"re-runs: {runs}, {duration(rerun_s)} training, "
+                 f"{epochs / runs:.1f} epochs on average, {rerun_s / max(epochs, 1):.1f} s per "
                  "epoch (a gradient-aggregating weighting needs one backward per head: compare this cost "
                  "across arms)")
     return items

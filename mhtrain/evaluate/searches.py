@@ -106,13 +106,14 @@ def run(studies: Sequence[optuna.Study], n: int, storage_url: str, first: int, p
 
 def pooled(searches: Searches, name: str) -> Arm:
     """Arm `name` as one value per search (its mean over the search's seeds): what the verdict
-    compares. Each record averages the searches' numeric test metrics; time adds up."""
+    compares. Each record averages the search's numeric test metrics; time, epochs and runs add up
+    (so the cost per epoch is the runs', not the searches')."""
     records: list[dict[str, Any]] = []
     for a in searches.of(name):
         keys = [k for k in a.records[0] if k.startswith("test/") and isinstance(a.records[0][k], float)]
         records.append({**{k: sum(r[k] for r in a.records) / len(a.records) for k in keys},
                         "seconds": sum(r.get("seconds", 0.0) for r in a.records),
-                        "epochs": sum(r.get("epochs", 0) for r in a.records) / len(a.records)})
+                        "epochs": sum(r.get("epochs", 0) for r in a.records), "runs": len(a.records)})
     first = searches.of(name)[0]
     return Arm(first.study, list(range(len(records))), records, name)
 
