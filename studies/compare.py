@@ -18,10 +18,11 @@ refused unless declared a later look (--extend), which is judged by an anytime-v
 (--sequential judges a first look that way too); fresh seeds (--first-seed after the last ones)
 are a new family.
 
-  studies/compare.py --multitask lr --baseline baseline_lr --study-seeds 3 --n-trials 20 \
-      --search trainer.max_epochs=3 --search data.train_subset=10000
-      (each arm's search repeated with study seeds +1, +2, each answer re-trained on 5 seeds of its
-      own: the verdict's unit is one search; --search and --n-trials must be the arms' own)
+  studies/compare.py --arms equal_lr --reference baseline_lr --study-seeds 3 --n-trials 8 \
+      --search trainer.max_epochs=3 --search data.train_subset=10000 trainer.max_epochs=3 data.train_subset=10000
+      (two arms searching the same lr range, each search repeated with study seeds +1, +2, each answer
+      re-trained on 5 seeds of its own: the verdict's unit is one search; --search and --n-trials must
+      be the arms' own; 16 min on a 2-core CPU after the arms' own 8-trial searches)
 
 Swept: where do the extra heads help? With --over KEY=V1,V2,... (one config key), at each value
 every arm's study config is searched on its own (study <arm>@<key>:<value> in the same storage,
