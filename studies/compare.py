@@ -22,7 +22,7 @@ are a new family.
       --search trainer.max_epochs=3 --search data.train_subset=10000 trainer.max_epochs=3 data.train_subset=10000
       (two arms searching the same lr range, each search repeated with study seeds +1, +2, each answer
       re-trained on 5 seeds of its own: the verdict's unit is one search; --search and --n-trials must
-      be the arms' own; 16 min on a 2-core CPU after the arms' own 8-trial searches)
+      be the arms' own; 16 min on a 2-core CPU, the arms' own 8-trial searches included)
 
 Swept: where do the extra heads help? With --over KEY=V1,V2,... (one config key), at each value
 every arm's study config is searched on its own (study <arm>@<key>:<value> in the same storage,
