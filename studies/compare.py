@@ -19,7 +19,8 @@ refused unless declared a later look (--extend), which is judged by an anytime-v
 are a new family.
 
   studies/compare.py --arms equal_lr --reference baseline_lr --study-seeds 3 --n-trials 8 \
-      --search trainer.max_epochs=3 --search data.train_subset=10000 trainer.max_epochs=3 data.train_subset=10000
+      --search trainer.max_epochs=3 --search data.train_subset=10000 \
+      trainer.max_epochs=3 data.train_subset=10000
       (two arms searching the same lr range, each search repeated with study seeds +1, +2, each answer
       re-trained on 5 seeds of its own: the verdict's unit is one search; --search and --n-trials must
       be the arms' own; 16 min on a 2-core CPU, the arms' own 8-trial searches included)

@@ -125,14 +125,17 @@ def test_sigint_fails_the_running_trial_then_resumes(tiny_data, storage, name, t
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
-    assert f"study {name}" in out and "interrupted" in out
+    assert f"study {name}" in out and "trial 0 was interrupted; queued again" in out
     ts = trials(storage, name)
-    assert [t.state for t in ts] == [TrialState.FAIL]
+    assert [t.state for t in ts] == [TrialState.FAIL, TrialState.WAITING]
     assert ts[0].user_attrs[FAIL_REASON].startswith("interrupted")
 
     again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert_intact(trials(storage, name), 2)
+    ts = trials(storage, name)
+    assert_intact(ts, 2)
+    # the interrupted parameters ran to the end on resume (they were lost to a stop before)
+    assert ts[1].params == ts[0].params and ts[1].state == TrialState.COMPLETE
 
 
 def test_unreachable_storage_is_one_clear_error(tiny_data, tmp_path):
@@ -192,7 +195,7 @@ def test_ctrl_c_with_workers_stops_everything_at_any_moment(tiny_data, name, tmp
     ts = trials(storage, name)
     assert not [t for t in ts if t.state == TrialState.RUNNING]
     assert sum(t.state == TrialState.COMPLETE for t in ts) <= 4
-    late = [t.number for t in ts if t.datetime_start.timestamp() > stopped_at + 1.0]
+    late = [t.number for t in ts if t.datetime_start and t.datetime_start.timestamp() > stopped_at + 1.0]
     assert not late, f"trials {late} started after the Ctrl-C"
     if proc.returncode == 130:
         assert "interrupted" in out + err  # the summary, or a stop while it was still starting

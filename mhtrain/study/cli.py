@@ -142,8 +142,6 @@ def main(study_name: str, description: str, argv: Sequence[str] | None = None,
             print(f"stopped by --timeout {args.timeout:g} s before the budget of {study.n_trials}; "
                   "run the same command to go on")
         if outcome.interrupted:
-            for number in slurm.rerun_stopped(ostudy):  # in a SLURM task: the scheduler stopped it
-                print(f"trial {number} was cut short by SLURM; enqueued for another task to re-run")
             print("interrupted: running trials were marked FAIL; run the same command to resume")
             return 130
         return 0

@@ -22,6 +22,7 @@ from mhtrain.result import FitResult
 from mhtrain.study import checkpoints
 from mhtrain.study.interrupt import StudyInterrupted
 from mhtrain.study.ledger import FINISHED, counts, n_done, owner, show
+from mhtrain.study.policy import requeue
 from mhtrain.study.records import FAIL_REASON, OVER_BUDGET, StudyConfig
 from mhtrain.study.storage import Heartbeat
 from mhtrain.study.trials import trial_config
@@ -125,8 +126,21 @@ class Lifecycle:
             self.pruned.discard(trial.number)
             self.epochs.pop(trial.number, None)
             self._tell(trial, state, value if state == TrialState.COMPLETE else None)
+            if isinstance(error, StudyInterrupted | KeyboardInterrupt):
+                self._queue_again(trial)
             show(self.bar, self.ostudy, counts(self.ostudy), self.study.n_trials)
         return state
+
+    def _queue_again(self, trial: optuna.Trial) -> None:
+        """A stop (Ctrl-C, SIGTERM, a SLURM stop) cut the trial short: this process, its only
+        owner, queues it again with its parameters through the one retry path, so the resumed
+        study or another SLURM task runs it first; a grid point or a warm start is not lost."""
+        with contextlib.suppress(Exception):  # the storage itself may be what stopped us
+            if not requeue(self.ostudy, self.ostudy._storage.get_trial(trial._trial_id)):
+                return
+            cut = ("was cut short by SLURM; enqueued for another task to re-run" if self.where.get("slurm")
+                   else "was interrupted; queued again, it runs first when the study resumes")
+            (self.bar.write if self.bar is not None else print)(f"trial {trial.number} {cut}")
 
     def fail_running(self, error: BaseException) -> None:
         """End every trial still running here as failed (an engine broke under all of them)."""

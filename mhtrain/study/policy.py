@@ -8,7 +8,7 @@ heartbeat callback built in `storage`) fails trials whose process died: no lifec
 is left to tell anything.
 
 One path queues a trial again (`requeue`), with one counter (the re-run's `retries` record) and
-one cap (`MAX_RETRIES`): a stale heartbeat, a reaped owner and a stopped SLURM task all go
+one cap (`MAX_RETRIES`): a stale heartbeat, a reaped owner and a stop (Ctrl-C, SIGTERM, SLURM) all go
 through it. The machine's own faults (`machine_fault`: a full disk, a read-only or vanished
 folder, a denied permission) are not the trial's: the run ends at the first trial that meets
 one, in one line, and nothing is queued again."""

@@ -23,13 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
 
 from mhtrain import ConfigError, program
-from mhtrain.study.ledger import trial_owner
 from mhtrain.study.opening import open_study, prepare
-from mhtrain.study.policy import requeue
-from mhtrain.study.records import FAIL_REASON, shown, trial_attr
+from mhtrain.study.records import shown, trial_attr
 from mhtrain.study.warmstart import load_source
 from mhtrain.urls import masked, scrubbed
 
@@ -92,23 +89,6 @@ def where(ostudy: optuna.Study, trials: Iterable[optuna.trial.FrozenTrial]) -> l
         parts = [f"{task or 'outside SLURM'}: {n}" for task, n in sorted(tasks.items(), key=str)]
         lines.append(f"  {host}: {sum(tasks.values())} trial(s) ({', '.join(parts)})")
     return lines
-
-
-def rerun_stopped(ostudy: optuna.Study) -> list[int]:
-    """In a SLURM task a stop is the scheduler's (scancel, time limit, requeue, preemption), not a
-    person's: the trials it cut short here (FAIL, interrupted) are queued again with their
-    parameters through the one retry path (`policy.requeue`: one counter, one cap), as the reaper
-    does for a dead worker, so another task re-runs them."""
-    me = placement().get("slurm")
-    if me is None:
-        return []
-    again = []
-    for t in ostudy.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        owner = trial_owner(ostudy, t)
-        if (owner and owner.slurm == me and (trial_attr(ostudy, t, FAIL_REASON, fatal=False) or "")
-                .startswith("interrupted") and requeue(ostudy, t)):
-            again.append(t.number)
-    return again
 
 
 def refuse_unshared(storage: str) -> None:
