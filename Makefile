@@ -74,8 +74,9 @@ gpu-check: ## on one GPU, offline: the GPU tests on CUDA, then bench/gpu.py's ta
 	$(GPU_PY) bench/gpu.py
 
 # bench-peers: the same searches in mhtrain, Optuna's Lightning example, Ray Tune and the seed repo's
-# Hydra sweeper, then PBT against Ray's; each peer in its own venv under PEERS_DIR, installed from pinned
-# versions first (bench/peers_setup.py). ARGS=--quick: minutes; without it, hours on 2 cores
+# Hydra sweeper, then PBT against Ray's; Optuna's example in .venv, Ray and the seed in venvs of their own
+# under PEERS_DIR, installed from pinned versions first (bench/peers_setup.py). ARGS=--quick: minutes;
+# without it, hours on 2 cores
 PEERS_DIR ?= $(HOME)/.cache/mhtrain-peers
 .PHONY: bench-peers
 bench-peers: data ## mhtrain vs Ray Tune, Optuna's Lightning example, the seed's sweeper (bench/peers.py)

@@ -1,8 +1,9 @@
-"""Where bench/peers.py finds each peer, and how `--setup` installs it: one virtual environment per
-peer under the peers folder (`MHTRAIN_PEERS_DIR`, default ~/.cache/mhtrain-peers), from pinned
-versions, never touching the project's own `.venv` or `requirements.lock`.
+"""Where bench/peers.py finds each peer, and how `--setup` installs it: Optuna's example runs in the
+project's own environment (its lock pins optuna-integration, a dev dependency), every other peer in
+a virtual environment of its own under the peers folder (`MHTRAIN_PEERS_DIR`, default
+~/.cache/mhtrain-peers), from pinned versions, never touching the project's `.venv` or lock.
 
-- optuna: the project's lock + mhtrain (editable) + optuna-integration
+- optuna: the project's own environment (mhtrain, optuna-integration from requirements.lock)
 - ray:    the project's lock + mhtrain (editable) + ray[tune]
 - seed:   the seed repository's own requirements, pinned (its hydra-optuna-sweeper pins Optuna 2.x),
           and a checkout of josmithiii/lightning-hydra-template-extended (`MHTRAIN_PEERS_SEED_REPO`,
@@ -24,12 +25,12 @@ SEED_CLONE = f"git clone https://github.com/{SEED_REPO} {{dir}} && git -C {{dir}
 LOCK = ROOT / "requirements.lock"
 TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
 PINS: dict[str, list[str]] = {
-    "optuna": ["optuna-integration==5.0.0"],
     "ray": ["ray[tune]==2.60.0"],
     "seed": [*TORCH, "lightning==2.6.6", "torchmetrics==1.9.0", "hydra-core==1.3.2", "hydra-colorlog==1.2.0",
              "hydra-optuna-sweeper==1.2.0", "rootutils==1.0.7", "rich==15.0.0", "tensorboard==2.21.0"],
 }
-ON_LOCK = ("optuna", "ray")  # peers that train mhtrain's own module: the project's lock under them
+OWN_ENV = ("mhtrain", "optuna")  # run by this interpreter: nothing to install
+ON_LOCK = ("ray",)  # peers that train mhtrain's own module: the project's lock under them
 PROBE = {"optuna": "import optuna_integration, mhtrain", "ray": "import ray.tune, mhtrain",
          "seed": "import hydra_plugins.hydra_optuna_sweeper, rootutils, lightning"}
 
@@ -39,8 +40,8 @@ def peers_dir() -> Path:
 
 
 def python(tool: str) -> Path:
-    """The interpreter a tool runs with (mhtrain: this one)."""
-    return Path(sys.executable) if tool == "mhtrain" else peers_dir() / tool / "bin" / "python"
+    """The interpreter a tool runs with (mhtrain and Optuna's example: this one)."""
+    return Path(sys.executable) if tool in OWN_ENV else peers_dir() / tool / "bin" / "python"
 
 
 def seed_repo() -> Path:
@@ -66,6 +67,8 @@ def missing(tool: str) -> str | None:
         return f"no checkout at {seed_repo()}: {SEED_CLONE.format(dir=seed_repo())}"
     probe = subprocess.run([str(python(tool)), "-c", PROBE[tool]], capture_output=True, text=True) \
         if python(tool).exists() else None
+    if (probe is None or probe.returncode) and tool in OWN_ENV:
+        return "optuna-integration is not in this environment: make install (requirements.lock pins it)"
     if probe is None or probe.returncode:
         return f"not installed in {peers_dir() / tool}: python bench/peers.py --setup {tool}"
     return None
@@ -74,7 +77,7 @@ def missing(tool: str) -> str | None:
 def setup(tools: list[str]) -> None:
     """Install each tool's environment that does not work yet; a failure is one line, then the next."""
     for tool in tools:
-        if tool == "mhtrain" or python(tool).exists() and not missing(tool):
+        if tool in OWN_ENV or python(tool).exists() and not missing(tool):
             continue
         for step in commands(tool):
             print("+ " + " ".join(step), flush=True)
