@@ -36,7 +36,10 @@ def test_a_killed_worker_is_replaced_and_the_command_ends_0(tiny_data, kind, nam
     assert f"worker pid {victim} died (signal 9) holding trial(s)" in out
     ts = trials(storage, name)
     assert_intact(ts, 4)
-    (killed,) = [t for t in ts if t.state == TrialState.FAIL]
+    # the victim's trial, by its owner: on a loaded machine a live worker's 1 s heartbeat can also
+    # go stale for 3 s, and that trial is failed and queued again too (a second FAIL, not an error)
+    (killed,) = [t for t in ts if t.state == TrialState.FAIL
+                 and t.user_attrs.get("owner", {}).get("pid") == victim]
     assert any(t.params == killed.params and t.state == TrialState.COMPLETE for t in ts)
 
 
