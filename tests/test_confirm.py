@@ -77,6 +77,9 @@ def test_a_race_drops_a_clearly_worse_configuration_and_resumes_without_retraini
     assert set(verdict.eliminated) == {"trial 1"}, "\n".join(verdict.lines("val/digit_acc"))
     assert verdict.ending == "equivalent" and verdict.alive == ["trial 0", "default"]
     assert verdict.headline().startswith("tuning is not shown to beat the default")
+    runs = race_runs(ostudy)  # each run stores its training time, and the race sums them as its cost
+    spent = sum(r["seconds"] for r in runs.values())
+    assert again[-1] == f"race cost: {len(runs)} run(s), {spent:.0f} s training", again[-1]
     stored = ostudy.user_attrs[confirm.ATTR]
     assert stored["chosen"] == 0 and stored["ending"] == "equivalent"
     assert sorted(p.name for p in (tmp_path / "runs" / "confirm").iterdir())  # its own folders
@@ -104,6 +107,7 @@ def test_a_failed_or_nan_finalist_run_is_recorded_with_its_reason(tiny_overrides
     nan = compose("multihead_cnn_mnist", [*tiny_overrides, "model.loss_weights.digit=1e39"])  # inf in float32
     run = confirm._train(fit, nan, "val/loss")
     assert run.value is None and run.error.startswith("non-finite val/loss")
+    assert run.seconds > 0  # it trained: the race's cost counts it
     data = write_tiny_mnist(tmp_path / "data")
     broken = compose("multihead_cnn_mnist", [*tiny_overrides, f"data.data_dir={data}"])
     (mnist.raw_dir(data) / mnist.SPLIT_FILES["train"][0]).write_bytes(b"\0" * 20)  # changed under the race
@@ -125,10 +129,12 @@ def test_export_hands_over_the_best_fresh_seed_mean_not_the_search_rank(searched
     ostudy.set_user_attr("race", {"finalists": [0, 1, 2], "first_seed": first, "delta": 0.002})
     for i in range(3):  # three rounds stored; trial 2 best on every fresh seed, none confidently
         for arm, v in (("trial 0", 0.950), ("trial 1", 0.951), ("trial 2", 0.953), ("default", 0.949)):
-            ostudy.set_user_attr(f"race:{arm}:{first + i}", {"value": v + 0.001 * (i % 2)})
+            timed = {"seconds": 30.0} if i == 0 else {}  # the later rounds as an older race stored them
+            ostudy.set_user_attr(f"race:{arm}:{first + i}", {"value": v + 0.001 * (i % 2), **timed})
     said: list[str] = []
     verdict = confirm.confirm(ostudy, k=3, cap=3, say=said.append)
     assert not [line for line in said if line.startswith("  round")]  # nothing trained
+    assert said[-1] == "race cost: 12 run(s), 120 s training (the 4 run(s) that stored their time)"
     assert verdict.ending == "undecided" and verdict.chosen == "trial 2"
     assert chosen_trial(ostudy).number == 2
     assert rerun_config(ostudy, 9).model.optimizer.lr == 1e-3
@@ -161,9 +167,10 @@ def test_a_race_refuses_a_different_design_than_the_one_it_stored(searched):
         with pytest.raises(ConfigError, match="stored `race` refused"):
             confirm.confirm(ostudy, k=1, cap=3)
     ostudy.set_user_attr("race", {"finalists": [0, 1], "first_seed": 10, "delta": 0.002})
-    ostudy.set_user_attr("race:trial 0:10", {"value": float("nan")})
-    with pytest.raises(ConfigError, match="stored `race:trial 0:10` refused"):
-        confirm.confirm(ostudy, k=2, cap=3)
+    for planted in ({"value": float("nan")}, {"value": 0.9, "seconds": -1.0}):
+        ostudy.set_user_attr("race:trial 0:10", planted)
+        with pytest.raises(ConfigError, match="stored `race:trial 0:10` refused"):
+            confirm.confirm(ostudy, k=2, cap=3)
 
 
 def test_the_summary_gives_the_bests_binomial_error_and_the_runner_ups_gap():

@@ -102,7 +102,7 @@ def main(study_name: str, description: str, argv: Sequence[str] | None = None,
         from mhtrain.config import prepare_data
         from mhtrain.study import runner
         from mhtrain.study.answer import answer
-        from mhtrain.study.summary import summary
+        from mhtrain.study.summary import summary, val_images
         from mhtrain.study.warmstart import load_source
         from mhtrain.study.workers import auto_workers
 
@@ -131,7 +131,7 @@ def main(study_name: str, description: str, argv: Sequence[str] | None = None,
         ostudy, outcome = runner.run(study, args.storage, timeout=args.timeout, progress=not args.no_progress,
                                      workers=workers, heartbeat=args.heartbeat,
                                      allow_changes=args.allow_changes, warm=warm)
-        val_images = confirm.val_images(study_config.base_config(study))
+        val_images = val_images(study_config.base_config(study))
         print(summary(ostudy, study.max_epochs, args.storage, val_images))
         answer(ostudy, study, args.confirm if not (outcome.interrupted or outcome.timed_out) else 0,
                args.confirm_seeds, args.confirm_delta)

@@ -74,6 +74,7 @@ class Run(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     value: float | None = Field(default=None, allow_inf_nan=False)
     error: str | None = Field(default=None, max_length=500)
+    seconds: float | None = Field(default=None, ge=0, allow_inf_nan=False)  # its training time
 
 
 def _where(ostudy: optuna.Study) -> str:
@@ -197,19 +198,31 @@ def confirm(ostudy: optuna.Study, k: int = TOP, cap: int = SEEDS, delta: float =
                 say(f"  round {verdict.rounds + 1}, seed {seed}, {arm}: "
                     + (f"{metric} = {run.value:.4f}" if run.error is None else f"failed ({run.error})"))
     ostudy.set_user_attr(ATTR, as_attr(verdict, design))
+    say(cost_line(ostudy, arms, design.first_seed, cap))
     return verdict
+
+
+def cost_line(ostudy: optuna.Study, arms: list[str], first: int, cap: int) -> str:
+    """What the race cost, from its stored runs: to set against a fixed confirmation's runs."""
+    runs = [r for a in arms for s in range(first, first + cap) if (r := read_run(ostudy, a, s)) is not None]
+    timed = [r.seconds for r in runs if r.seconds is not None]
+    return (f"race cost: {len(runs)} run(s), {sum(timed):.0f} s training"
+            + ("" if len(timed) == len(runs) else f" (the {len(timed)} run(s) that stored their time)"))
 
 
 def _train(fit: Callable, cfg: DictConfig, metric: str) -> Run:
     """One run of the race: a value, or the one-line reason it has none (the race goes on)."""
     shutil.rmtree(cfg.paths.output_dir, ignore_errors=True)  # what an interrupted run left
     try:
-        value = float(fit(cfg).best[metric])
+        result = fit(cfg)
+        value = float(result.best[metric])
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as e:  # one finalist's failure is that finalist's, not the race's
         return Run(error=f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}".rstrip(": "))
-    return Run(value=value) if math.isfinite(value) else Run(error=f"non-finite {metric} ({value})")
+    if not math.isfinite(value):
+        return Run(error=f"non-finite {metric} ({value})", seconds=result.seconds)
+    return Run(value=value, seconds=result.seconds)
 
 
 def _stored(ostudy: optuna.Study, arms: list[str], first: int, cap: int) -> tuple[dict, dict]:
@@ -275,25 +288,3 @@ def default_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> optun
         intermediate_values={}, trial_id=trial._trial_id)
     return out
 
-
-def val_images(cfg: DictConfig) -> int:
-    """The images a trial is validated on: `data.val_subset` of them, else `data.val_size`."""
-    return int(cfg.data.get("val_subset") or cfg.data.val_size)
-
-
-def precision_lines(ostudy: optuna.Study, val_images: int | None) -> list[str]:
-    """Without a confirmation: how precise the best value is, as one evaluation on the validation
-    set (binomial SE), and how far the runner-up is, in images."""
-    metric = (ostudy.metric_names or [""])[0]
-    if not val_images or not metric.endswith("_acc"):
-        return []
-    ranked = top_trials(ostudy, 2)
-    if len(ranked) < 2:
-        return []
-    best, runner = ranked
-    se = math.sqrt(best.value * (1 - best.value) / val_images)
-    gap = round(abs(best.value - runner.value) * val_images)
-    return [f"  binomial SE of the best on {val_images:,} validation images: {100 * se:.2f} pp; "
-            f"runner-up trial {runner.number} at {runner.value:.4f}, {gap} image(s) behind "
-            f"(SE of a difference of two such evaluations: {100 * math.sqrt(2) * se:.2f} pp); "
-            f"--confirm races the top on fresh seeds to tell them apart"]

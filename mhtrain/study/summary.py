@@ -3,15 +3,17 @@ the run ended (finished, timed out, interrupted, workers replaced)."""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from shlex import quote
 
 import optuna
+from omegaconf import DictConfig
 
 from mhtrain import program
 from mhtrain.study import folders
 from mhtrain.study.checkpoints import ARTIFACT_DIR, CHECKPOINT
-from mhtrain.study.confirm import precision_lines
+from mhtrain.study.confirm import top_trials
 from mhtrain.study.ledger import FINISHED
 from mhtrain.study.records import OVER_BUDGET, trial_attr
 from mhtrain.study.slurm import where
@@ -81,3 +83,26 @@ def summary(ostudy: optuna.Study, max_epochs: int, storage_url: str, val_images:
                  + (f" --artifact-dir {quote(str(artifacts))}" if artifacts else "")
                  + f"  (or `make dashboard STORAGE={storage}`)")
     return "\n".join(lines)
+
+
+def val_images(cfg: DictConfig) -> int:
+    """The images a trial is validated on: `data.val_subset` of them, else `data.val_size`."""
+    return int(cfg.data.get("val_subset") or cfg.data.val_size)
+
+
+def precision_lines(ostudy: optuna.Study, val_images: int | None) -> list[str]:
+    """Without a confirmation: how precise the best value is, as one evaluation on the validation
+    set (binomial SE), and how far the runner-up is, in images."""
+    metric = (ostudy.metric_names or [""])[0]
+    if not val_images or not metric.endswith("_acc"):
+        return []
+    ranked = top_trials(ostudy, 2)
+    if len(ranked) < 2:
+        return []
+    best, runner = ranked
+    se = math.sqrt(best.value * (1 - best.value) / val_images)
+    gap = round(abs(best.value - runner.value) * val_images)
+    return [f"  binomial SE of the best on {val_images:,} validation images: {100 * se:.2f} pp; "
+            f"runner-up trial {runner.number} at {runner.value:.4f}, {gap} image(s) behind "
+            f"(SE of a difference of two such evaluations: {100 * math.sqrt(2) * se:.2f} pp); "
+            f"--confirm races the top on fresh seeds to tell them apart"]
