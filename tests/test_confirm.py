@@ -99,8 +99,14 @@ def test_two_equal_configurations_give_equal_runs_and_no_winner(searched, tmp_pa
 
 
 def test_a_failed_or_nan_finalist_run_is_recorded_with_its_reason(tiny_overrides, tmp_path):
+    """A run's own failure is that finalist's (recorded, it leaves the race); one that every run
+    would meet alike (changed data, a closed output) ends the race and records nothing against it."""
+    import os
+
+    from mhtrain import DataError
     from mhtrain.config import compose
     from mhtrain.data import mnist
+    from mhtrain.study.policy import MachineFault
     from mhtrain.train import fit
     from tests.conftest import write_tiny_mnist
 
@@ -108,11 +114,25 @@ def test_a_failed_or_nan_finalist_run_is_recorded_with_its_reason(tiny_overrides
     run = confirm._train(fit, nan, "val/loss")
     assert run.value is None and run.error.startswith("non-finite val/loss")
     assert run.seconds > 0  # it trained: the race's cost counts it
+    bad = compose("multihead_cnn_mnist", [*tiny_overrides, "+trainer.limit_val_batches=0"])  # no val metric
+    run = confirm._train(fit, bad, "val/loss")
+    assert run.value is None and run.error.startswith("RuntimeError: Early stopping conditioned on metric")
     data = write_tiny_mnist(tmp_path / "data")
     broken = compose("multihead_cnn_mnist", [*tiny_overrides, f"data.data_dir={data}"])
     (mnist.raw_dir(data) / mnist.SPLIT_FILES["train"][0]).write_bytes(b"\0" * 20)  # changed under the race
-    run = confirm._train(fit, broken, "val/loss")
-    assert run.value is None and len(run.error.splitlines()) == 1 and run.error, run
+    with pytest.raises(DataError):
+        confirm._train(fit, broken, "val/loss")
+    read, write = os.pipe()
+    os.close(read)  # whatever it printed to is gone: the race was stopped while it trained a finalist
+
+    def printing(cfg):
+        os.write(write, b"epoch 1\n")  # what a fit prints, into the closed pipe
+
+    try:
+        with pytest.raises(MachineFault, match=r"^its output: Broken pipe \(EPIPE\); "):
+            confirm._train(printing, nan, "val/loss")
+    finally:
+        os.close(write)
 
 
 def test_export_hands_over_the_best_fresh_seed_mean_not_the_search_rank(searched, tmp_path, monkeypatch):

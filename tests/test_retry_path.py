@@ -144,6 +144,15 @@ def test_the_machines_faults_are_one_line_naming_path_and_errno(tmp_path):
         assert line.startswith(f"{folder}: {os.strerror(code)} ({errno.errorcode[code]}); "), line
         assert "\n" not in line
     assert policy.machine_fault(OSError(errno.EIO, "I/O error"), folder) is None  # one trial's bad luck
+    read, write = os.pipe()
+    os.close(read)  # the terminal or pipe the run printed to is gone (its shell was closed or killed)
+    try:
+        closed = real_error(lambda: os.write(write, b"epoch 1\n"))
+    finally:
+        os.close(write)
+    assert str(policy.machine_fault(closed, folder)) == (
+        "its output: Broken pipe (EPIPE); the terminal or pipe it printed to was closed; send its output "
+        "to a file (nohup, or > log)")
 
 
 def test_a_machine_fault_ends_the_study_at_the_first_failure(tmp_path):

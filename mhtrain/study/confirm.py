@@ -16,6 +16,7 @@ import math
 import re
 import shutil
 from collections.abc import Callable
+from pathlib import Path
 
 import optuna
 from omegaconf import DictConfig
@@ -23,6 +24,7 @@ from optuna.trial import TrialState
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mhtrain import ConfigError
+from mhtrain.study.policy import not_the_runs
 from mhtrain.study.race import DEFAULT, Verdict, judge
 from mhtrain.study.records import trial_attr
 from mhtrain.study.replay import retrain_config
@@ -218,7 +220,11 @@ def _train(fit: Callable, cfg: DictConfig, metric: str) -> Run:
         value = float(result.best[metric])
     except (KeyboardInterrupt, SystemExit):
         raise
-    except Exception as e:  # one finalist's failure is that finalist's, not the race's
+    except Exception as e:  # one finalist's failure is that finalist's, not the race's ...
+        if (end := not_the_runs(e, Path(cfg.paths.output_dir).parent)) is e:
+            raise  # ... unless every run would meet it alike: then nothing is stored
+        if end is not None:
+            raise end from e
         return Run(error=f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}".rstrip(": "))
     if not math.isfinite(value):
         return Run(error=f"non-finite {metric} ({value})", seconds=result.seconds)

@@ -49,6 +49,7 @@ FAULTS = {
     errno.EACCES: "make it writable for this user or point the trial folders elsewhere",
     errno.EPERM: "make it writable for this user or point the trial folders elsewhere",
     errno.ENOENT: "its folder vanished while the trial ran; keep the trial folders in place",
+    errno.EPIPE: "the terminal or pipe it printed to was closed; send its output to a file (nohup, or > log)",
 }
 
 
@@ -97,16 +98,18 @@ def _vanished(path: str, folder: Path | None) -> bool:
 
 def machine_fault(error: BaseException, folder: Path | None = None) -> MachineFault | None:
     """`error` as the machine's fault, if it is one: an OSError (itself, or one it was raised from)
-    with errno ENOSPC, EDQUOT, EROFS, EACCES or EPERM, or ENOENT on a path inside `folder` (the
-    trial folders) whose folder vanished. One line naming the path (the OS's, else `folder`), what
-    the errno says and what to do; None for anything else."""
+    with errno ENOSPC, EDQUOT, EROFS, EACCES, EPERM or EPIPE (its output closed), or ENOENT on a path
+    inside `folder` (the trial folders) whose folder vanished. One line naming the path (the OS's,
+    else `folder`), what the errno says and what to do; None for anything else."""
     for e in _chain(error):
         if not isinstance(e, OSError) or e.errno not in FAULTS:
             continue
         path = next((str(p) for p in (e.filename, e.filename2) if p not in (None, "")), None)
         if e.errno == errno.ENOENT and (path is None or not _vanished(path, folder)):
             continue
-        where, code = path or (str(folder) if folder is not None else "the trial folders"), e.errno
+        code = e.errno
+        where = path or ("its output" if code == errno.EPIPE else str(folder) if folder is not None
+                         else "the trial folders")
         return MachineFault(f"{where}: {os.strerror(code)} ({errno.errorcode[code]}); {FAULTS[code]}")
     return None
 
@@ -127,11 +130,18 @@ def after_failure(error: Exception, failures: int, folder: Path | None = None) -
     a config, data, storage or stop error at once, the machine's fault (`machine_fault`, in the
     trial folders `folder`) at once as one line, anything else (a NaN, an out-of-memory, a flaky
     disk: one trial's bad luck) once `MAX_FAILURES` runs have failed in this worker."""
-    if isinstance(error, FATAL):
+    if (end := not_the_runs(error, folder)) is error:
         raise error
-    if (fault := machine_fault(error, folder)) is not None:
-        raise fault from error
-    if (as_config := config_error(error)) is not None:
-        raise as_config from error
+    if end is not None:
+        raise end from error
     if failures >= MAX_FAILURES:
         raise error
+
+
+def not_the_runs(error: Exception, folder: Path | None = None) -> Exception | None:
+    """What to end the whole run with when `error` is not one run's own but would meet every run
+    alike (a config, data, storage or stop error; the machine's fault; Lightning's verdict on the
+    config): then nothing is recorded against the run. None for one run's own failure."""
+    if isinstance(error, FATAL):
+        return error
+    return machine_fault(error, folder) or config_error(error)
