@@ -131,8 +131,8 @@ def main(study_name: str, description: str, argv: Sequence[str] | None = None,
         ostudy, outcome = runner.run(study, args.storage, timeout=args.timeout, progress=not args.no_progress,
                                      workers=workers, heartbeat=args.heartbeat,
                                      allow_changes=args.allow_changes, warm=warm)
-        val_images = val_images(study_config.base_config(study))
-        print(summary(ostudy, study.max_epochs, args.storage, val_images))
+        images = val_images(study_config.base_config(study))
+        print(summary(ostudy, study.max_epochs, args.storage, images))
         answer(ostudy, study, args.confirm if not (outcome.interrupted or outcome.timed_out) else 0,
                args.confirm_seeds, args.confirm_delta)
         print(how)
