@@ -112,6 +112,7 @@ def test_heads_come_from_the_metadata(built, tmp_path):
         compose("multihead_cnn_cifar100mh", [f"data.root={tmp_path / 'nothing'}"])
 
 
+@pytest.mark.slow  # 12 s: the datasets round-trip in the fast tier; this fit in the full one
 def test_one_epoch_fit_and_a_two_trial_study(built, tmp_path, monkeypatch):
     result = fit(compose("multihead_cnn_cifar100mh", [f"data.root={built}", *quick(tmp_path)]))
     assert {"val/digit_acc", "val/thickness_acc", "val/smoothness_acc"} <= set(result.best)

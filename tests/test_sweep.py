@@ -214,6 +214,7 @@ def test_a_subset_sweeps_reruns_train_on_a_subset_drawn_per_seed(tiny_overrides,
     assert search.data.get("subset_seed") is None  # the search keeps one subset for every trial
 
 
+@pytest.mark.slow  # 12 s: a real search per parameter; the sweep's other checks stay fast
 def test_per_parameter_gives_every_searched_key_the_same_budget(tiny_overrides, tmp_path):
     over = sweep.parse_over("data.train_subset=100,200")
     arms = ["loss_weights", "equal_lr", "baseline_lr"]

@@ -15,7 +15,7 @@ import argparse
 import math
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import optuna
@@ -98,8 +98,9 @@ def run_key(arm: str, seed: int) -> str:
     return f"{RACE}:{arm}:{seed}"
 
 
-def read_run(ostudy: optuna.Study, arm: str, seed: int) -> Run | None:
-    raw = ostudy.user_attrs.get(run_key(arm, seed))
+def read_run(ostudy: optuna.Study, arm: str, seed: int, attrs: Mapping | None = None) -> Run | None:
+    """The stored run, checked as data; `attrs`: the study's attributes, one storage query for many."""
+    raw = (ostudy.user_attrs if attrs is None else attrs).get(run_key(arm, seed))
     if raw is None:
         return None
     try:
@@ -206,7 +207,9 @@ def confirm(ostudy: optuna.Study, k: int = TOP, cap: int = SEEDS, delta: float =
 
 def cost_line(ostudy: optuna.Study, arms: list[str], first: int, cap: int) -> str:
     """What the race cost, from its stored runs: to set against a fixed confirmation's runs."""
-    runs = [r for a in arms for s in range(first, first + cap) if (r := read_run(ostudy, a, s)) is not None]
+    attrs = ostudy.user_attrs
+    runs = [r for a in arms for s in range(first, first + cap)
+            if (r := read_run(ostudy, a, s, attrs)) is not None]
     timed = [r.seconds for r in runs if r.seconds is not None]
     return (f"race cost: {len(runs)} run(s), {sum(timed):.0f} s training"
             + ("" if len(timed) == len(runs) else f" (the {len(timed)} run(s) that stored their time)"))
@@ -236,9 +239,10 @@ def _stored(ostudy: optuna.Study, arms: list[str], first: int, cap: int) -> tupl
     failed (with the reason)."""
     values: dict[str, list[float]] = {a: [] for a in arms}
     failed: dict[str, str] = {}
+    attrs = ostudy.user_attrs
     for arm in arms:
         for seed in range(first, first + cap):
-            run = read_run(ostudy, arm, seed)
+            run = read_run(ostudy, arm, seed, attrs)
             if run is None:
                 break
             if run.error is not None:
